@@ -1,0 +1,22 @@
+import { defineConfig } from 'vitest/config';
+
+// Integration tests run twice, once per database; the harness reads GANTRY_TEST_DB.
+export default defineConfig({
+  test: {
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    teardownTimeout: 30_000,
+    projects: [
+      { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts'] } },
+      {
+        extends: true,
+        test: { name: 'pglite', include: ['test/integration/**/*.test.ts'], env: { GANTRY_TEST_DB: 'pglite' } },
+      },
+      {
+        extends: true,
+        test: { name: 'postgres', include: ['test/integration/**/*.test.ts'], env: { GANTRY_TEST_DB: 'postgres' } },
+      },
+      { extends: true, test: { name: 'e2e', include: ['test/e2e/**/*.test.ts'] } },
+    ],
+  },
+});

@@ -1,0 +1,67 @@
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { bodyLimit } from 'hono/body-limit';
+import { randomUUID } from 'node:crypto';
+import type { AppDeps } from './deps.ts';
+import { accountRoutes } from './http/accounts.ts';
+import type { AppEnv } from './http/env.ts';
+import { healthRoutes } from './http/health.ts';
+import { jobRoutes } from './http/jobs.ts';
+import { ApiError, problemResponse, renderError } from './http/problem.ts';
+
+/** Paths whose bodies are not JSON documents and carry their own size cap. */
+const rawBodyPaths = [/^\/v1\/blobs$/, /^\/v1\/agent\/jobs\/[^/]+\/outputs$/];
+
+export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
+  const app = new OpenAPIHono<AppEnv>();
+
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    c.set('requestId', c.req.header('x-request-id')?.slice(0, 64) || randomUUID());
+    c.set('log', deps.log);
+    await next();
+    c.header('x-request-id', c.get('requestId'));
+    if (deps.config.logRequests) {
+      deps.log.info('request', {
+        method: c.req.method,
+        route: c.req.routePath,
+        status: c.res.status,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+        requestId: c.get('requestId'),
+      });
+    }
+  });
+
+  const limit = bodyLimit({
+    maxSize: deps.config.bodyLimitBytes,
+    onError: () => {
+      throw new ApiError('payload_too_large', `the request body is over ${deps.config.bodyLimitBytes} bytes`);
+    },
+  });
+  app.use('/v1/*', async (c, next) => {
+    if (rawBodyPaths.some((p) => p.test(c.req.path))) return next();
+    // A body that is not declared as JSON is refused, never read as empty.
+    if (['POST', 'PUT', 'PATCH'].includes(c.req.method) && c.req.header('content-length') !== '0') {
+      const type = c.req.header('content-type') ?? '';
+      const hasBody = c.req.header('content-length') !== undefined || c.req.header('transfer-encoding') !== undefined;
+      if (hasBody && !/^application\/(.+\+)?json\s*(;|$)/i.test(type)) {
+        throw new ApiError('unsupported_media_type', 'send the body as application/json');
+      }
+    }
+    return limit(c, next);
+  });
+
+  app.route('/', healthRoutes(deps));
+  app.route('/', accountRoutes(deps));
+  app.route('/', jobRoutes(deps));
+
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', { type: 'http', scheme: 'bearer' });
+  app.doc31('/openapi.json', {
+    openapi: '3.1.0',
+    info: { title: 'Gantry coordinator', version: '0.1.0' },
+    servers: [{ url: deps.config.publicUrl }],
+  });
+
+  app.notFound((c) => problemResponse(c, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
+  app.onError(renderError);
+  return app;
+}

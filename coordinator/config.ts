@@ -1,0 +1,79 @@
+import { z } from 'zod';
+
+const port = z.coerce.number().int().min(0).max(65_535);
+const positiveInt = z.coerce.number().int().positive();
+const bool = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
+
+/** Every setting of the coordinator, from the environment, parsed once at start. */
+const Env = z
+  .object({
+    PORT: port.default(8080),
+    HOST: z.string().min(1).default('0.0.0.0'),
+    DATABASE_URL: z
+      .string()
+      .regex(/^postgres(ql)?:\/\//, 'must start with postgres://')
+      .optional(),
+    GANTRY_DATA_DIR: z.string().min(1).default('./.gantry'),
+    GANTRY_DB_POOL_SIZE: positiveInt.max(200).default(10),
+    GANTRY_PUBLIC_URL: z.url({ protocol: /^https?$/ }).optional(),
+    // The coordinator's name: issuer of its leases and audience of agents' tokens.
+    GANTRY_NAME: z.string().min(1).max(256).optional(),
+    GANTRY_TLS_CERT: z.string().min(1).optional(),
+    GANTRY_TLS_KEY: z.string().min(1).optional(),
+    GANTRY_BODY_LIMIT_BYTES: positiveInt.default(1024 * 1024),
+    GANTRY_LOG_REQUESTS: bool.default(true),
+    GANTRY_LEASE_TTL_SECONDS: positiveInt.max(86_400).default(300),
+    GANTRY_NODE_TTL_SECONDS: positiveInt.max(86_400).default(30),
+    GANTRY_SHUTDOWN_GRACE_MS: positiveInt.default(10_000),
+  })
+  .refine((e) => Boolean(e.GANTRY_TLS_CERT) === Boolean(e.GANTRY_TLS_KEY), {
+    message: 'GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both or neither',
+    path: ['GANTRY_TLS_CERT'],
+  });
+
+export interface Config {
+  port: number;
+  host: string;
+  databaseUrl: string | undefined;
+  dataDir: string;
+  dbPoolSize: number;
+  publicUrl: string;
+  name: string;
+  tls: { certFile: string; keyFile: string } | null;
+  bodyLimitBytes: number;
+  logRequests: boolean;
+  leaseTtlSeconds: number;
+  nodeTtlSeconds: number;
+  shutdownGraceMs: number;
+}
+
+export class ConfigError extends Error {}
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  // An empty variable counts as unset, as a shell user expects.
+  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = Env.safeParse(present);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const name = String(issue.path[0] ?? 'environment');
+    throw new ConfigError(`invalid setting ${name}: ${issue.message}`);
+  }
+  const e = parsed.data;
+  const scheme = e.GANTRY_TLS_CERT ? 'https' : 'http';
+  const publicUrl = (e.GANTRY_PUBLIC_URL ?? `${scheme}://localhost:${e.PORT}`).replace(/\/+$/, '');
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.GANTRY_DATA_DIR,
+    dbPoolSize: e.GANTRY_DB_POOL_SIZE,
+    publicUrl,
+    name: e.GANTRY_NAME ?? publicUrl,
+    tls: e.GANTRY_TLS_CERT && e.GANTRY_TLS_KEY ? { certFile: e.GANTRY_TLS_CERT, keyFile: e.GANTRY_TLS_KEY } : null,
+    bodyLimitBytes: e.GANTRY_BODY_LIMIT_BYTES,
+    logRequests: e.GANTRY_LOG_REQUESTS,
+    leaseTtlSeconds: e.GANTRY_LEASE_TTL_SECONDS,
+    nodeTtlSeconds: e.GANTRY_NODE_TTL_SECONDS,
+    shutdownGraceMs: e.GANTRY_SHUTDOWN_GRACE_MS,
+  };
+}

@@ -1,0 +1,135 @@
+import { mkdirSync } from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
+import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
+import type { SQL } from 'drizzle-orm';
+import postgres from 'postgres';
+import * as schema from './schema/index.ts';
+import { lockDataDir } from './data-dir-lock.ts';
+
+export type Schema = typeof schema;
+/** The drizzle database both drivers give; code above db/ sees only this. */
+export type Db = PgDatabase<PgQueryResultHKT, Schema>;
+export type Tx = Parameters<Parameters<Db['transaction']>[0]>[0];
+export type DbOrTx = Db | Tx;
+
+export interface Database {
+  db: Db;
+  driver: 'pglite' | 'postgres';
+  /** Rows of a raw query, whichever driver ran it (postgres.js: an array; PGlite: { rows }). */
+  rows<T = Record<string, unknown>>(query: SQL): Promise<T[]>;
+  /** Runs fn while this process holds a PostgreSQL session advisory lock (PGlite: one process, no lock). */
+  withAdvisoryLock<T>(key: number, fn: () => Promise<T>): Promise<T>;
+  /** Subscribes to NOTIFY on a channel; the returned function unsubscribes. */
+  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  notify(channel: string, payload: string): Promise<void>;
+  /** A raw postgres.js client for what needs a connection of its own (PostgreSQL only). */
+  raw: postgres.Sql | null;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  /** postgres://… for PostgreSQL; otherwise PGlite in dataDir. */
+  databaseUrl?: string | undefined;
+  /** A PGlite data dir, or memory:// for a throwaway database. */
+  dataDir?: string;
+  poolSize?: number;
+  /** PGlite only: a dump from dumpDataDir() to start from (tests use it to skip migrations). */
+  loadDataDir?: Blob | File;
+}
+
+/** Normalizes a count(*) or bigint that postgres.js gives as a string and PGlite as a number or BigInt. */
+export function toNumber(v: unknown): number {
+  if (typeof v === 'number') return v;
+  if (typeof v === 'bigint' || typeof v === 'string') return Number(v);
+  return 0;
+}
+
+export async function openDatabase(opts: OpenOptions): Promise<Database> {
+  return opts.databaseUrl ? openPostgres(opts.databaseUrl, opts.poolSize ?? 10) : openPglite(opts);
+}
+
+async function openPglite(opts: OpenOptions): Promise<Database> {
+  const dataDir = opts.dataDir ?? './.gantry';
+  const inMemory = dataDir.startsWith('memory://');
+  let unlock = () => {};
+  if (!inMemory) {
+    mkdirSync(dataDir, { recursive: true });
+    unlock = lockDataDir(dataDir);
+  }
+  let client: PGlite;
+  try {
+    client = await PGlite.create(inMemory ? dataDir : dataDir, opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {});
+  } catch (err) {
+    unlock();
+    throw err;
+  }
+  const db = drizzlePglite({ client, schema }) as unknown as Db;
+  return {
+    db,
+    driver: 'pglite',
+    raw: null,
+    async rows<T>(query: SQL) {
+      const result = (await db.execute(query)) as unknown as { rows: T[] };
+      return result.rows;
+    },
+    // PGlite is one session in one process (its data dir is locked): nothing to exclude.
+    withAdvisoryLock: (_key, fn) => fn(),
+    async listen(channel, onPayload) {
+      const off = await client.listen(channel, onPayload);
+      return async () => off();
+    },
+    async notify(channel, payload) {
+      await client.query('select pg_notify($1, $2)', [channel, payload]);
+    },
+    async close() {
+      try {
+        await client.close();
+      } finally {
+        unlock();
+      }
+    },
+  };
+}
+
+async function openPostgres(url: string, poolSize: number): Promise<Database> {
+  const options = { max: poolSize, onnotice: () => {}, connection: { application_name: 'gantry' } };
+  const client = postgres(url, options);
+  // drizzle() changes the client it wraps (PITFALLS.md): raw work gets a client of its own.
+  const raw = postgres(url, { ...options, max: 4 });
+  const db = drizzlePostgres({ client, schema }) as unknown as Db;
+  await raw`select 1`;
+  return {
+    db,
+    driver: 'postgres',
+    raw,
+    async rows<T>(query: SQL) {
+      return [...((await db.execute(query)) as unknown as T[])];
+    },
+    async withAdvisoryLock(key, fn) {
+      // A session lock must be taken and released on one connection: reserve it.
+      const conn = await raw.reserve();
+      try {
+        await conn`select pg_advisory_lock(${key})`;
+        try {
+          return await fn();
+        } finally {
+          await conn`select pg_advisory_unlock(${key})`;
+        }
+      } finally {
+        conn.release();
+      }
+    },
+    async listen(channel, onPayload) {
+      const sub = await raw.listen(channel, onPayload);
+      return () => sub.unlisten();
+    },
+    async notify(channel, payload) {
+      await raw.notify(channel, payload);
+    },
+    async close() {
+      await Promise.all([client.end({ timeout: 5 }), raw.end({ timeout: 5 })]);
+    },
+  };
+}

@@ -1,0 +1,3 @@
+// drizzle-kit's input: every table of the coordinator, one entity per file.
+export * from './accounts.ts';
+export * from './jobs.ts';

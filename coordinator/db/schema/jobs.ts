@@ -1,0 +1,86 @@
+import { sql } from 'drizzle-orm';
+import { bigint, bigserial, check, index, integer, jsonb, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core';
+import type { JobSpec } from '../../../shared/jobs.ts';
+import { accounts } from './accounts.ts';
+import { at, createdAt } from './columns.ts';
+
+export const jobs = pgTable(
+  'jobs',
+  {
+    id: text('id').primaryKey(),
+    accountId: text('account_id')
+      .notNull()
+      .references(() => accounts.id),
+    name: text('name').notNull(),
+    spec: jsonb('spec').$type<JobSpec>().notNull(),
+    specDigest: text('spec_digest').notNull(),
+    status: text('status', { enum: ['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] }).notNull(),
+    priority: integer('priority').notNull().default(0),
+    // The requested resources as columns, so the scheduler can filter without reading spec.
+    cpuMillis: integer('cpu_millis').notNull(),
+    memoryMb: integer('memory_mb').notNull(),
+    gpuCount: integer('gpu_count').notNull().default(0),
+    gpuModel: text('gpu_model'),
+    gpuMinMemoryMb: integer('gpu_min_memory_mb'),
+    maxPriceMicros: bigint('max_price_micros', { mode: 'number' }),
+    region: text('region'),
+    attempts: integer('attempts').notNull().default(0),
+    maxAttempts: integer('max_attempts').notNull(),
+    nodeId: text('node_id'),
+    gpuIds: jsonb('gpu_ids').$type<string[]>(),
+    leaseId: text('lease_id'),
+    leaseEpoch: integer('lease_epoch').notNull().default(0),
+    leaseExpiresAt: at('lease_expires_at'),
+    // Prices in force when the lease was issued: usage is charged at these.
+    priceGpuHourMicros: bigint('price_gpu_hour_micros', { mode: 'number' }),
+    priceCpuHourMicros: bigint('price_cpu_hour_micros', { mode: 'number' }),
+    pendingReason: text('pending_reason'),
+    cancelRequestedAt: at('cancel_requested_at'),
+    idempotencyKey: text('idempotency_key'),
+    createdAt: createdAt(),
+    updatedAt: at('updated_at').notNull().defaultNow(),
+    leasedAt: at('leased_at'),
+    startedAt: at('started_at'),
+    finishedAt: at('finished_at'),
+    exitCode: integer('exit_code'),
+    error: text('error'),
+    result: jsonb('result'),
+    usage: jsonb('usage'),
+    costMicros: bigint('cost_micros', { mode: 'number' }),
+  },
+  (t) => [
+    check(
+      'jobs_status',
+      sql`${t.status} in ('queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled')`,
+    ),
+    check('jobs_attempts', sql`${t.attempts} >= 0 and ${t.attempts} <= ${t.maxAttempts}`),
+    uniqueIndex('jobs_idempotency').on(t.accountId, t.idempotencyKey),
+    index('jobs_account_id').on(t.accountId, t.id),
+    index('jobs_account_status_id').on(t.accountId, t.status, t.id),
+    // The scheduler's queue: queued jobs by priority, then age.
+    index('jobs_queue')
+      .on(t.priority.desc(), t.createdAt, t.id)
+      .where(sql`${t.status} = 'queued'`),
+    index('jobs_node_live')
+      .on(t.nodeId)
+      .where(sql`${t.status} in ('leased', 'running')`),
+    index('jobs_lease_expiry')
+      .on(t.leaseExpiresAt)
+      .where(sql`${t.status} in ('leased', 'running')`),
+  ],
+);
+
+export const jobEvents = pgTable(
+  'job_events',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    jobId: text('job_id')
+      .notNull()
+      .references(() => jobs.id),
+    at: createdAt(),
+    fromStatus: text('from_status'),
+    toStatus: text('to_status').notNull(),
+    reason: text('reason').notNull(),
+  },
+  (t) => [index('job_events_job').on(t.jobId, t.id)],
+);

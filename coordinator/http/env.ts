@@ -1,0 +1,11 @@
+import type { Logger } from '../log.ts';
+import type { Principal } from '../auth/api-keys.ts';
+
+/** What a request carries through Hono's context. */
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    log: Logger;
+    principal: Principal;
+  };
+}

@@ -1,0 +1,116 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { idPattern } from '../../shared/ids.ts';
+import { Job, JobEvent, JobListQuery, JobSpec } from '../../shared/jobs.ts';
+import { PageQuery, pageOf } from '../../shared/pagination.ts';
+import { requireKey } from '../auth/api-keys.ts';
+import type { AppDeps } from '../deps.ts';
+import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJob } from '../jobs/lifecycle.ts';
+import { topics } from '../signals.ts';
+import { bearerAuth, createRouter, errorResponses } from './router.ts';
+
+const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
+const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
+const IdempotencyHeaders = z.object({
+  'idempotency-key': z.string().min(1).max(255).optional(),
+});
+
+export function jobRoutes(deps: AppDeps) {
+  const app = createRouter();
+  const { db } = deps.database;
+  app.use('/v1/jobs', requireKey(deps.keys, 'client'));
+  app.use('/v1/jobs/*', requireKey(deps.keys, 'client'));
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/jobs',
+      summary: 'Submit a job',
+      security: bearerAuth,
+      request: { headers: IdempotencyHeaders, body: { required: true, ...json(JobSpec) } },
+      responses: {
+        201: { description: 'Queued', ...json(Job) },
+        200: { description: 'The job this Idempotency-Key already made', ...json(Job) },
+        ...errorResponses,
+      },
+    }),
+    async (c) => {
+      const spec = c.req.valid('json');
+      const key = c.req.valid('header')['idempotency-key'];
+      const { job, replayed } = await submitJob(db, c.get('principal').accountId, spec, key, deps.clock.now());
+      if (replayed) return c.json(toApiJob(job), 200);
+      deps.signals.emit(topics.schedule);
+      return c.json(toApiJob(job), 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/v1/jobs',
+      summary: 'List your jobs, newest first',
+      security: bearerAuth,
+      request: { query: PageQuery.extend(JobListQuery.shape) },
+      responses: { 200: { description: 'A page of jobs', ...json(pageOf(Job)) }, ...errorResponses },
+    }),
+    async (c) => {
+      const q = c.req.valid('query');
+      const page = await listJobs(db, c.get('principal').accountId, q);
+      return c.json({ items: page.items.map(toApiJob), nextCursor: page.nextCursor }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/v1/jobs/{id}',
+      summary: 'Read a job',
+      security: bearerAuth,
+      request: { params: JobIdParam },
+      responses: { 200: { description: 'The job', ...json(Job) }, ...errorResponses },
+    }),
+    async (c) => {
+      const job = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
+      return c.json(toApiJob(job), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/jobs/{id}/cancel',
+      summary: 'Cancel a job',
+      security: bearerAuth,
+      request: { params: JobIdParam },
+      responses: { 200: { description: 'Cancelled, or cancel requested', ...json(Job) }, ...errorResponses },
+    }),
+    async (c) => {
+      const job = await cancelJob(db, c.get('principal').accountId, c.req.valid('param').id, deps.clock.now());
+      if (job.status === 'cancelled') deps.signals.emit(topics.schedule);
+      return c.json(toApiJob(job), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/v1/jobs/{id}/events',
+      summary: "A job's state changes, oldest first",
+      security: bearerAuth,
+      request: { params: JobIdParam },
+      responses: { 200: { description: 'Events', ...json(z.object({ items: z.array(JobEvent) })) }, ...errorResponses },
+    }),
+    async (c) => {
+      const rows = await listEvents(db, c.get('principal').accountId, c.req.valid('param').id);
+      const items = rows.map((e) => ({
+        id: e.id,
+        at: e.at.toISOString(),
+        from: e.fromStatus as JobEvent['from'],
+        to: e.toStatus as JobEvent['to'],
+        reason: e.reason,
+      }));
+      return c.json({ items }, 200);
+    },
+  );
+
+  return app;
+}

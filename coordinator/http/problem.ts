@@ -1,0 +1,100 @@
+import type { Context } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type { ZodError } from 'zod';
+import { type ErrorCode, type FieldError, type Problem, fieldErrors, problemTypePrefix } from '../../shared/errors.ts';
+import type { AppEnv } from './env.ts';
+
+/** The one error class of the coordinator: domain code throws it, onError renders it. */
+export class ApiError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly errors?: FieldError[],
+  ) {
+    super(message);
+  }
+}
+
+export const notFound = (what: string) => new ApiError('not_found', `${what} not found`);
+
+export function statusOf(code: ErrorCode): ContentfulStatusCode {
+  switch (code) {
+    case 'validation':
+    case 'malformed_json':
+      return 400;
+    case 'unauthenticated':
+      return 401;
+    case 'forbidden':
+      return 403;
+    case 'not_found':
+      return 404;
+    case 'conflict':
+    case 'stale_lease':
+      return 409;
+    case 'payload_too_large':
+      return 413;
+    case 'unsupported_media_type':
+      return 415;
+    case 'locked':
+      return 423;
+    case 'internal':
+      return 500;
+    case 'unavailable':
+      return 503;
+  }
+}
+
+const titles: Record<ErrorCode, string> = {
+  validation: 'Invalid request',
+  malformed_json: 'Malformed JSON',
+  unauthenticated: 'Authentication required',
+  forbidden: 'Forbidden',
+  not_found: 'Not found',
+  conflict: 'Conflict',
+  stale_lease: 'Stale lease',
+  payload_too_large: 'Payload too large',
+  unsupported_media_type: 'Unsupported media type',
+  locked: 'Locked',
+  internal: 'Internal error',
+  unavailable: 'Service unavailable',
+};
+
+export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: string, errors?: FieldError[]): Response {
+  const status = statusOf(code);
+  const body: Problem = {
+    type: `${problemTypePrefix}${code}`,
+    title: titles[code],
+    status,
+    detail,
+    instance: c.get('requestId'),
+    code,
+    ...(errors && errors.length ? { errors } : {}),
+  };
+  if (code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer');
+  return c.body(JSON.stringify(body), status, { 'content-type': 'application/problem+json' });
+}
+
+export function validationProblem(c: Context<AppEnv>, target: string, error: ZodError): Response {
+  const errors = fieldErrors(error.issues, target === 'json' ? '' : target);
+  const first = errors[0];
+  const detail = first ? `${first.path || '(body)'}: ${first.message}` : 'the request is not valid';
+  return problemResponse(c, 'validation', detail, errors);
+}
+
+/** onError for the whole app: every failure leaves as problem+json; a 500 says nothing more. */
+export function renderError(err: Error, c: Context<AppEnv>): Response {
+  if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors);
+  if (err instanceof HTTPException) {
+    if (err.status === 413) return problemResponse(c, 'payload_too_large', err.message || 'the request body is too large');
+    if (err.status === 415) return problemResponse(c, 'unsupported_media_type', 'send the body as application/json');
+    if (err.status === 400 && /JSON/i.test(err.message)) {
+      return problemResponse(c, 'malformed_json', 'the request body is not valid JSON');
+    }
+    if (err.status === 400) return problemResponse(c, 'validation', err.message || 'bad request');
+    if (err.status === 401) return problemResponse(c, 'unauthenticated', err.message || 'authentication required');
+    if (err.status === 404) return problemResponse(c, 'not_found', 'not found');
+  }
+  c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: String(err?.stack ?? err) });
+  return problemResponse(c, 'internal', `internal error (request ${c.get('requestId')})`);
+}

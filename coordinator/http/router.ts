@@ -1,0 +1,32 @@
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { Problem } from '../../shared/errors.ts';
+import type { AppEnv } from './env.ts';
+import { validationProblem } from './problem.ts';
+
+/** A resource's sub-app: validation failures from its declared schemas become problem+json. */
+export function createRouter(): OpenAPIHono<AppEnv> {
+  return new OpenAPIHono<AppEnv>({
+    defaultHook: (result, c) => {
+      if (!result.success) return validationProblem(c as never, result.target, result.error);
+      return undefined;
+    },
+  });
+}
+
+const problem = (description: string) => ({
+  description,
+  content: { 'application/problem+json': { schema: Problem } },
+});
+
+/** The error answers every authenticated route can give, for the OpenAPI document. */
+export const errorResponses = {
+  400: problem('Invalid request'),
+  401: problem('Missing, unknown or revoked API key'),
+  403: problem('The key lacks the scope'),
+  404: problem('Not found, or another tenant’s'),
+  409: problem('Conflict'),
+  413: problem('Body too large'),
+  415: problem('Body is not JSON'),
+} as const;
+
+export const bearerAuth = [{ bearerAuth: [] }];

@@ -1,0 +1,180 @@
+import { and, desc, eq, inArray, lt, type SQL } from 'drizzle-orm';
+import { specDigest } from '../../shared/digest.ts';
+import { newId } from '../../shared/ids.ts';
+import { type Job, type JobSpec, type JobStatus, isTerminal } from '../../shared/jobs.ts';
+import { toMicros } from '../../shared/money.ts';
+import type { Db, DbOrTx } from '../db/open.ts';
+import { jobEvents, jobs } from '../db/schema/index.ts';
+import { ApiError, notFound } from '../http/problem.ts';
+
+export type JobRow = typeof jobs.$inferSelect;
+type JobPatch = Partial<Omit<typeof jobs.$inferInsert, 'id' | 'status'>>;
+
+/**
+ * The one way a job changes state: the update is guarded by the states it may leave from,
+ * and its event is written in the same transaction. Returns null when the job was not in
+ * one of `from` (someone else moved it first).
+ */
+export async function changeStatus(
+  tx: DbOrTx,
+  jobId: string,
+  from: readonly JobStatus[],
+  to: JobStatus,
+  reason: string,
+  patch: JobPatch = {},
+  at = new Date(),
+): Promise<JobRow | null> {
+  const [before] = await tx
+    .select({ status: jobs.status })
+    .from(jobs)
+    .where(and(eq(jobs.id, jobId), inArray(jobs.status, [...from])))
+    .for('update');
+  if (!before) return null;
+  const [row] = await tx
+    .update(jobs)
+    .set({ ...patch, status: to, updatedAt: at })
+    .where(eq(jobs.id, jobId))
+    .returning();
+  await tx.insert(jobEvents).values({ jobId, fromStatus: before.status, toStatus: to, reason, at });
+  return row!;
+}
+
+/** An event that records something without a change of state (a cancel request, say). */
+export async function recordEvent(tx: DbOrTx, jobId: string, status: JobStatus, reason: string, at = new Date()) {
+  await tx.insert(jobEvents).values({ jobId, fromStatus: status, toStatus: status, reason, at });
+}
+
+export async function submitJob(
+  db: Db,
+  accountId: string,
+  spec: JobSpec,
+  idempotencyKey: string | undefined,
+  at: Date,
+): Promise<{ job: JobRow; replayed: boolean }> {
+  const digest = specDigest(spec);
+  return db.transaction(async (tx) => {
+    const id = newId('job', at.getTime());
+    const [row] = await tx
+      .insert(jobs)
+      .values({
+        id,
+        accountId,
+        name: spec.name,
+        spec,
+        specDigest: digest,
+        status: 'queued',
+        priority: spec.priority,
+        cpuMillis: Math.round(spec.resources.cpu * 1000),
+        memoryMb: spec.resources.memoryMb,
+        gpuCount: spec.resources.gpus,
+        gpuModel: spec.resources.gpu?.model ?? null,
+        gpuMinMemoryMb: spec.resources.gpu?.minMemoryMb ?? null,
+        maxPriceMicros: spec.maxPricePerHour === undefined ? null : toMicros(spec.maxPricePerHour),
+        region: spec.constraints?.region ?? null,
+        maxAttempts: spec.maxAttempts,
+        idempotencyKey: idempotencyKey ?? null,
+        createdAt: at,
+        updatedAt: at,
+      })
+      .onConflictDoNothing({ target: [jobs.accountId, jobs.idempotencyKey] })
+      .returning();
+    if (row) {
+      await tx.insert(jobEvents).values({ jobId: id, fromStatus: null, toStatus: 'queued', reason: 'submitted', at });
+      return { job: row, replayed: false };
+    }
+    const [existing] = await tx
+      .select()
+      .from(jobs)
+      .where(and(eq(jobs.accountId, accountId), eq(jobs.idempotencyKey, idempotencyKey!)));
+    if (existing!.specDigest !== digest) {
+      throw new ApiError('conflict', 'this Idempotency-Key was already used for a different job spec');
+    }
+    return { job: existing!, replayed: true };
+  });
+}
+
+/** A job as its owner sees it; another tenant's job is not found. */
+export async function getOwnJob(db: DbOrTx, accountId: string, jobId: string): Promise<JobRow> {
+  const [row] = await db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.id, jobId), eq(jobs.accountId, accountId)));
+  if (!row) throw notFound('job');
+  return row;
+}
+
+export async function listJobs(
+  db: DbOrTx,
+  accountId: string,
+  opts: { status?: JobStatus | undefined; limit: number; cursor?: string | undefined },
+): Promise<{ items: JobRow[]; nextCursor: string | null }> {
+  const where: SQL[] = [eq(jobs.accountId, accountId)];
+  if (opts.status) where.push(eq(jobs.status, opts.status));
+  if (opts.cursor) where.push(lt(jobs.id, opts.cursor));
+  const rows = await db
+    .select()
+    .from(jobs)
+    .where(and(...where))
+    .orderBy(desc(jobs.id))
+    .limit(opts.limit + 1);
+  const items = rows.slice(0, opts.limit);
+  return { items, nextCursor: rows.length > opts.limit ? items[items.length - 1]!.id : null };
+}
+
+/**
+ * A queued job is cancelled at once. A leased or running one gets the request recorded; its
+ * node hears of it in the next heartbeat answer and the job ends cancelled when it stops.
+ */
+export async function cancelJob(db: Db, accountId: string, jobId: string, at: Date): Promise<JobRow> {
+  return db.transaction(async (tx) => {
+    const job = await getOwnJob(tx, accountId, jobId);
+    if (isTerminal(job.status)) throw new ApiError('conflict', `the job already ended ${job.status}`);
+    if (job.status === 'queued') {
+      const row = await changeStatus(tx, jobId, ['queued'], 'cancelled', 'cancelled by client', { finishedAt: at }, at);
+      if (row) return row;
+      // The scheduler placed it meanwhile: fall through to a cancel request.
+    }
+    if (job.cancelRequestedAt) return job;
+    const [row] = await tx
+      .update(jobs)
+      .set({ cancelRequestedAt: at, updatedAt: at })
+      .where(and(eq(jobs.id, jobId), inArray(jobs.status, ['leased', 'running'])))
+      .returning();
+    if (!row) return getOwnJob(tx, accountId, jobId);
+    await recordEvent(tx, jobId, row.status, 'cancel requested by client', at);
+    return row;
+  });
+}
+
+export async function listEvents(db: DbOrTx, accountId: string, jobId: string) {
+  await getOwnJob(db, accountId, jobId);
+  return db.select().from(jobEvents).where(eq(jobEvents.jobId, jobId)).orderBy(jobEvents.id);
+}
+
+const iso = (d: Date | null) => (d ? d.toISOString() : null);
+
+/** The one mapping from a job row to the API's shape. */
+export function toApiJob(row: JobRow): Job {
+  return {
+    id: row.id,
+    name: row.name,
+    status: row.status,
+    spec: row.spec,
+    attempts: row.attempts,
+    maxAttempts: row.maxAttempts,
+    priority: row.priority,
+    nodeId: row.nodeId,
+    gpuIds: row.gpuIds,
+    leaseEpoch: row.leaseEpoch,
+    pendingReason: row.status === 'queued' ? row.pendingReason : null,
+    cancelRequestedAt: iso(row.cancelRequestedAt),
+    createdAt: row.createdAt.toISOString(),
+    updatedAt: row.updatedAt.toISOString(),
+    leasedAt: iso(row.leasedAt),
+    startedAt: iso(row.startedAt),
+    finishedAt: iso(row.finishedAt),
+    exitCode: row.exitCode,
+    error: row.error,
+    result: row.result ?? null,
+  };
+}

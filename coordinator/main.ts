@@ -1,0 +1,66 @@
+import { issueAdminKey } from './accounts/bootstrap.ts';
+import { ConfigError, loadConfig } from './config.ts';
+import { DataDirLockedError } from './db/data-dir-lock.ts';
+import { migrate } from './db/migrate.ts';
+import { openDatabase } from './db/open.ts';
+import { jsonLogger } from './log.ts';
+import { startCoordinator } from './server.ts';
+
+const usage = `usage: gantry-coordinator [serve]        run the coordinator (what npm start does)
+       gantry-coordinator admin-key      print a new admin API key (recovery; stop the coordinator first on PGlite)`;
+
+function fail(message: string): never {
+  process.stderr.write(`gantry-coordinator: ${message}\n`);
+  process.exit(1);
+}
+
+function describe(err: unknown): string {
+  if (err instanceof ConfigError || err instanceof DataDirLockedError) return err.message;
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'EADDRINUSE') return `port already in use (${e.message}); set PORT to another one`;
+  if (e?.code === 'ECONNREFUSED') return `cannot reach the database: ${e.message}`;
+  return `failed to start: ${e?.message ?? String(err)}`;
+}
+
+async function serveCommand() {
+  const config = loadConfig();
+  const log = jsonLogger();
+  const coordinator = await startCoordinator({ config, log });
+  const where = config.databaseUrl ? 'PostgreSQL' : `PGlite in ${config.dataDir}`;
+  process.stdout.write(`Gantry coordinator listening on ${config.publicUrl} (database: ${where})\n`);
+  if (coordinator.adminKey) {
+    process.stdout.write(`Admin API key: ${coordinator.adminKey}\n`);
+    process.stdout.write(
+      'Keep it safe: it is shown only this once. Use it as "Authorization: Bearer <key>", e.g. export GANTRY_ADMIN_KEY=<key>\n',
+    );
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('shutting down', { signal });
+    coordinator.close().then(
+      () => process.exit(0),
+      (err) => fail(`shutdown failed: ${String(err)}`),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function adminKeyCommand() {
+  const config = loadConfig();
+  const database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: 2 });
+  try {
+    await migrate(database);
+    const key = await issueAdminKey(database);
+    process.stdout.write(`Admin API key: ${key}\n`);
+  } finally {
+    await database.close();
+  }
+}
+
+const command = process.argv[2] ?? 'serve';
+const run = command === 'serve' ? serveCommand : command === 'admin-key' ? adminKeyCommand : null;
+if (!run) fail(`unknown command "${command}"\n${usage}`);
+run().catch((err) => fail(describe(err)));

@@ -1,0 +1,97 @@
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { serve, type ServerType } from '@hono/node-server';
+import { bootstrapAdmin } from './accounts/bootstrap.ts';
+import { createApp } from './app.ts';
+import { KeyVerifier } from './auth/api-keys.ts';
+import { systemClock, type Clock } from './clock.ts';
+import type { Config } from './config.ts';
+import { migrate } from './db/migrate.ts';
+import { openDatabase, type Database } from './db/open.ts';
+import type { AppDeps } from './deps.ts';
+import type { Logger } from './log.ts';
+import { Signals } from './signals.ts';
+
+export interface Coordinator {
+  url: string;
+  deps: AppDeps;
+  /** The admin key, when this start created the admin account; null otherwise. */
+  adminKey: string | null;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  config: Config;
+  log: Logger;
+  clock?: Clock;
+  /** An opened database to use (tests); otherwise opened from config. */
+  database?: Database;
+}
+
+/** Opens the database, migrates, bootstraps, and serves: what `npm start` and the tests both run. */
+export async function startCoordinator(opts: StartOptions): Promise<Coordinator> {
+  const { config, log } = opts;
+  const clock = opts.clock ?? systemClock;
+  const database =
+    opts.database ??
+    (await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: config.dbPoolSize }));
+  const ownsDatabase = !opts.database;
+  try {
+    await migrate(database);
+    const adminKey = await bootstrapAdmin(database);
+    const deps: AppDeps = {
+      config,
+      database,
+      clock,
+      log,
+      signals: new Signals(),
+      keys: new KeyVerifier(database.db, clock),
+    };
+    const app = createApp(deps);
+    const server: ServerType = await new Promise((resolve) => {
+      const s = serve(
+        {
+          fetch: app.fetch,
+          port: config.port,
+          hostname: config.host,
+          ...(config.tls
+            ? {
+                createServer: createHttpsServer,
+                serverOptions: { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) },
+              }
+            : {}),
+        },
+        () => resolve(s),
+      );
+    });
+    const { port } = server.address() as AddressInfo;
+    const scheme = config.tls ? 'https' : 'http';
+    const url = `${scheme}://127.0.0.1:${port}`;
+    let closing: Promise<void> | null = null;
+    return {
+      url,
+      deps,
+      adminKey,
+      close: () =>
+        (closing ??= (async () => {
+          // Stop accepting, let in-flight requests finish (bounded), then close the database.
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(() => {
+              (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+              resolve();
+            }, config.shutdownGraceMs);
+            server.close(() => {
+              clearTimeout(timer);
+              resolve();
+            });
+            (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+          });
+          if (ownsDatabase) await database.close();
+        })()),
+    };
+  } catch (err) {
+    if (ownsDatabase) await database.close().catch(() => {});
+    throw err;
+  }
+}

@@ -1,0 +1,145 @@
+import { z } from 'zod';
+import { hasMicroPrecision } from './money.ts';
+
+const shortText = z.string().min(1).max(128);
+const labelKey = z.string().min(1).max(63).regex(/^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$/, 'letters, digits, . _ / -');
+const labelValue = z.string().max(256);
+export const Labels = z
+  .record(labelKey, labelValue)
+  .refine((r) => Object.keys(r).length <= 64, 'at most 64 labels');
+export type Labels = z.infer<typeof Labels>;
+
+export const Region = z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9-]*$/, 'lowercase letters, digits and -');
+
+// A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest].
+export const ImageRef = z
+  .string()
+  .min(1)
+  .max(512)
+  .regex(
+    /^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(\/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$/,
+    'not a container image reference',
+  );
+
+const envName = z.string().min(1).max(256).regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name');
+
+export const Price = z
+  .number()
+  .min(0)
+  .max(1_000_000)
+  .refine(hasMicroPrecision, 'at most 6 decimals');
+
+export const BlobDigest = z.string().regex(/^sha256:[a-f0-9]{64}$/, 'sha256:<64 hex digits>');
+
+export const JobInput = z
+  .object({
+    digest: BlobDigest,
+    // Where it lands under /inputs: a file path, or a folder (ending in /) to unpack a tar into.
+    path: z
+      .string()
+      .min(1)
+      .max(256)
+      .regex(/^(?!\/)(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._/-]+$/, 'a relative path without ..'),
+  })
+  .strict();
+
+export const failureReasons = ['nonzero-exit', 'oom', 'timeout'] as const;
+export const FailureReason = z.enum(failureReasons);
+
+export const GpuRequest = z
+  .object({
+    model: z.string().min(1).max(128).optional(),
+    minMemoryMb: z.number().int().min(1).max(4_194_304).optional(),
+    minCudaVersion: z.string().regex(/^\d{1,3}\.\d{1,3}$/, 'like 12.4').optional(),
+  })
+  .strict();
+
+export const Resources = z
+  .object({
+    cpu: z.number().positive().max(1024).refine((n) => Number.isInteger(n * 1000), 'at most 3 decimals'),
+    memoryMb: z.number().int().min(4).max(16_777_216),
+    gpus: z.number().int().min(0).max(64).default(0),
+    gpu: GpuRequest.optional(),
+    shmMb: z.number().int().min(1).max(1_048_576).optional(),
+  })
+  .strict();
+
+export const Constraints = z
+  .object({
+    nodeLabels: Labels.optional(),
+    region: Region.optional(),
+    nodeId: z.string().max(64).optional(),
+    providerId: z.string().max(64).optional(),
+  })
+  .strict();
+
+/** What a client submits: everything a node needs to run the job, and what it may cost. */
+export const JobSpec = z
+  .object({
+    name: shortText,
+    image: ImageRef,
+    entrypoint: z.array(z.string().max(4096)).min(1).max(64).optional(),
+    command: z.array(z.string().max(16_384)).min(1).max(256),
+    env: z
+      .record(envName, z.string().max(32_768))
+      .refine((r) => Object.keys(r).length <= 256, 'at most 256 variables')
+      .optional(),
+    resources: Resources,
+    labels: Labels.optional(),
+    constraints: Constraints.optional(),
+    maxPricePerHour: Price.optional(),
+    timeoutSeconds: z.number().int().min(1).max(30 * 24 * 3600).default(3600),
+    maxAttempts: z.number().int().min(1).max(20).default(3),
+    retryOn: z.array(FailureReason).max(3).optional(),
+    priority: z.number().int().min(-1000).max(1000).default(0),
+    network: z.enum(['bridge', 'none']).default('bridge'),
+    inputs: z.array(JobInput).max(64).optional(),
+  })
+  .strict();
+export type JobSpec = z.infer<typeof JobSpec>;
+export type JobSpecInput = z.input<typeof JobSpec>;
+
+export const jobStatuses = ['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export const JobStatus = z.enum(jobStatuses);
+export type JobStatus = z.infer<typeof JobStatus>;
+export const terminalStatuses: readonly JobStatus[] = ['succeeded', 'failed', 'cancelled'];
+export const isTerminal = (s: JobStatus) => terminalStatuses.includes(s);
+
+const timestamp = z.string().nullable();
+
+export const Job = z.object({
+  id: z.string(),
+  name: z.string(),
+  status: JobStatus,
+  spec: JobSpec,
+  attempts: z.number().int(),
+  maxAttempts: z.number().int(),
+  priority: z.number().int(),
+  nodeId: z.string().nullable(),
+  gpuIds: z.array(z.string()).nullable(),
+  leaseEpoch: z.number().int(),
+  pendingReason: z.string().nullable(),
+  cancelRequestedAt: timestamp,
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  leasedAt: timestamp,
+  startedAt: timestamp,
+  finishedAt: timestamp,
+  exitCode: z.number().int().nullable(),
+  error: z.string().nullable(),
+  result: z.unknown().nullable(),
+});
+export type Job = z.infer<typeof Job>;
+
+export const JobListQuery = z.object({
+  status: JobStatus.optional(),
+});
+
+export const JobEvent = z.object({
+  id: z.number().int(),
+  at: z.string(),
+  from: JobStatus.nullable(),
+  to: JobStatus,
+  reason: z.string(),
+});
+export type JobEvent = z.infer<typeof JobEvent>;

@@ -69,9 +69,119 @@ CREATE TABLE "jobs" (
 	CONSTRAINT "jobs_attempts" CHECK ("jobs"."attempts" >= 0 and "jobs"."attempts" <= "jobs"."max_attempts")
 );
 --> statement-breakpoint
+CREATE TABLE "enrollment_tokens" (
+	"id" text PRIMARY KEY NOT NULL,
+	"account_id" text NOT NULL,
+	"prefix" text NOT NULL,
+	"hash" text NOT NULL,
+	"labels" jsonb DEFAULT '{}'::jsonb NOT NULL,
+	"uses_left" integer NOT NULL,
+	"expires_at" timestamp with time zone NOT NULL,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	CONSTRAINT "enrollment_tokens_prefix_unique" UNIQUE("prefix"),
+	CONSTRAINT "enrollment_tokens_uses" CHECK ("enrollment_tokens"."uses_left" >= 0)
+);
+--> statement-breakpoint
+CREATE TABLE "gpus" (
+	"node_id" text NOT NULL,
+	"id" text NOT NULL,
+	"index" integer NOT NULL,
+	"uuid" text NOT NULL,
+	"model" text NOT NULL,
+	"memory_mb" integer NOT NULL,
+	"driver_version" text,
+	"cuda_version" text,
+	"pci_bus_id" text,
+	"mig" jsonb,
+	"job_id" text,
+	"utilization_pct" integer,
+	"memory_used_mb" integer,
+	"temperature_c" integer,
+	"power_w" integer,
+	CONSTRAINT "gpus_node_id_id_pk" PRIMARY KEY("node_id","id"),
+	CONSTRAINT "gpus_memory" CHECK ("gpus"."memory_mb" >= 0)
+);
+--> statement-breakpoint
+CREATE TABLE "node_metrics" (
+	"node_id" text NOT NULL,
+	"at" timestamp with time zone NOT NULL,
+	"sample" jsonb NOT NULL,
+	CONSTRAINT "node_metrics_node_id_at_pk" PRIMARY KEY("node_id","at")
+);
+--> statement-breakpoint
+CREATE TABLE "nodes" (
+	"id" text PRIMARY KEY NOT NULL,
+	"account_id" text NOT NULL,
+	"name" text NOT NULL,
+	"status" text NOT NULL,
+	"draining" boolean DEFAULT false NOT NULL,
+	"labels" jsonb DEFAULT '{}'::jsonb NOT NULL,
+	"region" text,
+	"public_key" jsonb NOT NULL,
+	"agent_version" text,
+	"runtime" jsonb,
+	"host" jsonb,
+	"cpu_millis" integer NOT NULL,
+	"memory_mb" integer NOT NULL,
+	"disk_mb" integer DEFAULT 0 NOT NULL,
+	"allocated_cpu_millis" integer DEFAULT 0 NOT NULL,
+	"allocated_memory_mb" integer DEFAULT 0 NOT NULL,
+	"price_gpu_hour_micros" bigint DEFAULT 0 NOT NULL,
+	"price_cpu_hour_micros" bigint DEFAULT 0 NOT NULL,
+	"last_heartbeat_at" timestamp with time zone,
+	"metrics" jsonb,
+	"last_placed_at" timestamp with time zone,
+	"jobs_succeeded" integer DEFAULT 0 NOT NULL,
+	"jobs_failed" integer DEFAULT 0 NOT NULL,
+	"lease_expiries" integer DEFAULT 0 NOT NULL,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	CONSTRAINT "nodes_status" CHECK ("nodes"."status" in ('online', 'offline', 'retired')),
+	CONSTRAINT "nodes_allocation" CHECK ("nodes"."allocated_cpu_millis" >= 0 and "nodes"."allocated_memory_mb" >= 0 and "nodes"."allocated_cpu_millis" <= "nodes"."cpu_millis" and "nodes"."allocated_memory_mb" <= "nodes"."memory_mb"),
+	CONSTRAINT "nodes_prices" CHECK ("nodes"."price_gpu_hour_micros" >= 0 and "nodes"."price_cpu_hour_micros" >= 0)
+);
+--> statement-breakpoint
+CREATE TABLE "signing_keys" (
+	"kid" text PRIMARY KEY NOT NULL,
+	"private_jwk" jsonb,
+	"public_jwk" jsonb NOT NULL,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	"retired_at" timestamp with time zone
+);
+--> statement-breakpoint
+CREATE TABLE "blob_chunks" (
+	"digest" text NOT NULL,
+	"seq" integer NOT NULL,
+	"data" "bytea" NOT NULL,
+	CONSTRAINT "blob_chunks_digest_seq_pk" PRIMARY KEY("digest","seq")
+);
+--> statement-breakpoint
+CREATE TABLE "blobs" (
+	"digest" text NOT NULL,
+	"account_id" text NOT NULL,
+	"size" bigint NOT NULL,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	CONSTRAINT "blobs_digest_account_id_pk" PRIMARY KEY("digest","account_id"),
+	CONSTRAINT "blobs_size" CHECK ("blobs"."size" >= 0)
+);
+--> statement-breakpoint
+CREATE TABLE "job_logs" (
+	"job_id" text NOT NULL,
+	"seq" integer NOT NULL,
+	"stream" text NOT NULL,
+	"at" timestamp with time zone NOT NULL,
+	"text" text NOT NULL,
+	CONSTRAINT "job_logs_job_id_seq_pk" PRIMARY KEY("job_id","seq")
+);
+--> statement-breakpoint
 ALTER TABLE "api_keys" ADD CONSTRAINT "api_keys_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "job_events" ADD CONSTRAINT "job_events_job_id_jobs_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."jobs"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "jobs" ADD CONSTRAINT "jobs_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "enrollment_tokens" ADD CONSTRAINT "enrollment_tokens_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "gpus" ADD CONSTRAINT "gpus_node_id_nodes_id_fk" FOREIGN KEY ("node_id") REFERENCES "public"."nodes"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "node_metrics" ADD CONSTRAINT "node_metrics_node_id_nodes_id_fk" FOREIGN KEY ("node_id") REFERENCES "public"."nodes"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "nodes" ADD CONSTRAINT "nodes_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "blobs" ADD CONSTRAINT "blobs_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "job_logs" ADD CONSTRAINT "job_logs_job_id_jobs_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."jobs"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 CREATE UNIQUE INDEX "api_keys_prefix" ON "api_keys" USING btree ("prefix");--> statement-breakpoint
 CREATE INDEX "api_keys_account" ON "api_keys" USING btree ("account_id");--> statement-breakpoint
 CREATE INDEX "job_events_job" ON "job_events" USING btree ("job_id","id");--> statement-breakpoint
@@ -80,4 +190,10 @@ CREATE INDEX "jobs_account_id" ON "jobs" USING btree ("account_id","id");--> sta
 CREATE INDEX "jobs_account_status_id" ON "jobs" USING btree ("account_id","status","id");--> statement-breakpoint
 CREATE INDEX "jobs_queue" ON "jobs" USING btree ("priority" DESC NULLS LAST,"created_at","id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
 CREATE INDEX "jobs_node_live" ON "jobs" USING btree ("node_id") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
-CREATE INDEX "jobs_lease_expiry" ON "jobs" USING btree ("lease_expires_at") WHERE "jobs"."status" in ('leased', 'running');
+CREATE INDEX "jobs_lease_expiry" ON "jobs" USING btree ("lease_expires_at") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
+CREATE INDEX "gpus_uuid" ON "gpus" USING btree ("uuid");--> statement-breakpoint
+CREATE INDEX "gpus_free" ON "gpus" USING btree ("model") WHERE "gpus"."job_id" is null;--> statement-breakpoint
+CREATE INDEX "gpus_job" ON "gpus" USING btree ("job_id");--> statement-breakpoint
+CREATE INDEX "node_metrics_at" ON "node_metrics" USING btree ("at");--> statement-breakpoint
+CREATE INDEX "nodes_account" ON "nodes" USING btree ("account_id","id");--> statement-breakpoint
+CREATE INDEX "nodes_status_heartbeat" ON "nodes" USING btree ("status","last_heartbeat_at");

@@ -5,6 +5,25 @@ import type { Database } from './db/open.ts';
 import type { Logger } from './log.ts';
 import type { Signals } from './signals.ts';
 
+/** What the lease side adds to a heartbeat answer (renewed tokens, cancellations). */
+export interface HeartbeatExtras {
+  [key: string]: unknown;
+}
+
+/**
+ * The scheduler/lease side's part in a heartbeat, called by the nodes side after it stored the
+ * heartbeat, in the same transaction. The default does nothing.
+ */
+export interface HeartbeatHook {
+  onHeartbeat(
+    tx: import('./db/open.ts').Tx,
+    nodeId: string,
+    report: { jobs: { jobId: string; epoch: number }[] },
+    at: Date,
+  ): Promise<HeartbeatExtras>;
+}
+export const noHeartbeatHook: HeartbeatHook = { onHeartbeat: async () => ({}) };
+
 /** Everything the app is built from; production and tests pass the same shape to createApp. */
 export interface AppDeps {
   config: Config;
@@ -13,4 +32,5 @@ export interface AppDeps {
   log: Logger;
   signals: Signals;
   keys: KeyVerifier;
+  heartbeatHook: HeartbeatHook;
 }

@@ -9,7 +9,7 @@ import { systemClock, type Clock } from './clock.ts';
 import type { Config } from './config.ts';
 import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
-import type { AppDeps } from './deps.ts';
+import { noHeartbeatHook, type AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
 import { Signals } from './signals.ts';
 
@@ -47,6 +47,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       log,
       signals: new Signals(),
       keys: new KeyVerifier(database.db, clock),
+      heartbeatHook: noHeartbeatHook,
     };
     const app = createApp(deps);
     const server: ServerType = await new Promise((resolve) => {

@@ -3,6 +3,7 @@ import type { Clock } from './clock.ts';
 import type { Config } from './config.ts';
 import type { Database } from './db/open.ts';
 import type { Logger } from './log.ts';
+import type { AgentVerifier } from './nodes/agent-auth.ts';
 import type { Signals } from './signals.ts';
 
 /** What the lease side adds to a heartbeat answer (renewed tokens, cancellations). */
@@ -32,5 +33,7 @@ export interface AppDeps {
   log: Logger;
   signals: Signals;
   keys: KeyVerifier;
+  /** Verifies agents' own signed tokens (requireAgent). */
+  agents: AgentVerifier;
   heartbeatHook: HeartbeatHook;
 }

@@ -11,6 +11,7 @@ import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
 import { noHeartbeatHook, type AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
+import { AgentVerifier } from './nodes/agent-auth.ts';
 import { Signals } from './signals.ts';
 
 export interface Coordinator {
@@ -47,6 +48,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       log,
       signals: new Signals(),
       keys: new KeyVerifier(database.db, clock),
+      agents: new AgentVerifier(database.db, clock, config.name),
       heartbeatHook: noHeartbeatHook,
     };
     const app = createApp(deps);

@@ -7,5 +7,7 @@ export interface AppEnv {
     requestId: string;
     log: Logger;
     principal: Principal;
+    /** The node an agent request comes from (set by requireAgent). */
+    nodeId: string;
   };
 }

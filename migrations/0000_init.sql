@@ -169,8 +169,20 @@ CREATE TABLE "job_logs" (
 	"seq" integer NOT NULL,
 	"stream" text NOT NULL,
 	"at" timestamp with time zone NOT NULL,
+	"lines" integer NOT NULL,
+	"bytes" integer NOT NULL,
 	"text" text NOT NULL,
-	CONSTRAINT "job_logs_job_id_seq_pk" PRIMARY KEY("job_id","seq")
+	CONSTRAINT "job_logs_job_id_seq_pk" PRIMARY KEY("job_id","seq"),
+	CONSTRAINT "job_logs_counts" CHECK ("job_logs"."seq" >= 0 and "job_logs"."lines" >= 0 and "job_logs"."bytes" >= 0),
+	CONSTRAINT "job_logs_stream" CHECK ("job_logs"."stream" in ('stdout', 'stderr', 'system'))
+);
+--> statement-breakpoint
+CREATE TABLE "job_outputs" (
+	"job_id" text PRIMARY KEY NOT NULL,
+	"digest" text NOT NULL,
+	"size" bigint NOT NULL,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	CONSTRAINT "job_outputs_size" CHECK ("job_outputs"."size" >= 0)
 );
 --> statement-breakpoint
 ALTER TABLE "api_keys" ADD CONSTRAINT "api_keys_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
@@ -182,6 +194,7 @@ ALTER TABLE "node_metrics" ADD CONSTRAINT "node_metrics_node_id_nodes_id_fk" FOR
 ALTER TABLE "nodes" ADD CONSTRAINT "nodes_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "blobs" ADD CONSTRAINT "blobs_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "job_logs" ADD CONSTRAINT "job_logs_job_id_jobs_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."jobs"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
+ALTER TABLE "job_outputs" ADD CONSTRAINT "job_outputs_job_id_jobs_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."jobs"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 CREATE UNIQUE INDEX "api_keys_prefix" ON "api_keys" USING btree ("prefix");--> statement-breakpoint
 CREATE INDEX "api_keys_account" ON "api_keys" USING btree ("account_id");--> statement-breakpoint
 CREATE INDEX "job_events_job" ON "job_events" USING btree ("job_id","id");--> statement-breakpoint
@@ -196,4 +209,5 @@ CREATE INDEX "gpus_free" ON "gpus" USING btree ("model") WHERE "gpus"."job_id" i
 CREATE INDEX "gpus_job" ON "gpus" USING btree ("job_id");--> statement-breakpoint
 CREATE INDEX "node_metrics_at" ON "node_metrics" USING btree ("at");--> statement-breakpoint
 CREATE INDEX "nodes_account" ON "nodes" USING btree ("account_id","id");--> statement-breakpoint
-CREATE INDEX "nodes_status_heartbeat" ON "nodes" USING btree ("status","last_heartbeat_at");
+CREATE INDEX "nodes_status_heartbeat" ON "nodes" USING btree ("status","last_heartbeat_at");--> statement-breakpoint
+CREATE INDEX "job_outputs_digest" ON "job_outputs" USING btree ("digest");

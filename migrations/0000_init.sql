@@ -185,6 +185,11 @@ CREATE TABLE "job_outputs" (
 	CONSTRAINT "job_outputs_size" CHECK ("job_outputs"."size" >= 0)
 );
 --> statement-breakpoint
+CREATE TABLE "pool_history" (
+	"at" timestamp with time zone PRIMARY KEY NOT NULL,
+	"sample" jsonb NOT NULL
+);
+--> statement-breakpoint
 ALTER TABLE "api_keys" ADD CONSTRAINT "api_keys_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "job_events" ADD CONSTRAINT "job_events_job_id_jobs_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."jobs"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "jobs" ADD CONSTRAINT "jobs_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
@@ -204,6 +209,10 @@ CREATE INDEX "jobs_account_status_id" ON "jobs" USING btree ("account_id","statu
 CREATE INDEX "jobs_queue" ON "jobs" USING btree ("priority" DESC NULLS LAST,"created_at","id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
 CREATE INDEX "jobs_node_live" ON "jobs" USING btree ("node_id") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
 CREATE INDEX "jobs_lease_expiry" ON "jobs" USING btree ("lease_expires_at") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
+CREATE INDEX "jobs_started_at" ON "jobs" USING btree ("started_at") WHERE "jobs"."started_at" is not null;--> statement-breakpoint
+CREATE INDEX "jobs_finished_at" ON "jobs" USING btree ("finished_at") WHERE "jobs"."finished_at" is not null;--> statement-breakpoint
+CREATE INDEX "jobs_account_finished" ON "jobs" USING btree ("account_id","finished_at") WHERE "jobs"."finished_at" is not null;--> statement-breakpoint
+CREATE INDEX "jobs_node_finished" ON "jobs" USING btree ("node_id","finished_at") WHERE "jobs"."finished_at" is not null;--> statement-breakpoint
 CREATE INDEX "gpus_uuid" ON "gpus" USING btree ("uuid");--> statement-breakpoint
 CREATE INDEX "gpus_free" ON "gpus" USING btree ("model") WHERE "gpus"."job_id" is null;--> statement-breakpoint
 CREATE INDEX "gpus_job" ON "gpus" USING btree ("job_id");--> statement-breakpoint

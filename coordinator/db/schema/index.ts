@@ -4,3 +4,4 @@ export * from './jobs.ts';
 export * from './nodes.ts';
 export * from './leases.ts';
 export * from './logs.ts';
+export * from './pool.ts';

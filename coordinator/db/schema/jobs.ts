@@ -67,6 +67,11 @@ export const jobs = pgTable(
     index('jobs_lease_expiry')
       .on(t.leaseExpiresAt)
       .where(sql`${t.status} in ('leased', 'running')`),
+    // Pool figures (started / finished in the last hour) and usage by day (client: own jobs; provider: by node).
+    index('jobs_started_at').on(t.startedAt).where(sql`${t.startedAt} is not null`),
+    index('jobs_finished_at').on(t.finishedAt).where(sql`${t.finishedAt} is not null`),
+    index('jobs_account_finished').on(t.accountId, t.finishedAt).where(sql`${t.finishedAt} is not null`),
+    index('jobs_node_finished').on(t.nodeId, t.finishedAt).where(sql`${t.finishedAt} is not null`),
   ],
 );
 

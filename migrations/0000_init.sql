@@ -50,6 +50,7 @@ CREATE TABLE "jobs" (
 	"lease_id" text,
 	"lease_epoch" integer DEFAULT 0 NOT NULL,
 	"lease_expires_at" timestamp with time zone,
+	"lease_token_expires_at" timestamp with time zone,
 	"price_gpu_hour_micros" bigint,
 	"price_cpu_hour_micros" bigint,
 	"pending_reason" text,

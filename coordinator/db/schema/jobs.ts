@@ -31,6 +31,8 @@ export const jobs = pgTable(
     leaseId: text('lease_id'),
     leaseEpoch: integer('lease_epoch').notNull().default(0),
     leaseExpiresAt: at('lease_expires_at'),
+    // The exp of the newest lease token handed out: heartbeats re-sign only when it nears.
+    leaseTokenExpiresAt: at('lease_token_expires_at'),
     // Prices in force when the lease was issued: usage is charged at these.
     priceGpuHourMicros: bigint('price_gpu_hour_micros', { mode: 'number' }),
     priceCpuHourMicros: bigint('price_cpu_hour_micros', { mode: 'number' }),

@@ -25,6 +25,10 @@ const Env = z
     GANTRY_LEASE_TTL_SECONDS: positiveInt.max(86_400).default(300),
     GANTRY_NODE_TTL_SECONDS: positiveInt.max(86_400).default(30),
     GANTRY_SHUTDOWN_GRACE_MS: positiveInt.default(10_000),
+    // Job runtime (issue 6): uploads, outputs and logs are capped per item.
+    GANTRY_BLOB_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
+    GANTRY_OUTPUTS_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
+    GANTRY_LOG_MAX_BYTES_PER_JOB: positiveInt.default(64 * 1024 * 1024),
   })
   .refine((e) => Boolean(e.GANTRY_TLS_CERT) === Boolean(e.GANTRY_TLS_KEY), {
     message: 'GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both or neither',
@@ -45,6 +49,9 @@ export interface Config {
   leaseTtlSeconds: number;
   nodeTtlSeconds: number;
   shutdownGraceMs: number;
+  blobMaxBytes: number;
+  outputsMaxBytes: number;
+  logMaxBytesPerJob: number;
 }
 
 export class ConfigError extends Error {}
@@ -75,5 +82,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     leaseTtlSeconds: e.GANTRY_LEASE_TTL_SECONDS,
     nodeTtlSeconds: e.GANTRY_NODE_TTL_SECONDS,
     shutdownGraceMs: e.GANTRY_SHUTDOWN_GRACE_MS,
+    blobMaxBytes: e.GANTRY_BLOB_MAX_BYTES,
+    outputsMaxBytes: e.GANTRY_OUTPUTS_MAX_BYTES,
+    logMaxBytesPerJob: e.GANTRY_LOG_MAX_BYTES_PER_JOB,
   };
 }

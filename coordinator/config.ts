@@ -25,6 +25,11 @@ const Env = z
     GANTRY_LEASE_TTL_SECONDS: positiveInt.max(86_400).default(300),
     GANTRY_NODE_TTL_SECONDS: positiveInt.max(86_400).default(30),
     GANTRY_SHUTDOWN_GRACE_MS: positiveInt.default(10_000),
+    // Leases: an Ed25519 signing key in this file (made when missing) instead of the signing_keys table.
+    GANTRY_SIGNING_KEY_FILE: z.string().min(1).optional(),
+    GANTRY_SCHEDULER_BATCH_SIZE: positiveInt.max(10_000).default(1000),
+    // The scheduler's backstop tick; submits and freed capacity wake it at once.
+    GANTRY_SCHEDULER_TICK_MS: positiveInt.max(600_000).default(5000),
     // Job runtime (issue 6): uploads, outputs and logs are capped per item.
     GANTRY_BLOB_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
     GANTRY_OUTPUTS_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
@@ -49,6 +54,9 @@ export interface Config {
   leaseTtlSeconds: number;
   nodeTtlSeconds: number;
   shutdownGraceMs: number;
+  signingKeyFile: string | null;
+  schedulerBatchSize: number;
+  schedulerTickMs: number;
   blobMaxBytes: number;
   outputsMaxBytes: number;
   logMaxBytesPerJob: number;
@@ -82,6 +90,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     leaseTtlSeconds: e.GANTRY_LEASE_TTL_SECONDS,
     nodeTtlSeconds: e.GANTRY_NODE_TTL_SECONDS,
     shutdownGraceMs: e.GANTRY_SHUTDOWN_GRACE_MS,
+    signingKeyFile: e.GANTRY_SIGNING_KEY_FILE ?? null,
+    schedulerBatchSize: e.GANTRY_SCHEDULER_BATCH_SIZE,
+    schedulerTickMs: e.GANTRY_SCHEDULER_TICK_MS,
     blobMaxBytes: e.GANTRY_BLOB_MAX_BYTES,
     outputsMaxBytes: e.GANTRY_OUTPUTS_MAX_BYTES,
     logMaxBytesPerJob: e.GANTRY_LOG_MAX_BYTES_PER_JOB,

@@ -6,6 +6,9 @@ import { accountRoutes } from './http/accounts.ts';
 import type { AppEnv } from './http/env.ts';
 import { healthRoutes } from './http/health.ts';
 import { jobRoutes } from './http/jobs.ts';
+import { blobRoutes } from './http/blobs.ts';
+import { logRoutes } from './http/logs.ts';
+import { outputRoutes } from './http/outputs.ts';
 import { ApiError, problemResponse, renderError } from './http/problem.ts';
 
 /** Paths whose bodies are not JSON documents and carry their own size cap. */
@@ -53,6 +56,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', healthRoutes(deps));
   app.route('/', accountRoutes(deps));
   app.route('/', jobRoutes(deps));
+  app.route('/', blobRoutes(deps));
+  app.route('/', logRoutes(deps));
+  app.route('/', outputRoutes(deps));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', { type: 'http', scheme: 'bearer' });
   app.doc31('/openapi.json', {

@@ -1,4 +1,5 @@
 import type { KeyVerifier } from './auth/api-keys.ts';
+import type { BlobStore } from './blobs/store.ts';
 import type { Clock } from './clock.ts';
 import type { Config } from './config.ts';
 import type { Database } from './db/open.ts';
@@ -35,5 +36,7 @@ export interface AppDeps {
   keys: KeyVerifier;
   /** Verifies agents' own signed tokens (requireAgent). */
   agents: AgentVerifier;
+  /** Bytes of job inputs and outputs, by digest (coordinator/blobs/). */
+  blobs: BlobStore;
   heartbeatHook: HeartbeatHook;
 }

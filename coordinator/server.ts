@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
 import { bootstrapAdmin } from './accounts/bootstrap.ts';
 import { createApp } from './app.ts';
+import { DatabaseBlobStore } from './blobs/db-store.ts';
 import { KeyVerifier } from './auth/api-keys.ts';
 import { systemClock, type Clock } from './clock.ts';
 import type { Config } from './config.ts';
@@ -49,6 +50,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       signals: new Signals(),
       keys: new KeyVerifier(database.db, clock),
       agents: new AgentVerifier(database.db, clock, config.name),
+      blobs: new DatabaseBlobStore(database),
       heartbeatHook: noHeartbeatHook,
     };
     const app = createApp(deps);

@@ -1,0 +1,82 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { JobOutputsInfo, JobResultUpload, maxResultBytes } from '../../shared/blobs.ts';
+import { idPattern } from '../../shared/ids.ts';
+import { requireKey } from '../auth/api-keys.ts';
+import { openJobOutputs, storeJobOutputs, storeJobResult } from '../blobs/service.ts';
+import { fromWebStream } from '../blobs/store.ts';
+import type { AppDeps } from '../deps.ts';
+import { requireAgent } from '../nodes/agent-auth.ts';
+import { blobResponse, checkDeclaredLength, EpochQuery } from './blobs.ts';
+import { bearerAuth, createRouter, errorResponses } from './router.ts';
+
+const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
+const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
+const tar = { content: { 'application/x-tar': { schema: z.string().openapi({ format: 'binary' }) } } };
+
+export function outputRoutes(deps: AppDeps) {
+  const app = createRouter();
+  const store = { db: deps.database.db, blobs: deps.blobs };
+  app.use('/v1/agent/jobs/:id/outputs', requireAgent(deps));
+  app.use('/v1/agent/jobs/:id/result', requireAgent(deps));
+  app.use('/v1/jobs/:id/outputs', requireKey(deps.keys, 'client'));
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/agent/jobs/{id}/outputs',
+      summary: "Agent: the tar of the job's /outputs, as the raw body (size-capped)",
+      security: bearerAuth,
+      request: { params: JobIdParam, query: EpochQuery, body: { required: true, ...tar } },
+      responses: { 201: { description: 'Stored', ...json(JobOutputsInfo) }, ...errorResponses },
+    }),
+    async (c) => {
+      checkDeclaredLength(c, deps.config.outputsMaxBytes);
+      const stored = await storeJobOutputs(
+        store,
+        c.get('nodeId'),
+        c.req.valid('param').id,
+        c.req.valid('query').epoch,
+        fromWebStream(c.req.raw.body),
+        deps.config.outputsMaxBytes,
+      );
+      return c.json(stored, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/v1/agent/jobs/{id}/result',
+      summary: "Agent: the job's /outputs/result.json, stored on the job",
+      security: bearerAuth,
+      request: { params: JobIdParam, body: { required: true, ...json(JobResultUpload) } },
+      responses: { 204: { description: 'Stored' }, ...errorResponses },
+    }),
+    async (c) => {
+      const { epoch, result } = c.req.valid('json');
+      await storeJobResult(deps.database.db, c.get('nodeId'), c.req.valid('param').id, epoch, result, maxResultBytes);
+      return c.body(null, 204);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/v1/jobs/{id}/outputs',
+      summary: 'Download what the job wrote to /outputs, as a tar (streamed)',
+      security: bearerAuth,
+      request: { params: JobIdParam },
+      responses: { 200: { description: 'The tar', ...tar }, ...errorResponses },
+    }),
+    async (c) => {
+      const id = c.req.valid('param').id;
+      const { digest, size, body } = await openJobOutputs(store, c.get('principal').accountId, id);
+      return blobResponse(body, size, 'application/x-tar', {
+        'content-disposition': `attachment; filename="${id}-outputs.tar"`,
+        etag: `"${digest}"`,
+      }) as never;
+    },
+  );
+
+  return app;
+}

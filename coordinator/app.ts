@@ -10,6 +10,9 @@ import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
 import { outputRoutes } from './http/outputs.ts';
 import { ApiError, problemResponse, renderError } from './http/problem.ts';
+import { metricsRoutes } from './http/metrics.ts';
+import { poolRoutes } from './http/pool.ts';
+import { httpMetrics } from './metrics/http.ts';
 
 /** Paths whose bodies are not JSON documents and carry their own size cap. */
 const rawBodyPaths = [/^\/v1\/blobs$/, /^\/v1\/agent\/jobs\/[^/]+\/outputs$/];
@@ -34,6 +37,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     }
   });
 
+  app.use('*', httpMetrics(deps.metrics));
+
   const limit = bodyLimit({
     maxSize: deps.config.bodyLimitBytes,
     onError: () => {
@@ -56,6 +61,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', healthRoutes(deps));
   app.route('/', accountRoutes(deps));
   app.route('/', jobRoutes(deps));
+  app.route('/', poolRoutes(deps));
+  app.route('/', metricsRoutes(deps));
   app.route('/', blobRoutes(deps));
   app.route('/', logRoutes(deps));
   app.route('/', outputRoutes(deps));

@@ -30,6 +30,10 @@ const Env = z
     GANTRY_SCHEDULER_BATCH_SIZE: positiveInt.max(10_000).default(1000),
     // The scheduler's backstop tick; submits and freed capacity wake it at once.
     GANTRY_SCHEDULER_TICK_MS: positiveInt.max(600_000).default(5000),
+    // GET /v1/pool is computed at most this often (0: on every request).
+    GANTRY_POOL_CACHE_MS: z.coerce.number().int().min(0).max(60_000).default(1000),
+    GANTRY_POOL_HISTORY_STEP_SECONDS: positiveInt.max(3600).default(60),
+    GANTRY_POOL_HISTORY_RETENTION_HOURS: positiveInt.max(24 * 366).default(24 * 7),
     // Job runtime (issue 6): uploads, outputs and logs are capped per item.
     GANTRY_BLOB_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
     GANTRY_OUTPUTS_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
@@ -57,6 +61,9 @@ export interface Config {
   signingKeyFile: string | null;
   schedulerBatchSize: number;
   schedulerTickMs: number;
+  poolCacheMs: number;
+  poolHistoryStepSeconds: number;
+  poolHistoryRetentionSeconds: number;
   blobMaxBytes: number;
   outputsMaxBytes: number;
   logMaxBytesPerJob: number;
@@ -93,6 +100,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     signingKeyFile: e.GANTRY_SIGNING_KEY_FILE ?? null,
     schedulerBatchSize: e.GANTRY_SCHEDULER_BATCH_SIZE,
     schedulerTickMs: e.GANTRY_SCHEDULER_TICK_MS,
+    poolCacheMs: e.GANTRY_POOL_CACHE_MS,
+    poolHistoryStepSeconds: e.GANTRY_POOL_HISTORY_STEP_SECONDS,
+    poolHistoryRetentionSeconds: e.GANTRY_POOL_HISTORY_RETENTION_HOURS * 3600,
     blobMaxBytes: e.GANTRY_BLOB_MAX_BYTES,
     outputsMaxBytes: e.GANTRY_OUTPUTS_MAX_BYTES,
     logMaxBytesPerJob: e.GANTRY_LOG_MAX_BYTES_PER_JOB,

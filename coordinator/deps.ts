@@ -4,6 +4,8 @@ import type { Clock } from './clock.ts';
 import type { Config } from './config.ts';
 import type { Database } from './db/open.ts';
 import type { Logger } from './log.ts';
+import type { Metrics } from './metrics/registry.ts';
+import type { PoolStats } from './pool/stats.ts';
 import type { AgentVerifier } from './nodes/agent-auth.ts';
 import type { Signals } from './signals.ts';
 
@@ -39,4 +41,7 @@ export interface AppDeps {
   /** Bytes of job inputs and outputs, by digest (coordinator/blobs/). */
   blobs: BlobStore;
   heartbeatHook: HeartbeatHook;
+  /** The pool's figures, cached for a crowd of readers (GET /v1/pool, /metrics, the dashboard). */
+  pool: PoolStats;
+  metrics: Metrics;
 }

@@ -14,6 +14,9 @@ import { noHeartbeatHook, type AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
 import { AgentVerifier } from './nodes/agent-auth.ts';
 import { Signals } from './signals.ts';
+import { Metrics } from './metrics/registry.ts';
+import { PoolHistoryWriter } from './pool/history.ts';
+import { PoolStats } from './pool/stats.ts';
 
 export interface Coordinator {
   url: string;
@@ -52,6 +55,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       agents: new AgentVerifier(database.db, clock, config.name),
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: noHeartbeatHook,
+      ...poolParts(database, clock, config),
     };
     const app = createApp(deps);
     const server: ServerType = await new Promise((resolve) => {
@@ -73,6 +77,11 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const { port } = server.address() as AddressInfo;
     const scheme = config.tls ? 'https' : 'http';
     const url = `${scheme}://127.0.0.1:${port}`;
+    const poolHistory = new PoolHistoryWriter(database, clock, deps.pool, {
+      stepSeconds: config.poolHistoryStepSeconds,
+      retentionSeconds: config.poolHistoryRetentionSeconds,
+    }, log);
+    poolHistory.start();
     let closing: Promise<void> | null = null;
     return {
       url,
@@ -92,6 +101,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
             });
             (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
           });
+          await poolHistory.stop();
           if (ownsDatabase) await database.close();
         })()),
     };
@@ -99,4 +109,10 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     if (ownsDatabase) await database.close().catch(() => {});
     throw err;
   }
+}
+
+/** The pool's figures and the metrics that read them. */
+function poolParts(database: Database, clock: Clock, config: Config): { pool: PoolStats; metrics: Metrics } {
+  const pool = new PoolStats(database, clock, config.poolCacheMs);
+  return { pool, metrics: new Metrics({ pool, database, clock }) };
 }

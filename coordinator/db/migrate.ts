@@ -11,6 +11,8 @@ export const lockKeys = {
   migrate: 7_301_001,
   bootstrap: 7_301_002,
   scheduler: 7_301_003,
+  // The one coordinator writing this step's pool_history row.
+  poolHistory: 7_301_010,
 } as const;
 
 /** Applies the SQL migrations; under an advisory lock, since drizzle's migrator takes none. */

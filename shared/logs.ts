@@ -26,7 +26,13 @@ export const LogChunk = z
   .strict();
 export type LogChunk = z.infer<typeof LogChunk>;
 
-export const LogChunkAccepted = z.object({ seq: z.number().int(), stored: z.boolean() });
+export const LogChunkAccepted = z.object({
+  seq: z.number().int(),
+  stored: z.boolean(),
+  /** Set when seq was taken by different lines (the agent restarted): renumber from here. */
+  nextSeq: z.number().int().optional(),
+});
+export type LogChunkAccepted = z.infer<typeof LogChunkAccepted>;
 
 /** A chunk as a client reads it: its seq is the cursor for the next page (`after`). */
 export const LogBatch = z.object({

@@ -37,9 +37,9 @@ export function logRoutes(deps: AppDeps) {
     async (c) => {
       const jobId = c.req.valid('param').id;
       const chunk = c.req.valid('json');
-      const { stored } = await appendChunk(db, c.get('nodeId'), jobId, chunk, deps.config.logMaxBytesPerJob);
-      if (stored) deps.signals.emit(logTopic(jobId));
-      return c.json({ seq: chunk.seq, stored }, 200);
+      const answer = await appendChunk(db, c.get('nodeId'), jobId, chunk, deps.config.logMaxBytesPerJob);
+      if (answer.stored) deps.signals.emit(logTopic(jobId));
+      return c.json({ seq: chunk.seq, ...answer }, 200);
     },
   );
 

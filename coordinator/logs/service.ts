@@ -13,8 +13,10 @@ export const systemLineAllowanceBytes = 64 * 1024;
 export const logTopic = (jobId: string) => `logs:${jobId}`;
 
 /**
- * Stores one chunk the agent shipped. A retry of a stored (job, seq) changes nothing and
- * answers stored: false. Past the job's cap only the agent's system lines are still taken.
+ * Stores one chunk the agent shipped. A retry of a stored (job, seq) with the same lines changes
+ * nothing and answers stored: false. A different chunk under a taken seq (an agent restarted
+ * mid-job and numbers from 0 again) is not stored either: the answer names the next free seq,
+ * and the agent renumbers from there. Past the job's cap only the agent's system lines are taken.
  */
 export async function appendChunk(
   db: Db,
@@ -22,22 +24,25 @@ export async function appendChunk(
   jobId: string,
   chunk: LogChunk,
   capBytes: number,
-): Promise<{ stored: boolean }> {
+): Promise<{ stored: boolean; nextSeq?: number }> {
   const text = chunk.lines.join('\n');
   const bytes = Buffer.byteLength(text);
   return db.transaction(async (tx) => {
     await requireLiveLease(tx, jobId, nodeId, chunk.epoch);
+    const [same] = await tx
+      .select({ stream: jobLogs.stream, text: jobLogs.text })
+      .from(jobLogs)
+      .where(and(eq(jobLogs.jobId, jobId), eq(jobLogs.seq, chunk.seq)));
+    if (same) {
+      if (same.stream === chunk.stream && same.text === text) return { stored: false };
+      return { stored: false, nextSeq: await nextFreeSeq(tx, jobId) };
+    }
     const [used] = await tx
       .select({ n: sql<unknown>`coalesce(sum(${jobLogs.bytes}), 0)` })
       .from(jobLogs)
       .where(eq(jobLogs.jobId, jobId));
     const limit = chunk.stream === 'system' ? capBytes + systemLineAllowanceBytes : capBytes;
     if (Number(used?.n ?? 0) + bytes > limit) {
-      const [same] = await tx
-        .select({ seq: jobLogs.seq })
-        .from(jobLogs)
-        .where(and(eq(jobLogs.jobId, jobId), eq(jobLogs.seq, chunk.seq)));
-      if (same) return { stored: false };
       throw new ApiError('payload_too_large', `the job's log is over its ${capBytes}-byte cap`);
     }
     const inserted = await tx
@@ -47,6 +52,14 @@ export async function appendChunk(
       .returning({ seq: jobLogs.seq });
     return { stored: inserted.length > 0 };
   });
+}
+
+async function nextFreeSeq(db: DbOrTx, jobId: string): Promise<number> {
+  const [row] = await db
+    .select({ n: sql<unknown>`coalesce(max(${jobLogs.seq}), -1)` })
+    .from(jobLogs)
+    .where(eq(jobLogs.jobId, jobId));
+  return Number(row?.n ?? -1) + 1;
 }
 
 /** Chunks after `after`, whole, until `limit` lines are reached (at least one chunk). */

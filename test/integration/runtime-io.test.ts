@@ -99,7 +99,9 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
     const send = (c: unknown) => node.fetch(`/v1/agent/jobs/${jobId}/logs`, postJson(c));
     expect(await (await send(chunk(1, ['err 1'], 'stderr'))).json()).toEqual({ seq: 1, stored: true });
     expect((await send(chunk(0, ['out 1', 'out 2']))).status).toBe(200);
-    expect(await (await send(chunk(0, ['a retry changes nothing']))).json()).toEqual({ seq: 0, stored: false });
+    expect(await (await send(chunk(0, ['out 1', 'out 2']))).json()).toEqual({ seq: 0, stored: false });
+    // Other lines under a taken seq: an agent that restarted numbering again; told where to go on.
+    expect(await (await send(chunk(0, ['after a restart']))).json()).toEqual({ seq: 0, stored: false, nextSeq: 2 });
     expect((await send(chunk(2, ['out 3', '']))).status).toBe(200);
     expect((await send(chunk(3, ['x'], 'stdout', 2))).status).toBe(409);
     expect((await otherNode.fetch(`/v1/agent/jobs/${jobId}/logs`, postJson(chunk(3, ['x'])))).status).toBe(404);

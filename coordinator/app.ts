@@ -12,6 +12,7 @@ import { outputRoutes } from './http/outputs.ts';
 import { ApiError, problemResponse, renderError } from './http/problem.ts';
 import { metricsRoutes } from './http/metrics.ts';
 import { poolRoutes } from './http/pool.ts';
+import { offerRoutes } from './http/offers.ts';
 import { httpMetrics } from './metrics/http.ts';
 
 /** Paths whose bodies are not JSON documents and carry their own size cap. */
@@ -60,6 +61,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
 
   app.route('/', healthRoutes(deps));
   app.route('/', accountRoutes(deps));
+  // Before the jobs routes: POST /v1/jobs/dry-run must not be read as a job id.
+  app.route('/', offerRoutes(deps));
   app.route('/', jobRoutes(deps));
   app.route('/', poolRoutes(deps));
   app.route('/', metricsRoutes(deps));

@@ -1,0 +1,284 @@
+import { sql, type SQL } from 'drizzle-orm';
+import type { JobSpec } from '../../shared/jobs.ts';
+import { fromMicros, toMicros } from '../../shared/money.ts';
+import type { ConstraintName, DryRun, Offer, OffersQuery, RuledOut, Shape } from '../../shared/pool.ts';
+import { toNumber, type Database } from '../db/open.ts';
+
+const n = toNumber;
+
+/** What a client asks for, from offer filters or a job spec: the one input of both answers. */
+export interface Ask {
+  gpus: number;
+  cpuMillis: number;
+  memoryMb: number;
+  gpuModel?: string | undefined;
+  gpuMinMemoryMb?: number | undefined;
+  minCudaVersion?: string | undefined;
+  maxPriceMicros?: number | undefined;
+  region?: string | undefined;
+  labels?: Record<string, string> | undefined;
+  nodeId?: string | undefined;
+  providerId?: string | undefined;
+}
+
+export function askFromQuery(q: OffersQuery): Ask {
+  return {
+    gpus: q.gpus ?? 1,
+    cpuMillis: Math.round((q.cpu ?? 0) * 1000),
+    memoryMb: q.memoryMb ?? 0,
+    gpuModel: q.gpuModel,
+    gpuMinMemoryMb: q.minGpuMemoryMb,
+    maxPriceMicros: q.maxPricePerHour === undefined ? undefined : toMicros(q.maxPricePerHour),
+    region: q.region,
+  };
+}
+
+export function askFromSpec(spec: JobSpec): Ask {
+  const r = spec.resources;
+  return {
+    gpus: r.gpus,
+    cpuMillis: Math.round(r.cpu * 1000),
+    memoryMb: r.memoryMb,
+    gpuModel: r.gpu?.model,
+    gpuMinMemoryMb: r.gpu?.minMemoryMb,
+    minCudaVersion: r.gpu?.minCudaVersion,
+    maxPriceMicros: spec.maxPricePerHour === undefined ? undefined : toMicros(spec.maxPricePerHour),
+    region: spec.constraints?.region,
+    labels: spec.constraints?.nodeLabels,
+    nodeId: spec.constraints?.nodeId,
+    providerId: spec.constraints?.providerId,
+  };
+}
+
+const shapeOf = (a: Ask): Shape => ({ gpus: a.gpus, cpu: a.cpuMillis / 1000, memoryMb: a.memoryMb });
+
+// The GPU tests, one fragment each, so the offer query and the dry-run's verdicts read alike.
+// A model matches by name, case aside: "H100" matches "NVIDIA H100 80GB HBM3".
+const modelOk = (a: Ask): SQL => (a.gpuModel ? sql`strpos(lower(g.model), lower(${a.gpuModel})) > 0` : sql`true`);
+const memoryOk = (a: Ask): SQL => (a.gpuMinMemoryMb ? sql`g.memory_mb >= ${a.gpuMinMemoryMb}` : sql`true`);
+function cudaOk(a: Ask): SQL {
+  if (!a.minCudaVersion) return sql`true`;
+  const wanted = a.minCudaVersion.split('.').map(Number);
+  const arr = sql.raw(`array[${wanted.map((v) => Math.trunc(v)).join(',')}]::int[]`);
+  return sql`(case when g.cuda_version ~ '^[0-9]+(\\.[0-9]+)*$' then string_to_array(g.cuda_version, '.')::int[] >= ${arr} else false end)`;
+}
+/** The shape's hourly price on node n, in micro-units. */
+const priceOf = (a: Ask): SQL =>
+  sql`(${a.gpus}::bigint * n.price_gpu_hour_micros + (${a.cpuMillis}::bigint * n.price_cpu_hour_micros) / 1000)`;
+
+/** The node-level tests (besides liveness), in the order the dry-run reports them. */
+function nodeTests(a: Ask): { name: ConstraintName; ok: SQL }[] {
+  const tests: { name: ConstraintName; ok: SQL }[] = [];
+  if (a.nodeId) tests.push({ name: 'node', ok: sql`n.id = ${a.nodeId}` });
+  if (a.providerId) tests.push({ name: 'provider', ok: sql`n.account_id = ${a.providerId}` });
+  if (a.region) tests.push({ name: 'region', ok: sql`n.region = ${a.region}` });
+  if (a.labels && Object.keys(a.labels).length) tests.push({ name: 'labels', ok: sql`n.labels @> ${JSON.stringify(a.labels)}::jsonb` });
+  return tests;
+}
+const capacityTests = (a: Ask): { name: ConstraintName; ok: SQL }[] => [
+  { name: 'cpu', ok: sql`n.cpu_millis - n.allocated_cpu_millis >= ${a.cpuMillis}` },
+  { name: 'memory', ok: sql`n.memory_mb - n.allocated_memory_mb >= ${a.memoryMb}` },
+  ...(a.maxPriceMicros === undefined ? [] : [{ name: 'price' as const, ok: sql`${priceOf(a)} <= ${a.maxPriceMicros}` }]),
+];
+
+interface OfferRow {
+  id: string;
+  region: string | null;
+  labels: unknown;
+  model: string | null;
+  is_mig: boolean | null;
+  memory_mb: unknown;
+  free: unknown;
+  total: unknown;
+  cuda: string | null;
+  driver: string | null;
+  cpu_free_millis: unknown;
+  memory_free_mb: unknown;
+  price_gpu: unknown;
+  price_cpu: unknown;
+  price: unknown;
+  jobs_succeeded: unknown;
+  jobs_failed: unknown;
+  lease_expiries: unknown;
+  last_heartbeat_at: unknown;
+}
+
+const json = (v: unknown) => (typeof v === 'string' ? JSON.parse(v) : v);
+const iso = (v: unknown) => (v === null || v === undefined ? null : (v instanceof Date ? v : new Date(String(v))).toISOString());
+
+function toOffer(r: OfferRow): Offer {
+  return {
+    nodeId: r.id,
+    region: r.region,
+    labels: (json(r.labels) ?? {}) as Record<string, string>,
+    gpu:
+      r.model === null
+        ? null
+        : {
+            model: r.model,
+            kind: r.is_mig ? 'mig' : 'gpu',
+            memoryMb: n(r.memory_mb),
+            free: n(r.free),
+            total: n(r.total),
+            cudaVersion: r.cuda,
+            driverVersion: r.driver,
+          },
+    cpuFree: n(r.cpu_free_millis) / 1000,
+    memoryFreeMb: n(r.memory_free_mb),
+    pricePerGpuHour: fromMicros(n(r.price_gpu)),
+    pricePerCpuHour: fromMicros(n(r.price_cpu)),
+    pricePerHour: fromMicros(n(r.price)),
+    record: { jobsSucceeded: n(r.jobs_succeeded), jobsFailed: n(r.jobs_failed), leaseExpiries: n(r.lease_expiries) },
+    lastHeartbeatAt: iso(r.last_heartbeat_at),
+  };
+}
+
+/**
+ * Free capacity that fits the ask, one offer per node and GPU model (whole GPUs and MIG
+ * devices apart), cheapest first, then the tightest fit (fewest GPUs left over).
+ */
+export async function findOffers(database: Database, a: Ask, limit: number): Promise<Offer[]> {
+  const tests = sql.join(
+    [...nodeTests(a), ...capacityTests(a)].map((t) => t.ok),
+    sql` and `,
+  );
+  const nodeCols = sql`n.id, n.region, n.labels, n.cpu_millis - n.allocated_cpu_millis as cpu_free_millis,
+    n.memory_mb - n.allocated_memory_mb as memory_free_mb, n.price_gpu_hour_micros as price_gpu,
+    n.price_cpu_hour_micros as price_cpu, ${priceOf(a)} as price, n.jobs_succeeded, n.jobs_failed, n.lease_expiries,
+    n.last_heartbeat_at`;
+  const live = sql`n.status = 'online' and not n.draining`;
+  if (a.gpus === 0) {
+    const rows = await database.rows<OfferRow>(sql`
+      select ${nodeCols}, null as model, null as is_mig, null as memory_mb, null as free, null as total, null as cuda, null as driver
+      from nodes n where ${live} and ${tests}
+      order by price, cpu_free_millis, n.id limit ${limit}`);
+    return rows.map(toOffer);
+  }
+  const rows = await database.rows<OfferRow>(sql`
+    with groups as (
+      select g.node_id, g.model, g.mig is not null as is_mig,
+        count(*) filter (where g.job_id is null) as free, count(*) as total, min(g.memory_mb) as memory_mb,
+        max(g.cuda_version) as cuda, max(g.driver_version) as driver
+      from gpus g
+      where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}
+      group by g.node_id, g.model, g.mig is not null
+    )
+    select ${nodeCols}, f.model, f.is_mig, f.memory_mb, f.free, f.total, f.cuda, f.driver
+    from groups f join nodes n on n.id = f.node_id
+    where ${live} and f.free >= ${a.gpus} and ${tests}
+    order by price, f.free, cpu_free_millis, n.id limit ${limit}`);
+  return rows.map(toOffer);
+}
+
+export async function listOffers(database: Database, q: OffersQuery): Promise<{ shape: Shape; items: Offer[] }> {
+  const a = askFromQuery(q);
+  return { shape: shapeOf(a), items: await findOffers(database, a, q.limit) };
+}
+
+const plural = (k: number, one: string, many = `${one}s`) => `${k} ${k === 1 ? one : many}`;
+
+function detailOf(c: ConstraintName, a: Ask, nodes: number, cheapestMicros: number | null): string {
+  const those = plural(nodes, 'node');
+  const model = a.gpuModel ? `${a.gpuModel} ` : '';
+  switch (c) {
+    case 'offline':
+      return `${those} offline`;
+    case 'draining':
+      return `${those} draining (taking no new work)`;
+    case 'node':
+      return `${those} not the node the job names (${a.nodeId})`;
+    case 'provider':
+      return `${those} of another provider than the job names`;
+    case 'region':
+      return `${those} outside region ${a.region}`;
+    case 'labels':
+      return `${those} without the labels ${Object.entries(a.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ')}`;
+    case 'gpu_model':
+      return `${those} with no ${model}GPU`;
+    case 'gpu_memory':
+      return `${those} with no ${model}GPU of ${a.gpuMinMemoryMb} MB or more`;
+    case 'cuda':
+      return `${those} whose ${model}GPUs have CUDA below ${a.minCudaVersion}`;
+    case 'gpu_count':
+      return `${those} with fewer than ${a.gpus} matching GPUs in all`;
+    case 'gpus_busy':
+      return `${those} whose matching GPUs are busy (fewer than ${a.gpus} free now)`;
+    case 'cpu':
+      return `${those} with fewer than ${a.cpuMillis / 1000} CPU cores free`;
+    case 'memory':
+      return `${those} with less than ${a.memoryMb} MB of memory free`;
+    case 'price':
+      return `${those} over the maximum of ${fromMicros(a.maxPriceMicros ?? 0)} per hour${cheapestMicros === null ? '' : ` (the cheapest asks ${fromMicros(cheapestMicros)})`}`;
+  }
+}
+
+/**
+ * What submitting the spec now would do: the offers it would take first and, for every node
+ * that cannot take it, the first constraint that rules it out, counted by constraint.
+ */
+export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun> {
+  const a = askFromSpec(spec);
+  const offers = await findOffers(database, a, 5);
+  const gpuCase =
+    a.gpus > 0
+      ? sql`
+        when coalesce(g.m, 0) = 0 then 'gpu_model'
+        when coalesce(g.mm, 0) = 0 then 'gpu_memory'
+        when coalesce(g.mmc, 0) = 0 then 'cuda'
+        when g.mmc < ${a.gpus} then 'gpu_count'
+        when g.free < ${a.gpus} then 'gpus_busy'`
+      : sql``;
+  const whens = (tests: { name: ConstraintName; ok: SQL }[]) =>
+    sql.join(
+      // The names are a closed list: literals, so the CASE has one type.
+      tests.map((t) => sql`when not (${t.ok}) then ${sql.raw(`'${t.name}'`)}`),
+      sql` `,
+    );
+  const rows = await database.rows<{ verdict: string; nodes: unknown; cheapest: unknown }>(sql`
+    with g as (
+      select node_id,
+        count(*) filter (where ${modelOk(a)}) as m,
+        count(*) filter (where ${modelOk(a)} and ${memoryOk(a)}) as mm,
+        count(*) filter (where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}) as mmc,
+        count(*) filter (where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)} and g.job_id is null) as free
+      from gpus g group by node_id
+    ), v as (
+      select ${priceOf(a)} as price, case
+        when n.status <> 'online' then 'offline'
+        when n.draining then 'draining'
+        ${whens(nodeTests(a))}
+        ${gpuCase}
+        ${whens(capacityTests(a))}
+        else 'fits' end as verdict
+      from nodes n left join g on g.node_id = n.id
+      where n.status in ('online', 'offline')
+    )
+    select verdict, count(*) as nodes, min(price) as cheapest from v group by verdict`);
+  let feasible = 0;
+  const ruledOut: RuledOut[] = [];
+  const order = new Map<string, number>(
+    ['offline', 'draining', 'node', 'provider', 'region', 'labels', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'price'].map(
+      (c, i) => [c, i],
+    ),
+  );
+  for (const r of rows) {
+    if (r.verdict === 'fits') {
+      feasible = n(r.nodes);
+      continue;
+    }
+    const constraint = r.verdict as ConstraintName;
+    const cheapest = r.cheapest === null || r.cheapest === undefined ? null : n(r.cheapest);
+    ruledOut.push({ constraint, nodes: n(r.nodes), detail: detailOf(constraint, a, n(r.nodes), cheapest) });
+  }
+  ruledOut.sort((x, y) => order.get(x.constraint)! - order.get(y.constraint)!);
+  const first = offers[0];
+  return {
+    fits: offers.length > 0,
+    shape: shapeOf(a),
+    maxPricePerHour: spec.maxPricePerHour ?? null,
+    offers,
+    estimatedCostPerHour: first ? first.pricePerHour : null,
+    feasibleNodes: feasible,
+    ruledOut,
+  };
+}

@@ -1,0 +1,162 @@
+import { jobStatuses, type Job, type JobEvent, type JobStatus } from '../../shared/jobs.ts';
+import { getJob, idArg, listAll, naming } from '../api.ts';
+import { type Command, type Context, flagValue, str } from '../command.ts';
+import { UsageError } from '../errors.ts';
+import { describeEnd, followJob, jobExitCode } from '../follow.ts';
+import { ago, type Column, details, table } from '../output.ts';
+import { formatDuration, formatSizeMb, parseWholeNumber } from '../units.ts';
+
+export function gpuSummary(job: Job): string {
+  const r = job.spec.resources;
+  if (!r.gpus) return '-';
+  return `${r.gpus}×${r.gpu?.model ? ` ${r.gpu.model}` : ''}`.trim();
+}
+
+export function runTime(job: Job, now = Date.now()): string {
+  if (!job.startedAt) return '-';
+  const end = job.finishedAt ? Date.parse(job.finishedAt) : now;
+  return formatDuration((end - Date.parse(job.startedAt)) / 1000);
+}
+
+const jobColumns = (ctx: Context): Column<Job>[] => [
+  { header: 'ID', value: (j) => j.id },
+  { header: 'NAME', value: (j) => j.name, flex: true },
+  { header: 'STATUS', value: (j) => (j.cancelRequestedAt && !['cancelled', 'succeeded', 'failed'].includes(j.status) ? `${j.status}*` : j.status), paint: (t) => ctx.out.status(t) },
+  { header: 'GPUS', value: gpuSummary },
+  { header: 'NODE', value: (j) => j.nodeId ?? '-' },
+  { header: 'CREATED', value: (j) => ago(j.createdAt) },
+  { header: 'RAN', value: (j) => runTime(j), right: true },
+];
+
+const tableWidth = (ctx: Context) => (ctx.stdoutIsTerminal ? ctx.stdout.columns : undefined);
+
+export const jobs: Command = {
+  name: 'jobs',
+  summary: 'List your jobs, newest first.',
+  usage: ['jobs [--status STATUS] [--limit N] [--json]'],
+  flags: {
+    status: { type: 'string', arg: 'STATUS', help: `only jobs in this state (${jobStatuses.join(', ')})` },
+    limit: { type: 'string', arg: 'N', help: 'at most N jobs (default 50)' },
+    json: { type: 'boolean', help: 'print the jobs as a JSON array, for scripts' },
+  },
+  positionals: { min: 0, max: 0 },
+  async run(ctx, { values }) {
+    const status = str(values, 'status');
+    if (status !== undefined && !jobStatuses.includes(status as JobStatus)) {
+      throw new UsageError(`--status: "${status}" is not one of ${jobStatuses.join(', ')}`, 'jobs');
+    }
+    const limit = flagValue('jobs', 'limit', str(values, 'limit'), (t) => parseWholeNumber(t, 1, 100_000)) ?? 50;
+    const { api } = await ctx.connect();
+    const items = await listAll<Job>(api, '/v1/jobs', { status }, limit);
+    if (values.json) {
+      ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
+      return;
+    }
+    if (!items.length) {
+      ctx.stdout.write(status ? `No ${status} jobs.\n` : 'No jobs yet. Submit one with gantry submit.\n');
+      return;
+    }
+    ctx.stdout.write(table(jobColumns(ctx), items, { painter: ctx.out, width: tableWidth(ctx) }));
+  },
+};
+
+export const job: Command = {
+  name: 'job',
+  summary: 'Show one job: its spec, state, node, exit code and every state change.',
+  usage: ['job ID [--json]'],
+  flags: { json: { type: 'boolean', help: 'print the job as JSON' } },
+  positionals: { min: 1, max: 1 },
+  async run(ctx, { values, positionals }) {
+    const id = idArg('job', positionals[0], 'job');
+    const { api } = await ctx.connect();
+    const j = await getJob(api, id);
+    if (values.json) {
+      ctx.stdout.write(`${JSON.stringify(j, null, 2)}\n`);
+      return;
+    }
+    const { items: events } = await naming('job', id, api.get<{ items: JobEvent[] }>(`/v1/jobs/${id}/events`));
+    const s = j.spec;
+    const r = s.resources;
+    const resources = [`${r.cpu} CPU`, formatSizeMb(r.memoryMb), r.gpus ? `${gpuSummary(j)} GPU${r.gpus > 1 ? 's' : ''}` : null]
+      .filter(Boolean)
+      .join(', ');
+    const status = `${ctx.out.status(j.status)}${j.cancelRequestedAt && !['cancelled', 'succeeded', 'failed'].includes(j.status) ? ' (cancel requested)' : ''}`;
+    ctx.stdout.write(
+      details(
+        [
+          ['id', j.id],
+          ['name', j.name],
+          ['status', status],
+          ['waiting', j.pendingReason],
+          ['image', s.image],
+          ['command', [...(s.entrypoint ?? []), ...s.command].map(shellQuote).join(' ')],
+          ['resources', resources],
+          ['max price', s.maxPricePerHour !== undefined ? `${s.maxPricePerHour.toFixed(2)}/hour` : null],
+          ['node', j.nodeId],
+          ['gpus', j.gpuIds?.join(', ')],
+          ['attempts', `${j.attempts} of ${j.maxAttempts}`],
+          ['created', `${j.createdAt} (${ago(j.createdAt)})`],
+          ['started', j.startedAt],
+          ['finished', j.finishedAt],
+          ['ran', j.startedAt ? runTime(j) : null],
+          ['exit code', j.exitCode !== null ? String(j.exitCode) : null],
+          ['error', j.error],
+          ['result', j.result !== null && j.result !== undefined ? JSON.stringify(j.result) : null],
+        ],
+        ctx.out,
+      ),
+    );
+    if (events.length) {
+      ctx.stdout.write('\nevents:\n');
+      const cols: Column<JobEvent>[] = [
+        { header: 'AT', value: (e) => e.at },
+        { header: 'FROM', value: (e) => e.from ?? '-' },
+        { header: 'TO', value: (e) => e.to, paint: (t) => ctx.out.status(t) },
+        { header: 'REASON', value: (e) => e.reason, flex: true },
+      ];
+      ctx.stdout.write(table(cols, events, { painter: ctx.out, width: tableWidth(ctx) }));
+    }
+  },
+};
+
+export function shellQuote(arg: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+export const cancel: Command = {
+  name: 'cancel',
+  summary: 'Cancel a job. A queued job ends at once; a running one is stopped by its node.',
+  usage: ['cancel ID [--wait]'],
+  flags: { wait: { type: 'boolean', short: 'w', help: 'wait until the job has stopped' } },
+  positionals: { min: 1, max: 1 },
+  async run(ctx, { values, positionals }) {
+    const id = idArg('job', positionals[0], 'cancel');
+    const { api } = await ctx.connect();
+    const j = await naming('job', id, api.post<Job>(`/v1/jobs/${id}/cancel`));
+    if (j.status === 'cancelled') {
+      ctx.stdout.write(`${id} cancelled\n`);
+      return;
+    }
+    if (!values.wait) {
+      ctx.stdout.write(`Cancel requested: ${id} is ${j.status} on ${j.nodeId ?? 'a node'}, which stops it at its next heartbeat\n`);
+      return;
+    }
+    const ended = await followJob(ctx, api, id, { logs: false });
+    ctx.stdout.write(`${describeEnd(ended)}\n`);
+  },
+};
+
+export const wait: Command = {
+  name: 'wait',
+  summary: "Wait for a job to end and exit with its exit code (0 if it succeeded, 1 if it ended without one).",
+  usage: ['wait ID'],
+  flags: {},
+  positionals: { min: 1, max: 1 },
+  async run(ctx, { positionals }) {
+    const id = idArg('job', positionals[0], 'wait');
+    const { api } = await ctx.connect();
+    const ended = await followJob(ctx, api, id, { logs: false });
+    ctx.stderr.write(`${describeEnd(ended)}\n`);
+    return jobExitCode(ended);
+  },
+};

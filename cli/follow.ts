@@ -1,0 +1,169 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ApiClient } from '../shared/client.ts';
+import { ApiRequestError } from '../shared/client.ts';
+import { isTerminal, type Job } from '../shared/jobs.ts';
+import { expectOk, getJob, serverSentEvents } from './api.ts';
+import type { Context } from './command.ts';
+import { formatDuration } from './units.ts';
+
+// Following a job: its state on a spinner while it waits (queued → leased → running, with the
+// reason it waits), then its logs as they come, until it ends.
+
+const pollMs = 1000;
+
+export function describeWait(job: Job, now = Date.now()): string {
+  const since = (iso: string | null) => (iso ? ` ${formatDuration((now - Date.parse(iso)) / 1000)}` : '');
+  switch (job.status) {
+    case 'queued':
+      return `${job.id} queued${since(job.createdAt)}${job.pendingReason ? `: ${job.pendingReason}` : ', waiting for a node'}`;
+    case 'leased':
+      return `${job.id} leased to ${job.nodeId ?? 'a node'}, starting${since(job.leasedAt)}`;
+    case 'running':
+      return `${job.id} running on ${job.nodeId ?? 'a node'}${since(job.startedAt)}`;
+    default:
+      return `${job.id} ${job.status}`;
+  }
+}
+
+/** The line that closes a followed job. */
+export function describeEnd(job: Job): string {
+  const took = job.startedAt && job.finishedAt ? ` in ${formatDuration((Date.parse(job.finishedAt) - Date.parse(job.startedAt)) / 1000)}` : '';
+  if (job.status === 'succeeded') return `${job.id} succeeded${took}`;
+  const code = job.exitCode !== null ? ` with exit code ${job.exitCode}` : '';
+  const why = job.error ? `: ${job.error}` : '';
+  return `${job.id} ${job.status}${code}${took}${why}`;
+}
+
+/** What `--follow` exits with: the job's own exit code, else 0 for success and 1 for anything else. */
+export function jobExitCode(job: Job): number {
+  if (job.exitCode !== null && job.exitCode >= 0 && job.exitCode <= 255) return job.exitCode;
+  return job.status === 'succeeded' ? 0 : 1;
+}
+
+interface LogChunk {
+  seq?: number;
+  stream?: string;
+  text?: string;
+}
+
+/** Writes a chunk where it belongs: the job's stdout to ours, its stderr and system lines to our stderr. */
+export function writeChunk(ctx: Context, chunk: LogChunk) {
+  if (typeof chunk.text !== 'string') return;
+  if (chunk.stream === 'stderr') ctx.stderr.write(chunk.text);
+  else if (chunk.stream === 'system') ctx.stderr.write(ctx.err.paint('dim', chunk.text.endsWith('\n') ? chunk.text : `${chunk.text}\n`));
+  else ctx.stdout.write(chunk.text);
+}
+
+function parseData(data: string): LogChunk {
+  try {
+    const v = JSON.parse(data) as unknown;
+    if (v && typeof v === 'object') return v as LogChunk;
+  } catch {
+    /* a plain text event */
+  }
+  return { stream: 'stdout', text: data.endsWith('\n') ? data : `${data}\n` };
+}
+
+/**
+ * Streams the job's logs (GET /v1/jobs/:id/logs?follow=1, server-sent events) until the stream
+ * ends or the signal fires. Returns false where this coordinator has no log endpoint.
+ */
+async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: AbortSignal, onOutput: () => void): Promise<boolean> {
+  let lastId: string | undefined;
+  let seen = -1;
+  for (let attempt = 0; !signal.aborted; attempt++) {
+    let res: Response;
+    try {
+      res = await api.raw('GET', `/v1/jobs/${jobId}/logs?follow=1`, {
+        headers: { accept: 'text/event-stream', ...(lastId ? { 'last-event-id': lastId } : {}) },
+        signal,
+        timeoutMs: 24 * 3600_000,
+      });
+      await expectOk(res);
+    } catch (err) {
+      if (signal.aborted) return true;
+      if (err instanceof ApiRequestError && err.status === 404 && /^no route/.test(err.problem?.detail ?? '')) return false;
+      if (err instanceof ApiRequestError && err.status < 500) throw err;
+      // A dropped connection or a restarting coordinator: try again, the job goes on.
+      await sleep(Math.min(10_000, 500 * 2 ** attempt), undefined, { signal }).catch(() => {});
+      continue;
+    }
+    try {
+      for await (const ev of serverSentEvents(res.body!)) {
+        if (ev.id !== undefined) lastId = ev.id;
+        if (ev.event === 'end' || ev.event === 'done') return true;
+        if (ev.event !== 'message' && ev.event !== 'log') continue;
+        const chunk = parseData(ev.data);
+        // A reconnect may replay chunks already shown.
+        if (typeof chunk.seq === 'number') {
+          if (chunk.seq <= seen) continue;
+          seen = chunk.seq;
+        }
+        onOutput();
+        writeChunk(ctx, chunk);
+      }
+      return true;
+    } catch {
+      if (signal.aborted) return true;
+      attempt = 0;
+    }
+  }
+  return true;
+}
+
+/**
+ * Follows a job to its end, showing its state while it waits and (with logs) its output, and
+ * returns the ended job. Ctrl-C stops following, not the job.
+ */
+export async function followJob(ctx: Context, api: ApiClient, jobId: string, opts: { logs: boolean }): Promise<Job> {
+  const progress = ctx.progress();
+  let outputStarted = false;
+  let ended: Job | null = null;
+  const stopLogs = new AbortController();
+  const signal = AbortSignal.any([ctx.signal, stopLogs.signal]);
+
+  const logs = opts.logs
+    ? streamLogs(ctx, api, jobId, signal, () => {
+        if (!outputStarted) progress.stop();
+        outputStarted = true;
+      })
+    : Promise.resolve(false);
+  let logsDone = false;
+  let logsSupported = true;
+  void logs.then(
+    (supported) => {
+      logsDone = true;
+      logsSupported = supported;
+    },
+    () => {
+      logsDone = true;
+    },
+  );
+
+  try {
+    let warnedNoLogs = false;
+    while (!ctx.signal.aborted) {
+      const job = await getJob(api, jobId, ctx.signal);
+      if (isTerminal(job.status)) {
+        ended = job;
+        break;
+      }
+      if (!outputStarted) progress.update(describeWait(job));
+      if (opts.logs && logsDone && !logsSupported && !warnedNoLogs) {
+        warnedNoLogs = true;
+        progress.stop();
+        ctx.stderr.write('this coordinator does not stream logs; showing the job state only\n');
+      }
+      await sleep(pollMs, undefined, { signal: ctx.signal }).catch(() => {});
+    }
+    if (!ended) throw new DOMException('interrupted', 'AbortError');
+    // The log stream closes by itself at the job's end; give the last chunks a moment to arrive.
+    const deadline = Date.now() + 5000;
+    while (opts.logs && !logsDone && Date.now() < deadline) await sleep(100);
+    return ended;
+  } finally {
+    stopLogs.abort();
+    await logs.catch(() => {});
+    progress.stop();
+  }
+}

@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest';
+import { interactive, Painter, Progress, sanitize, table, type Column } from '../../../cli/output.ts';
+
+interface Row {
+  id: string;
+  name: string;
+  n: number;
+}
+const cols: Column<Row>[] = [
+  { header: 'ID', value: (r) => r.id },
+  { header: 'NAME', value: (r) => r.name, flex: true },
+  { header: 'N', value: (r) => String(r.n), right: true },
+];
+
+describe('tables', () => {
+  it('aligns columns, right-aligns numbers and leaves no trailing spaces', () => {
+    const out = table(cols, [
+      { id: 'a', name: 'first', n: 1 },
+      { id: 'bbb', name: 'x', n: 100 },
+    ]);
+    expect(out).toBe(['ID   NAME     N', 'a    first    1', 'bbb  x      100', ''].join('\n'));
+  });
+
+  it('shortens flexible columns to fit a width', () => {
+    const out = table(cols, [{ id: 'a', name: 'a very long job name that goes on', n: 1 }], { width: 24 });
+    for (const line of out.trimEnd().split('\n')) expect([...line].length).toBeLessThanOrEqual(24);
+    expect(out).toContain('…');
+  });
+
+  it('never lets a name drive the terminal', () => {
+    const out = table(cols, [{ id: 'a', name: 'evil\x1b]0;pwned\x07\x1b[2J', n: 1 }]);
+    expect(out).not.toMatch(/\x1b|\x07/);
+    expect(sanitize('a\nb\u009bc')).toBe('a?b?c');
+  });
+
+  it('paints only when colour is on, and measures widths without the escape codes', () => {
+    const painted = table(cols, [{ id: 'a', name: 'x', n: 1 }], { painter: new Painter(true) });
+    expect(painted).toContain('\x1b[1mID\x1b[22m');
+    expect(table(cols, [{ id: 'a', name: 'x', n: 1 }], { painter: new Painter(false) })).not.toContain('\x1b');
+  });
+});
+
+describe('terminal detection', () => {
+  const tty = { isTTY: true, write: () => true };
+  it('is interactive only on a terminal without NO_COLOR or TERM=dumb', () => {
+    expect(interactive(tty, {})).toBe(true);
+    expect(interactive(tty, { NO_COLOR: '1' })).toBe(false);
+    expect(interactive(tty, { NO_COLOR: '' })).toBe(true);
+    expect(interactive(tty, { TERM: 'dumb' })).toBe(false);
+    expect(interactive({ isTTY: false, write: () => true }, {})).toBe(false);
+    expect(interactive({ write: () => true }, {})).toBe(false);
+  });
+
+  it('prints each new state once as a plain line when it cannot spin', () => {
+    const written: string[] = [];
+    const p = new Progress({ write: (s: string) => written.push(s) }, false, new Painter(false));
+    p.update('job queued');
+    p.update('job queued');
+    p.update('job running');
+    p.stop();
+    expect(written).toEqual(['job queued\n', 'job running\n']);
+  });
+
+  it('redraws one line in place when it can, and clears it at the end', () => {
+    const written: string[] = [];
+    const p = new Progress({ write: (s: string) => written.push(s), isTTY: true, columns: 40 }, true, new Painter(false));
+    p.update('job queued');
+    p.update('job running');
+    p.stop();
+    expect(written.every((w) => w.startsWith('\r\x1b[K'))).toBe(true);
+    expect(written.at(-1)).toBe('\r\x1b[K');
+    expect(written.join('')).not.toContain('\n');
+  });
+});

@@ -52,19 +52,30 @@ export function askFromSpec(spec: JobSpec): Ask {
 
 const shapeOf = (a: Ask): Shape => ({ gpus: a.gpus, cpu: a.cpuMillis / 1000, memoryMb: a.memoryMb });
 
-// The GPU tests, one fragment each, so the offer query and the dry-run's verdicts read alike.
-// A model matches by name, case aside: "H100" matches "NVIDIA H100 80GB HBM3".
-const modelOk = (a: Ask): SQL => (a.gpuModel ? sql`strpos(lower(g.model), lower(${a.gpuModel})) > 0` : sql`true`);
-const memoryOk = (a: Ask): SQL => (a.gpuMinMemoryMb ? sql`g.memory_mb >= ${a.gpuMinMemoryMb}` : sql`true`);
-function cudaOk(a: Ask): SQL {
-  if (!a.minCudaVersion) return sql`true`;
-  const wanted = a.minCudaVersion.split('.').map(Number);
-  const arr = sql.raw(`array[${wanted.map((v) => Math.trunc(v)).join(',')}]::int[]`);
-  return sql`(case when g.cuda_version ~ '^[0-9]+(\\.[0-9]+)*$' then string_to_array(g.cuda_version, '.')::int[] >= ${arr} else false end)`;
+// The matching rules of the scheduler (coordinator/scheduler/feasibility.ts) written as SQL, so
+// that offers and dry runs over thousands of nodes are one query; test/unit/pool/offers-sql.test.ts
+// holds the two to the same answers.
+//
+// A model matches when its words (split on spaces and dashes, case aside) stand in a row among
+// the product name's words: "H100" matches "NVIDIA H100 80GB HBM3", "A10" does not match "A100".
+const modelWords = (s: string) => s.toLowerCase().split(/[\s-]+/).filter(Boolean).join(' ');
+function modelOk(a: Ask): SQL {
+  const want = a.gpuModel ? modelWords(a.gpuModel) : '';
+  if (!want) return sql`true`;
+  return sql`strpos(' ' || trim(regexp_replace(lower(g.model), '[[:space:]-]+', ' ', 'g')) || ' ', ${` ${want} `}) > 0`;
 }
-/** The shape's hourly price on node n, in micro-units. */
-const priceOf = (a: Ask): SQL =>
-  sql`(${a.gpus}::bigint * n.price_gpu_hour_micros + (${a.cpuMillis}::bigint * n.price_cpu_hour_micros) / 1000)`;
+const memoryOk = (a: Ask): SQL => (a.gpuMinMemoryMb ? sql`g.memory_mb >= ${a.gpuMinMemoryMb}` : sql`true`);
+/** "12.4" as 12004 (major × 1000 + minor), as the scheduler compares them; unknown never passes. */
+function cudaOk(a: Ask): SQL {
+  const m = a.minCudaVersion?.match(/^(\d{1,4})\.(\d{1,3})/);
+  if (!m) return sql`true`;
+  const wanted = Number(m[1]) * 1000 + Number(m[2]);
+  return sql`(case when g.cuda_version ~ '^[0-9]{1,4}[.][0-9]{1,3}' then split_part(g.cuda_version, '.', 1)::int * 1000 + substring(split_part(g.cuda_version, '.', 2) from '^[0-9]+')::int >= ${wanted} else false end)`;
+}
+/** The shape's hourly price on node n in milli-micro-units (exact for fractional cores). */
+const priceMilliOf = (a: Ask): SQL =>
+  sql`(${a.gpus}::bigint * n.price_gpu_hour_micros * 1000 + ${a.cpuMillis}::bigint * n.price_cpu_hour_micros)`;
+const priceOf = (a: Ask): SQL => sql`round(${priceMilliOf(a)} / 1000.0)`;
 
 /** The node-level tests (besides liveness), in the order the dry-run reports them. */
 function nodeTests(a: Ask): { name: ConstraintName; ok: SQL }[] {
@@ -78,7 +89,7 @@ function nodeTests(a: Ask): { name: ConstraintName; ok: SQL }[] {
 const capacityTests = (a: Ask): { name: ConstraintName; ok: SQL }[] => [
   { name: 'cpu', ok: sql`n.cpu_millis - n.allocated_cpu_millis >= ${a.cpuMillis}` },
   { name: 'memory', ok: sql`n.memory_mb - n.allocated_memory_mb >= ${a.memoryMb}` },
-  ...(a.maxPriceMicros === undefined ? [] : [{ name: 'price' as const, ok: sql`${priceOf(a)} <= ${a.maxPriceMicros}` }]),
+  ...(a.maxPriceMicros === undefined ? [] : [{ name: 'price' as const, ok: sql`${priceMilliOf(a)} <= ${a.maxPriceMicros}::bigint * 1000` }]),
 ];
 
 interface OfferRow {
@@ -135,7 +146,8 @@ function toOffer(r: OfferRow): Offer {
 
 /**
  * Free capacity that fits the ask, one offer per node and GPU model (whole GPUs and MIG
- * devices apart), cheapest first, then the tightest fit (fewest GPUs left over).
+ * devices apart), in the scheduler's order: cheapest, then tightest fit (fewest GPUs, then least
+ * memory, then least CPU left over), then least recently placed on.
  */
 export async function findOffers(database: Database, a: Ask, limit: number): Promise<Offer[]> {
   const tests = sql.join(
@@ -147,26 +159,33 @@ export async function findOffers(database: Database, a: Ask, limit: number): Pro
     n.price_cpu_hour_micros as price_cpu, ${priceOf(a)} as price, n.jobs_succeeded, n.jobs_failed, n.lease_expiries,
     n.last_heartbeat_at`;
   const live = sql`n.status = 'online' and not n.draining`;
+  const match = sql`${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}`;
   if (a.gpus === 0) {
     const rows = await database.rows<OfferRow>(sql`
       select ${nodeCols}, null as model, null as is_mig, null as memory_mb, null as free, null as total, null as cuda, null as driver
       from nodes n where ${live} and ${tests}
-      order by price, cpu_free_millis, n.id limit ${limit}`);
+      order by ${priceMilliOf(a)}, n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis, n.last_placed_at nulls first, n.id
+      limit ${limit}`);
     return rows.map(toOffer);
   }
   const rows = await database.rows<OfferRow>(sql`
     with groups as (
       select g.node_id, g.model, g.mig is not null as is_mig,
-        count(*) filter (where g.job_id is null) as free, count(*) as total, min(g.memory_mb) as memory_mb,
-        max(g.cuda_version) as cuda, max(g.driver_version) as driver
+        count(*) filter (where ${match} and g.job_id is null) as free,
+        count(*) filter (where ${match}) as total,
+        min(g.memory_mb) filter (where ${match}) as memory_mb,
+        max(g.cuda_version) filter (where ${match}) as cuda,
+        max(g.driver_version) filter (where ${match}) as driver,
+        sum(count(*) filter (where g.job_id is null)) over (partition by g.node_id) as node_free
       from gpus g
-      where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}
       group by g.node_id, g.model, g.mig is not null
     )
     select ${nodeCols}, f.model, f.is_mig, f.memory_mb, f.free, f.total, f.cuda, f.driver
     from groups f join nodes n on n.id = f.node_id
     where ${live} and f.free >= ${a.gpus} and ${tests}
-    order by price, f.free, cpu_free_millis, n.id limit ${limit}`);
+    order by ${priceMilliOf(a)}, f.node_free - ${a.gpus}, n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis,
+      n.last_placed_at nulls first, n.id, f.model
+    limit ${limit}`);
   return rows.map(toOffer);
 }
 
@@ -243,7 +262,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
         count(*) filter (where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)} and g.job_id is null) as free
       from gpus g group by node_id
     ), v as (
-      select ${priceOf(a)} as price, case
+      select ${priceMilliOf(a)} as price, case
         when n.status <> 'online' then 'offline'
         when n.draining then 'draining'
         ${whens(nodeTests(a))}
@@ -267,7 +286,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
       continue;
     }
     const constraint = r.verdict as ConstraintName;
-    const cheapest = r.cheapest === null || r.cheapest === undefined ? null : n(r.cheapest);
+    const cheapest = r.cheapest === null || r.cheapest === undefined ? null : Math.round(n(r.cheapest) / 1000);
     ruledOut.push({ constraint, nodes: n(r.nodes), detail: detailOf(constraint, a, n(r.nodes), cheapest) });
   }
   ruledOut.sort((x, y) => order.get(x.constraint)! - order.get(y.constraint)!);

@@ -1,5 +1,7 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
+import type { Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { matchedRoutes } from 'hono/route';
 import { randomUUID } from 'node:crypto';
 import type { AppDeps } from './deps.ts';
 import { accountRoutes } from './http/accounts.ts';
@@ -14,6 +16,13 @@ import { metricsRoutes } from './http/metrics.ts';
 import { poolRoutes } from './http/pool.ts';
 import { offerRoutes } from './http/offers.ts';
 import { httpMetrics } from './metrics/http.ts';
+
+/** The route pattern that answered (not the path, which holds ids), even when a middleware refused. */
+function routeOf(c: Context): string {
+  const routes = matchedRoutes(c);
+  for (let i = routes.length - 1; i >= 0; i--) if (routes[i]!.method !== 'ALL') return routes[i]!.path;
+  return '(no route)';
+}
 
 /** Paths whose bodies are not JSON documents and carry their own size cap. */
 const rawBodyPaths = [/^\/v1\/blobs$/, /^\/v1\/agent\/jobs\/[^/]+\/outputs$/];
@@ -30,7 +39,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     if (deps.config.logRequests) {
       deps.log.info('request', {
         method: c.req.method,
-        route: c.req.routePath,
+        route: routeOf(c),
         status: c.res.status,
         ms: Math.round((performance.now() - started) * 10) / 10,
         requestId: c.get('requestId'),

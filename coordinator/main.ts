@@ -27,13 +27,15 @@ async function serveCommand() {
   const log = jsonLogger();
   const coordinator = await startCoordinator({ config, log });
   const where = config.databaseUrl ? 'PostgreSQL' : `PGlite in ${config.dataDir}`;
-  process.stdout.write(`Gantry coordinator listening on ${config.publicUrl} (database: ${where})\n`);
+  // The bound address (PORT=0 picks a free port), so scripts and tests can read it from this line.
+  let banner = `Gantry coordinator listening on ${coordinator.url} (public URL ${config.publicUrl}; database: ${where})\n`;
   if (coordinator.adminKey) {
-    process.stdout.write(`Admin API key: ${coordinator.adminKey}\n`);
-    process.stdout.write(
-      'Keep it safe: it is shown only this once. Use it as "Authorization: Bearer <key>", e.g. export GANTRY_ADMIN_KEY=<key>\n',
-    );
+    banner +=
+      `Admin API key: ${coordinator.adminKey}\n` +
+      'Keep it safe: it is shown only this once. Send it as "Authorization: Bearer <key>", e.g. export GANTRY_ADMIN_KEY=<key>\n';
   }
+  // One write, so a reader sees the key line together with the listening line.
+  process.stdout.write(banner);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

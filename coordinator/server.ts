@@ -51,12 +51,13 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       clock,
       log,
       signals: new Signals(),
-      keys: new KeyVerifier(database.db, clock),
+      keys: new KeyVerifier(database, clock),
       agents: new AgentVerifier(database.db, clock, config.name),
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: noHeartbeatHook,
       ...poolParts(database, clock, config),
     };
+    const stopKeyListener = await deps.keys.listenForRevocations();
     const app = createApp(deps);
     const server: ServerType = await new Promise((resolve) => {
       const s = serve(
@@ -76,7 +77,9 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     });
     const { port } = server.address() as AddressInfo;
     const scheme = config.tls ? 'https' : 'http';
-    const url = `${scheme}://127.0.0.1:${port}`;
+    // The address it is reachable on from this host (a wildcard bind answers on loopback).
+    const host = ['0.0.0.0', '::', ''].includes(config.host) ? '127.0.0.1' : config.host;
+    const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
     const poolHistory = new PoolHistoryWriter(database, clock, deps.pool, {
       stepSeconds: config.poolHistoryStepSeconds,
       retentionSeconds: config.poolHistoryRetentionSeconds,
@@ -101,6 +104,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
             });
             (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
           });
+          await stopKeyListener().catch(() => {});
           await poolHistory.stop();
           if (ownsDatabase) await database.close();
         })()),

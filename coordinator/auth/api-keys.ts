@@ -4,7 +4,7 @@ import type { MiddlewareHandler } from 'hono';
 import type { Scope } from '../../shared/accounts.ts';
 import { newId, randomLowercase } from '../../shared/ids.ts';
 import type { Clock } from '../clock.ts';
-import type { DbOrTx } from '../db/open.ts';
+import type { Database, DbOrTx } from '../db/open.ts';
 import { apiKeys } from '../db/schema/index.ts';
 import type { AppEnv } from '../http/env.ts';
 import { ApiError } from '../http/problem.ts';
@@ -41,14 +41,34 @@ export async function insertKey(
 
 /** How often last_used_at is written for one key: not on every request. */
 const lastUsedWriteMs = 60_000;
+/**
+ * How long a verified key is trusted without asking the database again. A revocation clears it
+ * at once here and, through NOTIFY, on the other replicas; this bounds a lost notification.
+ */
+const verifiedCacheMs = 5_000;
+const maxCachedKeys = 10_000;
+/** The NOTIFY channel on which a revoked key's id travels to every replica. */
+export const keyRevokedChannel = 'gantry_key_revoked';
+
+interface VerifiedKey {
+  principal: Principal;
+  hash: Buffer;
+  until: number;
+}
 
 export class KeyVerifier {
   private lastWrite = new Map<string, number>();
+  private verified = new Map<string, VerifiedKey>();
 
   constructor(
-    private db: DbOrTx,
+    private database: Database,
     private clock: Clock,
   ) {}
+
+  /** Follows revocations made by other replicas; the returned function stops following. */
+  async listenForRevocations(): Promise<() => Promise<void>> {
+    return this.database.listen(keyRevokedChannel, (keyId) => this.forget(keyId));
+  }
 
   async verify(header: string | undefined): Promise<Principal> {
     const token = header?.match(/^Bearer\s+(\S+)$/i)?.[1];
@@ -56,24 +76,54 @@ export class KeyVerifier {
     const m = token.match(keyPattern);
     if (!m) throw new ApiError('unauthenticated', 'the API key is not valid');
     const [, prefix, secret] = m;
-    const [row] = await this.db
-      .select()
-      .from(apiKeys)
-      .where(and(eq(apiKeys.prefix, prefix!), isNull(apiKeys.revokedAt)))
-      .limit(1);
     const given = Buffer.from(sha256(secret!), 'hex');
-    if (!row || !timingSafeEqual(given, Buffer.from(row.hash, 'hex'))) {
+    const now = performance.now();
+    let entry = this.verified.get(prefix!);
+    if (!entry || entry.until <= now) {
+      const [row] = await this.database.db
+        .select({ id: apiKeys.id, accountId: apiKeys.accountId, hash: apiKeys.hash, scopes: apiKeys.scopes })
+        .from(apiKeys)
+        .where(and(eq(apiKeys.prefix, prefix!), isNull(apiKeys.revokedAt)))
+        .limit(1);
+      if (!row) {
+        this.verified.delete(prefix!);
+        throw new ApiError('unauthenticated', 'the API key is not valid or was revoked');
+      }
+      entry = {
+        principal: { accountId: row.accountId, keyId: row.id, scopes: row.scopes as Scope[] },
+        hash: Buffer.from(row.hash, 'hex'),
+        until: now + verifiedCacheMs,
+      };
+      // Only a key whose secret matches is remembered, so guesses cannot fill the cache.
+      if (timingSafeEqual(given, entry.hash)) this.remember(prefix!, entry);
+    }
+    if (!timingSafeEqual(given, entry.hash)) {
       throw new ApiError('unauthenticated', 'the API key is not valid or was revoked');
     }
-    this.touch(row.id);
-    return { accountId: row.accountId, keyId: row.id, scopes: row.scopes as Scope[] };
+    this.touch(entry.principal.keyId);
+    return entry.principal;
+  }
+
+  /** After a revocation: this replica forgets the key now, the others when the NOTIFY reaches them. */
+  async revoked(keyId: string): Promise<void> {
+    this.forget(keyId);
+    await this.database.notify(keyRevokedChannel, keyId);
+  }
+
+  private forget(keyId: string) {
+    for (const [prefix, entry] of this.verified) if (entry.principal.keyId === keyId) this.verified.delete(prefix);
+  }
+
+  private remember(prefix: string, entry: VerifiedKey) {
+    if (this.verified.size >= maxCachedKeys) this.verified.delete(this.verified.keys().next().value!);
+    this.verified.set(prefix, entry);
   }
 
   private touch(keyId: string) {
     const now = this.clock.now().getTime();
     if (now - (this.lastWrite.get(keyId) ?? 0) < lastUsedWriteMs) return;
     this.lastWrite.set(keyId, now);
-    void this.db
+    void this.database.db
       .update(apiKeys)
       .set({ lastUsedAt: new Date(now) })
       .where(eq(apiKeys.id, keyId))

@@ -1,4 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
+import { idPattern } from '../../shared/ids.ts';
 import { Account, ApiKeyInfo, CreateAccount, CreateKey, CreatedKey } from '../../shared/accounts.ts';
 import { createAccount, createKey, revokeKey, type AccountRow, type ApiKeyRow } from '../accounts/service.ts';
 import { requireKey } from '../auth/api-keys.ts';
@@ -18,15 +19,16 @@ const toKeyInfo = (r: ApiKeyRow): ApiKeyInfo => ({
 });
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
-const IdParam = (name: string) => z.object({ id: z.string().min(1).max(64) }).describe(name);
+const AccountIdParam = z.object({ id: z.string().regex(idPattern('account'), 'not an account id') });
+const KeyIdParam = z.object({ id: z.string().regex(idPattern('apiKey'), 'not a key id') });
 
 export function accountRoutes(deps: AppDeps) {
   const app = createRouter();
   const { db } = deps.database;
 
-  app.use('/v1/accounts', requireKey(deps.keys, 'admin'));
-  app.use('/v1/accounts/*', requireKey(deps.keys));
-  app.use('/v1/keys/*', requireKey(deps.keys));
+  // Each route names who may call it: its key is checked before its input is read.
+  const admin = requireKey(deps.keys, 'admin');
+  const anyKey = requireKey(deps.keys);
 
   app.openapi(
     createRoute({
@@ -34,6 +36,7 @@ export function accountRoutes(deps: AppDeps) {
       path: '/v1/accounts',
       summary: 'Create an account (admin)',
       security: bearerAuth,
+      middleware: admin,
       request: { body: { required: true, ...json(CreateAccount) } },
       responses: { 201: { description: 'Created', ...json(Account) }, ...errorResponses },
     }),
@@ -50,7 +53,8 @@ export function accountRoutes(deps: AppDeps) {
       path: '/v1/accounts/{id}/keys',
       summary: 'Create an API key for an account (admin, or the account itself)',
       security: bearerAuth,
-      request: { params: IdParam('account id'), body: { required: true, ...json(CreateKey) } },
+      middleware: anyKey,
+      request: { params: AccountIdParam, body: { required: true, ...json(CreateKey) } },
       responses: { 201: { description: 'Created; the key is shown this once', ...json(CreatedKey) }, ...errorResponses },
     }),
     async (c) => {
@@ -67,12 +71,14 @@ export function accountRoutes(deps: AppDeps) {
       path: '/v1/keys/{id}',
       summary: 'Revoke an API key',
       security: bearerAuth,
-      request: { params: IdParam('key id') },
+      middleware: anyKey,
+      request: { params: KeyIdParam },
       responses: { 200: { description: 'Revoked', ...json(ApiKeyInfo) }, ...errorResponses },
     }),
     async (c) => {
       const { id } = c.req.valid('param');
       const row = await revokeKey(db, c.get('principal'), id, deps.clock.now());
+      await deps.keys.revoked(row.id);
       return c.json(toKeyInfo(row), 200);
     },
   );

@@ -17,8 +17,8 @@ const IdempotencyHeaders = z.object({
 export function jobRoutes(deps: AppDeps) {
   const app = createRouter();
   const { db } = deps.database;
-  app.use('/v1/jobs', requireKey(deps.keys, 'client'));
-  app.use('/v1/jobs/*', requireKey(deps.keys, 'client'));
+  // Each route names who may call it: its key is checked before its input is read.
+  const client = requireKey(deps.keys, 'client');
 
   app.openapi(
     createRoute({
@@ -26,6 +26,7 @@ export function jobRoutes(deps: AppDeps) {
       path: '/v1/jobs',
       summary: 'Submit a job',
       security: bearerAuth,
+      middleware: client,
       request: { headers: IdempotencyHeaders, body: { required: true, ...json(JobSpec) } },
       responses: {
         201: { description: 'Queued', ...json(Job) },
@@ -49,7 +50,8 @@ export function jobRoutes(deps: AppDeps) {
       path: '/v1/jobs',
       summary: 'List your jobs, newest first',
       security: bearerAuth,
-      request: { query: PageQuery.extend(JobListQuery.shape) },
+      middleware: client,
+      request: { query: PageQuery.extend(JobListQuery.shape).strict() },
       responses: { 200: { description: 'A page of jobs', ...json(pageOf(Job)) }, ...errorResponses },
     }),
     async (c) => {
@@ -65,6 +67,7 @@ export function jobRoutes(deps: AppDeps) {
       path: '/v1/jobs/{id}',
       summary: 'Read a job',
       security: bearerAuth,
+      middleware: client,
       request: { params: JobIdParam },
       responses: { 200: { description: 'The job', ...json(Job) }, ...errorResponses },
     }),
@@ -80,6 +83,7 @@ export function jobRoutes(deps: AppDeps) {
       path: '/v1/jobs/{id}/cancel',
       summary: 'Cancel a job',
       security: bearerAuth,
+      middleware: client,
       request: { params: JobIdParam },
       responses: { 200: { description: 'Cancelled, or cancel requested', ...json(Job) }, ...errorResponses },
     }),
@@ -96,6 +100,7 @@ export function jobRoutes(deps: AppDeps) {
       path: '/v1/jobs/{id}/events',
       summary: "A job's state changes, oldest first",
       security: bearerAuth,
+      middleware: client,
       request: { params: JobIdParam },
       responses: { 200: { description: 'Events', ...json(z.object({ items: z.array(JobEvent) })) }, ...errorResponses },
     }),

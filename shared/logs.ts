@@ -34,32 +34,38 @@ export const LogChunkAccepted = z.object({
 });
 export type LogChunkAccepted = z.infer<typeof LogChunkAccepted>;
 
-/** A chunk as a client reads it: its seq is the cursor for the next page (`after`). */
+/**
+ * A chunk as a client reads it: lines of one stream, each ending in "\n", so text can be
+ * written out as it is. Its seq is the cursor for what comes after it.
+ */
 export const LogBatch = z.object({
   seq: z.number().int(),
   stream: LogStream,
   at: z.string(),
-  lines: z.array(z.string()),
+  text: z.string(),
 });
 export type LogBatch = z.infer<typeof LogBatch>;
 
 export const LogQuery = z.object({
-  // The seq of the last chunk already read; the page starts after it.
-  after: z.coerce.number().int().min(-1).max(2_000_000_000).default(-1),
+  // The seq of the last chunk already read (a page's nextCursor, an event's id); the page starts after it.
+  cursor: z.string().regex(/^\d{1,10}$/, 'not a cursor from a previous page').optional(),
   limit: z.coerce.number().int().min(1).max(10_000).default(1000),
   follow: z.enum(['0', '1', 'true', 'false']).optional(),
 });
 
 export const LogPage = z.object({
   items: z.array(LogBatch),
-  /** Pass as `after` for the next page; null when nothing was read past `after`. */
-  next: z.number().int().nullable(),
-  /** True when the job has ended and every stored chunk up to here was returned. */
+  /** Pass as `cursor` for the next page; null when nothing more is stored now. */
+  nextCursor: z.string().nullable(),
+  /** True when the job has ended and this page reaches the end of its log. */
   complete: z.boolean(),
 });
 export type LogPage = z.infer<typeof LogPage>;
 
-/** The last server-sent event of a followed log: the job ended and every line was sent. */
+/**
+ * A followed log (follow=1) is server-sent events: `log` events (id = seq, data = a LogBatch),
+ * then one `end` event with this data, once the job ended and every chunk was sent.
+ */
 export const LogEnd = z.object({ status: z.string(), exitCode: z.number().int().nullable(), error: z.string().nullable() });
 
 /** A progress note the agent adds to the job's events (an image pull, say). */

@@ -18,6 +18,8 @@ const followPollMs = 1000;
 const keepaliveMs = 15_000;
 const followBatchLines = 10_000;
 
+const cursorOf = (cursor: string | undefined) => (cursor === undefined ? -1 : Number(cursor));
+
 export function logRoutes(deps: AppDeps) {
   const app = createRouter();
   const { db } = deps.database;
@@ -66,7 +68,7 @@ export function logRoutes(deps: AppDeps) {
       summary: "A job's output: a page of chunks, or with follow=1 server-sent events until the job ends",
       description:
         'Each chunk holds lines of one stream in order; the order between stdout and stderr is not kept. ' +
-        'follow=1 answers text/event-stream: `lines` events (id = seq, data = a chunk), then one `end` event. ' +
+        'follow=1 answers text/event-stream: `log` events (id = seq, data = a chunk), then one `end` event. ' +
         'Authenticate with the Authorization header (read it with fetch streaming; EventSource cannot send one).',
       security: bearerAuth,
       request: { params: JobIdParam, query: LogQuery },
@@ -85,14 +87,15 @@ export function logRoutes(deps: AppDeps) {
       if (q.follow === '1' || q.follow === 'true') {
         await getOwnJob(db, accountId, jobId);
         const lastEventId = Number(c.req.header('last-event-id'));
-        const after = Number.isInteger(lastEventId) && lastEventId >= 0 ? lastEventId : q.after;
+        const after = Number.isInteger(lastEventId) && lastEventId >= 0 ? lastEventId : cursorOf(q.cursor);
         return streamSSE(c, (stream) => follow(deps, stream, jobId, after)) as never;
       }
-      const { job, items } = await readOwnLog(db, accountId, jobId, q.after, q.limit);
-      const next = items.length ? items[items.length - 1]!.seq : null;
-      // Complete: the job ended before this read, and nothing is stored past this page.
-      const complete = isTerminal(job.status) && (await readChunks(db, jobId, next ?? q.after, 1)).length === 0;
-      return c.json({ items, next, complete }, 200);
+      const after = cursorOf(q.cursor);
+      const { job, items } = await readOwnLog(db, accountId, jobId, after, q.limit);
+      const last = items.length ? items[items.length - 1]!.seq : after;
+      const more = (await readChunks(db, jobId, last, 1)).length > 0;
+      // Complete: the job had ended before this read, and nothing is stored past this page.
+      return c.json({ items, nextCursor: more ? String(last) : null, complete: isTerminal(job.status) && !more }, 200);
     },
   );
 
@@ -110,7 +113,7 @@ async function follow(deps: AppDeps, stream: SSEStreamingApi, jobId: string, aft
     while (!stream.aborted && !stream.closed) {
       const items = await readChunks(db, jobId, after, followBatchLines);
       for (const item of items) {
-        await stream.writeSSE({ event: 'lines', id: String(item.seq), data: JSON.stringify(item) });
+        await stream.writeSSE({ event: 'log', id: String(item.seq), data: JSON.stringify(item) });
         after = item.seq;
       }
       if (items.length) {

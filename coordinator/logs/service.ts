@@ -75,7 +75,7 @@ export async function readChunks(db: DbOrTx, jobId: string, after: number, limit
   let lines = 0;
   for (const row of rows) {
     if (out.length && lines + row.lines > limit) break;
-    out.push({ seq: row.seq, stream: row.stream, at: row.at.toISOString(), lines: row.text.split('\n') });
+    out.push({ seq: row.seq, stream: row.stream, at: row.at.toISOString(), text: `${row.text}\n` });
     lines += row.lines;
   }
   return out;

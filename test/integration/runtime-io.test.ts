@@ -108,17 +108,20 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
     expect((await send({ ...chunk(3, ['two\nlines']) })).status).toBe(400);
 
     const api = h.client(client.key);
-    const all = await api.get<{ items: { seq: number; stream: string; lines: string[] }[]; next: number; complete: boolean }>(`/v1/jobs/${jobId}/logs`);
-    expect(all.items.map((i) => [i.seq, i.stream, i.lines])).toEqual([
-      [0, 'stdout', ['out 1', 'out 2']],
-      [1, 'stderr', ['err 1']],
-      [2, 'stdout', ['out 3', '']],
+    type Page = { items: { seq: number; stream: string; text: string }[]; nextCursor: string | null; complete: boolean };
+    const all = await api.get<Page>(`/v1/jobs/${jobId}/logs`);
+    expect(all.items.map((i) => [i.seq, i.stream, i.text])).toEqual([
+      [0, 'stdout', 'out 1\nout 2\n'],
+      [1, 'stderr', 'err 1\n'],
+      [2, 'stdout', 'out 3\n\n'],
     ]);
-    expect(all.complete).toBe(false);
-    const page = await api.get<{ items: { seq: number }[]; next: number }>(`/v1/jobs/${jobId}/logs?limit=2`);
+    expect(all).toMatchObject({ nextCursor: null, complete: false });
+    const page = await api.get<Page>(`/v1/jobs/${jobId}/logs?limit=2`);
     expect(page.items.map((i) => i.seq)).toEqual([0]);
-    const rest = await api.get<{ items: { seq: number }[] }>(`/v1/jobs/${jobId}/logs?after=${page.next}`);
+    expect(page.nextCursor).toBe('0');
+    const rest = await api.get<Page>(`/v1/jobs/${jobId}/logs?cursor=${page.nextCursor}`);
     expect(rest.items.map((i) => i.seq)).toEqual([1, 2]);
+    expect(rest.nextCursor).toBeNull();
     await expect(h.client(other.key).get(`/v1/jobs/${jobId}/logs`)).rejects.toMatchObject({ status: 404 });
   });
 
@@ -148,9 +151,9 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
         text += value;
       }
     };
-    await until(/"first"/);
+    await until(/"first\\n"/);
     await send(chunk(1, ['second'], 'stderr'));
-    await until(/"second"/);
+    await until(/"second\\n"/);
     const db = h.coordinator.deps.database.db;
     await db.transaction((tx) => changeStatus(tx, jobId, ['running'], 'failed', 'test', { exitCode: 3, finishedAt: new Date() }));
     await until(/event: end/);
@@ -159,7 +162,7 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
       .split('\n\n')
       .filter(Boolean)
       .map((e) => Object.fromEntries(e.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)])));
-    expect(events.map((e) => e.event)).toEqual(['lines', 'lines', 'end']);
+    expect(events.map((e) => e.event)).toEqual(['log', 'log', 'end']);
     expect(events.map((e) => e.id)).toEqual(['0', '1', undefined]);
     expect(JSON.parse(events[2]!.data!)).toEqual({ status: 'failed', exitCode: 3, error: null });
     const { done } = await reader.read();
@@ -167,8 +170,8 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
     // Resuming after the last seen id sends only what came after it.
     const again = await h.fetch(`/v1/jobs/${jobId}/logs?follow=1`, { key: client.key, headers: { 'last-event-id': '0' } });
     const rest = await again.text();
-    expect(rest).not.toContain('"first"');
-    expect(rest).toContain('"second"');
+    expect(rest).not.toContain('first');
+    expect(rest).toContain('"second\\n"');
     expect((await h.fetch(`/v1/jobs/${jobId}/logs?follow=1`, { key: other.key })).status).toBe(404);
   });
 

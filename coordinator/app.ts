@@ -15,6 +15,7 @@ import { ApiError, problemResponse, renderError } from './http/problem.ts';
 import { metricsRoutes } from './http/metrics.ts';
 import { poolRoutes } from './http/pool.ts';
 import { offerRoutes } from './http/offers.ts';
+import { usageRoutes } from './http/usage.ts';
 import { httpMetrics } from './metrics/http.ts';
 
 /** The route pattern that answered (not the path, which holds ids), even when a middleware refused. */
@@ -75,6 +76,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', jobRoutes(deps));
   app.route('/', poolRoutes(deps));
   app.route('/', metricsRoutes(deps));
+  app.route('/', usageRoutes(deps));
   app.route('/', blobRoutes(deps));
   app.route('/', logRoutes(deps));
   app.route('/', outputRoutes(deps));

@@ -1,8 +1,12 @@
+import { existsSync } from 'node:fs';
 import { z } from 'zod';
 
-const port = z.coerce.number().int().min(0).max(65_535);
-const positiveInt = z.coerce.number().int().positive();
-const bool = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
+const number = () => z.coerce.number({ error: 'must be a number' });
+const port = number().int('must be a whole number').min(0, 'must be a port number, 0-65535').max(65_535, 'must be a port number, 0-65535');
+const positiveInt = number().int('must be a whole number').positive('must be 1 or more');
+const bool = z
+  .enum(['0', '1', 'true', 'false'], { error: 'must be one of 1, 0, true, false' })
+  .transform((v) => v === '1' || v === 'true');
 
 /** Every setting of the coordinator, from the environment, parsed once at start. */
 const Env = z
@@ -15,7 +19,7 @@ const Env = z
       .optional(),
     GANTRY_DATA_DIR: z.string().min(1).default('./.gantry'),
     GANTRY_DB_POOL_SIZE: positiveInt.max(200).default(10),
-    GANTRY_PUBLIC_URL: z.url({ protocol: /^https?$/ }).optional(),
+    GANTRY_PUBLIC_URL: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).optional(),
     // The coordinator's name: issuer of its leases and audience of agents' tokens.
     GANTRY_NAME: z.string().min(1).max(256).optional(),
     GANTRY_TLS_CERT: z.string().min(1).optional(),
@@ -71,6 +75,12 @@ export interface Config {
 
 export class ConfigError extends Error {}
 
+/** NAME=value for the error line; a value that may hold a password is left out. */
+function shown(name: string, value: string | undefined): string {
+  if (value === undefined || /URL$|KEY$|SECRET|TOKEN|PASSWORD/.test(name)) return name;
+  return `${name}=${JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value)}`;
+}
+
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   // An empty variable counts as unset, as a shell user expects.
   const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
@@ -78,9 +88,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0] ?? 'environment');
-    throw new ConfigError(`invalid setting ${name}: ${issue.message}`);
+    throw new ConfigError(`invalid setting ${shown(name, present[name])}: ${issue.message}`);
   }
   const e = parsed.data;
+  for (const name of ['GANTRY_TLS_CERT', 'GANTRY_TLS_KEY'] as const) {
+    const file = e[name];
+    if (file && !existsSync(file)) throw new ConfigError(`invalid setting ${shown(name, file)}: no such file`);
+  }
   const scheme = e.GANTRY_TLS_CERT ? 'https' : 'http';
   const publicUrl = (e.GANTRY_PUBLIC_URL ?? `${scheme}://localhost:${e.PORT}`).replace(/\/+$/, '');
   return {

@@ -82,6 +82,13 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', outputRoutes(deps));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', { type: 'http', scheme: 'bearer' });
+  // Agent routes: a short-lived JWT the agent signs with its own Ed25519 key (sub = node id).
+  app.openAPIRegistry.registerComponent('securitySchemes', 'agentToken', {
+    type: 'http',
+    scheme: 'bearer',
+    bearerFormat: 'JWT',
+    description: "The agent's own EdDSA-signed token: sub is the node id, aud the coordinator",
+  });
   app.doc31('/openapi.json', {
     openapi: '3.1.0',
     info: { title: 'Gantry coordinator', version: '0.1.0' },

@@ -9,6 +9,25 @@ export interface Executor {
   /** A short name for logs and `gantry-agent` output: "docker", "test". */
   readonly name: string;
   run(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult>;
+  /**
+   * Runs this node left behind when the agent last stopped (Docker: containers found by their
+   * labels), so the runner can resume each one whose lease is still current, by calling run()
+   * with its grant (the runtime then follows the existing container instead of starting one),
+   * and discard() the rest. Optional: a runtime without it leaves nothing behind.
+   */
+  recover?(): Promise<RecoveredRun[]>;
+  /** Stops and removes what is left of a run whose lease is gone (found by recover()). */
+  discard?(run: RecoveredRun): Promise<void>;
+}
+
+/** A run found after an agent restart: the job, the epoch it ran under, and the grant it was started with. */
+export interface RecoveredRun {
+  jobId: string;
+  epoch: number;
+  /** The grant as the runtime kept it (null when it could not be read back: discard the run). */
+  grant: LeaseGrant | null;
+  /** Whether the job's process is still running (false: it ended while the agent was away). */
+  running: boolean;
 }
 
 /** Why the runner aborted a run: what ctx.signal.reason holds. */
@@ -22,8 +41,20 @@ export interface ExecutionContext {
   signal: AbortSignal;
   /** Call once the job's process has started (the container runs): the runner reports `running`. */
   onRunning(): void;
-  /** Output as it comes, in order per stream; the log shipper numbers and sends it. */
-  onLog(stream: 'stdout' | 'stderr', text: string): void;
+  /**
+   * Output as it comes, in order per stream; the log shipper numbers and sends it. When it
+   * returns a promise the runtime waits for it before reading more output (the shipper's
+   * backpressure, which keeps the agent's memory bounded).
+   */
+  onLog(stream: 'stdout' | 'stderr', text: string): void | Promise<void>;
+  /** A note about the run for the job's events and its log (image pull progress, restarts). */
+  onProgress?(message: string): void;
+  /** The bytes of one of the job's inputs (spec.inputs), fetched with the lease. Needed when the spec has inputs. */
+  fetchInput?(digest: string): Promise<AsyncIterable<Uint8Array>>;
+  /** Uploads the tar of what the job wrote to /outputs, with the lease, before the run's end is reported. */
+  uploadOutputs?(tar: Blob): Promise<void>;
+  /** Stores /outputs/result.json's value on the job, with the lease. */
+  uploadResult?(result: unknown): Promise<void>;
 }
 
 /** How a run ended. `succeeded` means exit code 0; the runner reports the rest as the job's failure. */

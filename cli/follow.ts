@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ApiClient } from '../shared/client.ts';
 import { ApiRequestError } from '../shared/client.ts';
 import { isTerminal, type Job } from '../shared/jobs.ts';
+import { LogBatch } from '../shared/logs.ts';
 import { expectOk, getJob, serverSentEvents } from './api.ts';
 import type { Context } from './command.ts';
 import { formatDuration } from './units.ts';
@@ -10,6 +11,14 @@ import { formatDuration } from './units.ts';
 // reason it waits), then its logs as they come, until it ends.
 
 const pollMs = 1000;
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
 
 export function describeWait(job: Job, now = Date.now()): string {
   const since = (iso: string | null) => (iso ? ` ${formatDuration((now - Date.parse(iso)) / 1000)}` : '');
@@ -40,28 +49,13 @@ export function jobExitCode(job: Job): number {
   return job.status === 'succeeded' ? 0 : 1;
 }
 
-interface LogChunk {
-  seq?: number;
-  stream?: string;
-  text?: string;
-}
-
 /** Writes a chunk where it belongs: the job's stdout to ours, its stderr and system lines to our stderr. */
-export function writeChunk(ctx: Context, chunk: LogChunk) {
-  if (typeof chunk.text !== 'string') return;
-  if (chunk.stream === 'stderr') ctx.stderr.write(chunk.text);
-  else if (chunk.stream === 'system') ctx.stderr.write(ctx.err.paint('dim', chunk.text.endsWith('\n') ? chunk.text : `${chunk.text}\n`));
-  else ctx.stdout.write(chunk.text);
-}
-
-function parseData(data: string): LogChunk {
-  try {
-    const v = JSON.parse(data) as unknown;
-    if (v && typeof v === 'object') return v as LogChunk;
-  } catch {
-    /* a plain text event */
-  }
-  return { stream: 'stdout', text: data.endsWith('\n') ? data : `${data}\n` };
+export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'>) {
+  const { text } = batch;
+  if (!text) return;
+  if (batch.stream === 'stdout') ctx.stdout.write(text);
+  else if (batch.stream === 'stderr') ctx.stderr.write(text);
+  else ctx.stderr.write(ctx.err.paint('dim', text));
 }
 
 /**
@@ -70,11 +64,12 @@ function parseData(data: string): LogChunk {
  */
 async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: AbortSignal, onOutput: () => void): Promise<boolean> {
   let lastId: string | undefined;
+  // The seq of the last chunk shown: a reconnect asks for what comes after it.
   let seen = -1;
   for (let attempt = 0; !signal.aborted; attempt++) {
     let res: Response;
     try {
-      res = await api.raw('GET', `/v1/jobs/${jobId}/logs?follow=1`, {
+      res = await api.raw('GET', `/v1/jobs/${jobId}/logs?follow=1${seen >= 0 ? `&cursor=${seen}` : ''}`, {
         headers: { accept: 'text/event-stream', ...(lastId ? { 'last-event-id': lastId } : {}) },
         signal,
         timeoutMs: 24 * 3600_000,
@@ -91,16 +86,14 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
     try {
       for await (const ev of serverSentEvents(res.body!)) {
         if (ev.id !== undefined) lastId = ev.id;
-        if (ev.event === 'end' || ev.event === 'done') return true;
-        if (ev.event !== 'message' && ev.event !== 'log') continue;
-        const chunk = parseData(ev.data);
+        if (ev.event === 'end') return true;
+        if (ev.event !== 'log') continue;
+        const batch = LogBatch.safeParse(safeJson(ev.data));
         // A reconnect may replay chunks already shown.
-        if (typeof chunk.seq === 'number') {
-          if (chunk.seq <= seen) continue;
-          seen = chunk.seq;
-        }
+        if (!batch.success || batch.data.seq <= seen) continue;
+        seen = batch.data.seq;
         onOutput();
-        writeChunk(ctx, chunk);
+        writeBatch(ctx, batch.data);
       }
       return true;
     } catch {
@@ -148,7 +141,7 @@ export async function followJob(ctx: Context, api: ApiClient, jobId: string, opt
         ended = job;
         break;
       }
-      if (!outputStarted) progress.update(describeWait(job));
+      if (!outputStarted) progress.update(describeWait(job), `${job.status} ${job.nodeId} ${job.pendingReason}`);
       if (opts.logs && logsDone && !logsSupported && !warnedNoLogs) {
         warnedNoLogs = true;
         progress.stop();

@@ -144,15 +144,16 @@ export class Progress {
     private painter: Painter,
   ) {}
 
-  update(text: string) {
+  /** key says what counts as news off a terminal (a state, not its ticking clock); default the text. */
+  update(text: string, key: string = text) {
     const clean = sanitize(text);
-    if (clean === this.text) return;
-    this.text = clean;
     if (!this.spin) {
-      if (clean !== this.lastPrinted) this.stream.write(`${clean}\n`);
-      this.lastPrinted = clean;
+      if (key !== this.lastPrinted) this.stream.write(`${clean}\n`);
+      this.lastPrinted = key;
       return;
     }
+    if (clean === this.text) return;
+    this.text = clean;
     this.draw();
     this.timer ??= setInterval(() => this.draw(), 100);
     this.timer.unref();
@@ -176,6 +177,5 @@ export class Progress {
   done(line: string) {
     this.stop();
     this.stream.write(`${sanitize(line)}\n`);
-    this.lastPrinted = line;
   }
 }

@@ -1,17 +1,11 @@
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
+import type { LogPage } from '../../shared/logs.ts';
 import { expectOk, getJob, idArg, naming } from '../api.ts';
 import { type Command, str } from '../command.ts';
 import { CliError } from '../errors.ts';
-import { describeEnd, followJob, writeChunk } from '../follow.ts';
+import { describeEnd, followJob, writeBatch } from '../follow.ts';
 import { extractTar } from '../tar.ts';
-
-interface LogLine {
-  seq: number;
-  stream: string;
-  at?: string;
-  text: string;
-}
 
 export const logs: Command = {
   name: 'logs',
@@ -29,14 +23,14 @@ export const logs: Command = {
       ctx.stderr.write(ctx.err.paint('dim', `${describeEnd(ended)}\n`));
       return;
     }
-    // One page after another until the end: a finished job's logs, or what a running one printed so far.
-    let cursor: string | number | null = null;
-    for (let pages = 0; pages < 100_000; pages++) {
-      const q: string = cursor !== null ? `?cursor=${encodeURIComponent(String(cursor))}` : '';
-      const page: { items: LogLine[]; nextCursor?: string | number | null } = await naming('job', id, api.get(`/v1/jobs/${id}/logs${q}`));
-      for (const line of page.items) writeChunk(ctx, line);
-      cursor = page.nextCursor ?? null;
-      if (cursor === null || !page.items.length) break;
+    // One page after another: a finished job's whole log, or what a running one printed so far.
+    let cursor: string | null = null;
+    for (;;) {
+      const q: string = cursor ? `?cursor=${encodeURIComponent(cursor)}` : '';
+      const page: LogPage = await naming('job', id, api.get<LogPage>(`/v1/jobs/${id}/logs${q}`));
+      for (const batch of page.items) writeBatch(ctx, batch);
+      if (page.nextCursor === null || !page.items.length) break;
+      cursor = page.nextCursor;
     }
   },
 };

@@ -1,42 +1,9 @@
 import type { ApiClient } from '../../shared/client.ts';
 import type { JobSpec } from '../../shared/jobs.ts';
+import type { DryRun, Offer, Offers, Pool, PoolGpuModel, PoolQueueModel } from '../../shared/pool.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
 import { type Column, table } from '../output.ts';
 import { formatDuration, formatSizeMb, parseDecimal, parseSizeMb, parseWholeNumber } from '../units.ts';
-
-// TODO(issue 7 part 1-2): import Pool, Offer and DryRun from shared/pool.ts once the pool
-// engineer lands it; these are the shapes the issue describes.
-interface PoolModel {
-  model: string;
-  online?: number;
-  free?: number;
-  busy?: number;
-  offline?: number;
-  memoryMb?: number;
-  price?: { min?: number | null; median?: number | null; max?: number | null };
-}
-interface Pool {
-  models?: PoolModel[];
-  totals?: { cpuCores?: number; memoryMb?: number; nodes?: number };
-  queue?: { model?: string | null; depth?: number; oldestWaitSeconds?: number | null }[];
-  lastHour?: { started?: number; succeeded?: number; failed?: number };
-}
-export interface Offer {
-  nodeId?: string;
-  gpuModel?: string | null;
-  gpusFree?: number;
-  gpuMemoryMb?: number | null;
-  cpuFree?: number;
-  memoryFreeMb?: number;
-  pricePerHour?: number;
-  region?: string | null;
-  record?: { jobsSucceeded?: number; jobsFailed?: number; leaseExpiries?: number };
-}
-interface DryRun {
-  offers?: Offer[];
-  estimatedPricePerHour?: number | null;
-  ruledOut?: { reason: string; nodes?: number }[];
-}
 
 const money = (n: number | null | undefined) => (n === null || n === undefined ? '-' : n.toFixed(2));
 const width = (ctx: Context) => (ctx.stdoutIsTerminal ? ctx.stdout.columns : undefined);
@@ -55,65 +22,77 @@ export const pool: Command = {
       ctx.stdout.write(`${JSON.stringify(p, null, 2)}\n`);
       return;
     }
-    const cols: Column<PoolModel>[] = [
-      { header: 'GPU MODEL', value: (m) => m.model, flex: true },
+    const cols: Column<PoolGpuModel>[] = [
+      { header: 'GPU MODEL', value: (m) => `${m.model}${m.kind === 'mig' ? ' (MIG)' : ''}`, flex: true },
       { header: 'MEMORY', value: (m) => (m.memoryMb ? formatSizeMb(m.memoryMb) : '-'), right: true },
-      { header: 'ONLINE', value: (m) => String(m.online ?? 0), right: true },
-      { header: 'FREE', value: (m) => String(m.free ?? 0), right: true, paint: (t) => (t.trim() !== '0' ? ctx.out.paint('green', t) : t) },
-      { header: 'BUSY', value: (m) => String(m.busy ?? 0), right: true },
-      { header: 'OFFLINE', value: (m) => String(m.offline ?? 0), right: true },
-      { header: 'MIN/H', value: (m) => money(m.price?.min), right: true },
-      { header: 'MEDIAN/H', value: (m) => money(m.price?.median), right: true },
-      { header: 'MAX/H', value: (m) => money(m.price?.max), right: true },
+      { header: 'ONLINE', value: (m) => String(m.online), right: true },
+      { header: 'FREE', value: (m) => String(m.free), right: true, paint: (t) => (t.trim() !== '0' ? ctx.out.paint('green', t) : t) },
+      { header: 'BUSY', value: (m) => String(m.busy), right: true },
+      { header: 'DRAINING', value: (m) => String(m.draining), right: true },
+      { header: 'OFFLINE', value: (m) => String(m.offline), right: true },
+      { header: 'UTIL', value: (m) => (m.avgUtilizationPct === null ? '-' : `${Math.round(m.avgUtilizationPct)}%`), right: true },
+      { header: 'MIN/GPU-H', value: (m) => money(m.pricePerGpuHour?.min), right: true },
+      { header: 'MEDIAN', value: (m) => money(m.pricePerGpuHour?.median), right: true },
+      { header: 'MAX', value: (m) => money(m.pricePerGpuHour?.max), right: true },
     ];
-    const models = p.models ?? [];
-    ctx.stdout.write(models.length ? table(cols, models, { painter: ctx.out, width: width(ctx) }) : 'No GPUs in the pool yet.\n');
-    const t = p.totals;
-    if (t) ctx.stdout.write(`\n${t.nodes !== undefined ? `${t.nodes} nodes, ` : ''}${t.cpuCores ?? 0} CPU cores, ${formatSizeMb(t.memoryMb ?? 0)} memory\n`);
-    const queue = (p.queue ?? []).filter((q) => (q.depth ?? 0) > 0);
-    if (queue.length) {
-      ctx.stdout.write('\nqueued:\n');
-      const qc: Column<(typeof queue)[number]>[] = [
-        { header: 'MODEL', value: (q) => q.model ?? 'any / no GPU' },
-        { header: 'JOBS', value: (q) => String(q.depth ?? 0), right: true },
-        { header: 'OLDEST WAITING', value: (q) => (q.oldestWaitSeconds != null ? formatDuration(q.oldestWaitSeconds) : '-'), right: true },
+    ctx.stdout.write(p.models.length ? table(cols, p.models, { painter: ctx.out, width: width(ctx) }) : 'No GPUs in the pool yet.\n');
+    const nodes = `${p.nodes.online} node${p.nodes.online === 1 ? '' : 's'} online${p.nodes.draining ? ` (${p.nodes.draining} draining)` : ''}, ${p.nodes.offline} offline`;
+    ctx.stdout.write(
+      `\n${nodes}; GPUs ${p.gpus.free} free of ${p.gpus.online} online` +
+        `${p.migDevices.online ? `, MIG devices ${p.migDevices.free} free of ${p.migDevices.online}` : ''}` +
+        `; CPU ${fmtCores(p.cpu.free)} of ${fmtCores(p.cpu.cores)} cores free; memory ${formatSizeMb(p.memory.freeMb)} of ${formatSizeMb(p.memory.totalMb)} free\n`,
+    );
+    const q = p.queue;
+    ctx.stdout.write(
+      q.depth
+        ? `queue: ${q.depth} job${q.depth === 1 ? '' : 's'} asking for ${q.gpusRequested} GPU${q.gpusRequested === 1 ? '' : 's'}, the oldest waiting ${formatDuration(q.oldestWaitSeconds ?? 0)}\n`
+        : 'queue: empty\n',
+    );
+    if (q.byModel.length) {
+      const now = Date.parse(p.at);
+      const qc: Column<PoolQueueModel>[] = [
+        { header: 'REQUESTED MODEL', value: (m) => m.model ?? 'any / none' },
+        { header: 'JOBS', value: (m) => String(m.jobs), right: true },
+        { header: 'GPUS', value: (m) => String(m.gpus), right: true },
+        { header: 'OLDEST WAITING', value: (m) => formatDuration((now - Date.parse(m.oldestQueuedAt)) / 1000), right: true },
       ];
-      ctx.stdout.write(table(qc, queue, { painter: ctx.out }));
+      ctx.stdout.write(table(qc, q.byModel, { painter: ctx.out }));
     }
     const h = p.lastHour;
-    if (h) ctx.stdout.write(`\nlast hour: ${h.started ?? 0} started, ${h.succeeded ?? 0} succeeded, ${h.failed ?? 0} failed\n`);
+    ctx.stdout.write(`last hour: ${h.started} started, ${h.succeeded} succeeded, ${h.failed} failed\n`);
   },
 };
 
+const fmtCores = (n: number) => String(Math.round(n * 10) / 10);
+
 export const offerColumns = (ctx: Context): Column<Offer>[] => [
-  { header: 'NODE', value: (o) => o.nodeId ?? '-' },
-  { header: 'GPU MODEL', value: (o) => o.gpuModel ?? '-', flex: true },
-  { header: 'FREE', value: (o) => String(o.gpusFree ?? 0), right: true },
-  { header: 'GPU MEM', value: (o) => (o.gpuMemoryMb ? formatSizeMb(o.gpuMemoryMb) : '-'), right: true },
-  { header: 'CPU', value: (o) => String(o.cpuFree ?? '-'), right: true },
-  { header: 'MEMORY', value: (o) => (o.memoryFreeMb !== undefined ? formatSizeMb(o.memoryFreeMb) : '-'), right: true },
+  { header: 'NODE', value: (o) => o.nodeId },
+  { header: 'GPU MODEL', value: (o) => (o.gpu ? `${o.gpu.model}${o.gpu.kind === 'mig' ? ' (MIG)' : ''}` : '-'), flex: true },
+  { header: 'FREE', value: (o) => (o.gpu ? `${o.gpu.free}/${o.gpu.total}` : '-'), right: true },
+  { header: 'GPU MEM', value: (o) => (o.gpu ? formatSizeMb(o.gpu.memoryMb) : '-'), right: true },
+  { header: 'CPU', value: (o) => fmtCores(o.cpuFree), right: true },
+  { header: 'MEMORY', value: (o) => formatSizeMb(o.memoryFreeMb), right: true },
   { header: 'PRICE/H', value: (o) => money(o.pricePerHour), right: true, paint: (t) => ctx.out.paint('bold', t) },
   { header: 'REGION', value: (o) => o.region ?? '-' },
-  {
-    header: 'RECORD',
-    value: (o) => (o.record ? `${o.record.jobsSucceeded ?? 0} ok, ${o.record.jobsFailed ?? 0} failed, ${o.record.leaseExpiries ?? 0} lost` : '-'),
-  },
+  { header: 'RECORD', value: (o) => `${o.record.jobsSucceeded} ok, ${o.record.jobsFailed} failed, ${o.record.leaseExpiries} lost` },
 ];
 
 export const offers: Command = {
   name: 'offers',
   summary: 'Free capacity you can lease now, per node, with the price for the shape you ask.',
-  usage: ['offers [--gpu MODEL] [--gpus N] [--gpu-memory SIZE] [--max-price P] [--region R]'],
+  usage: ['offers [--gpu MODEL] [--gpus N] [--gpu-memory SIZE] [--cpu N] [--memory SIZE] [--max-price P] [--region R]'],
   flags: {
     gpu: { type: 'string', arg: 'MODEL', help: 'GPU model, e.g. H100 or "RTX 4090"' },
-    gpus: { type: 'string', arg: 'N', help: 'how many GPUs on one node (default 1 with --gpu)' },
+    gpus: { type: 'string', arg: 'N', help: 'how many GPUs on one node (default 1; 0 for CPU-only offers)' },
     'gpu-memory': { type: 'string', arg: 'SIZE', help: 'at least this much memory per GPU, e.g. 80G' },
     'max-price': { type: 'string', arg: 'PRICE', help: 'at most this per hour for the shape' },
     region: { type: 'string', arg: 'REGION', help: 'only this region' },
+    cpu: { type: 'string', arg: 'CORES', help: 'also this many free CPU cores' },
+    memory: { type: 'string', arg: 'SIZE', help: 'also this much free memory, e.g. 64G' },
     json: { type: 'boolean', help: 'print the answer as JSON' },
   },
   positionals: { min: 0, max: 0 },
-  examples: ['gantry offers --gpu H100 --gpus 2'],
+  examples: ['gantry offers --gpu H100 --gpus 2', 'gantry offers --gpus 0 --cpu 16 --memory 64G'],
   async run(ctx, { values }) {
     const q = new URLSearchParams();
     const gpu = str(values, 'gpu');
@@ -126,41 +105,50 @@ export const offers: Command = {
     if (price !== undefined) q.set('maxPricePerHour', String(price));
     const region = str(values, 'region');
     if (region) q.set('region', region);
-    const { api } = await ctx.connect({ needKey: false });
-    const answer = await api.get<{ items?: Offer[]; offers?: Offer[] }>(`/v1/offers${q.size ? `?${q}` : ''}`);
-    const items = answer.items ?? answer.offers ?? [];
+    const cpu = flagValue('offers', 'cpu', str(values, 'cpu'), parseDecimal);
+    if (cpu !== undefined) q.set('cpu', String(cpu));
+    const memory = flagValue('offers', 'memory', str(values, 'memory'), parseSizeMb);
+    if (memory !== undefined) q.set('memoryMb', String(memory));
+    const { api } = await ctx.connect();
+    const answer = await api.get<Offers>(`/v1/offers${q.size ? `?${q}` : ''}`);
     if (values.json) {
-      ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
+      ctx.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
       return;
     }
-    if (!items.length) {
-      ctx.stdout.write('No offers match right now.\n');
+    const { shape } = answer;
+    const asked = `${shape.gpus} GPU${shape.gpus === 1 ? '' : 's'}${gpu ? ` of model ${gpu}` : ''}${shape.cpu ? `, ${fmtCores(shape.cpu)} CPU` : ''}${shape.memoryMb ? `, ${formatSizeMb(shape.memoryMb)}` : ''}`;
+    if (!answer.items.length) {
+      ctx.stdout.write(`No node has ${asked} free right now. gantry submit --dry-run JOB says what rules each node out.\n`);
       return;
     }
-    ctx.stdout.write(table(offerColumns(ctx), items, { painter: ctx.out, width: width(ctx) }));
+    ctx.stdout.write(`Free now for ${asked}, cheapest first (PRICE/H is for that shape):\n`);
+    ctx.stdout.write(table(offerColumns(ctx), answer.items, { painter: ctx.out, width: width(ctx) }));
   },
 };
 
 /** `gantry submit --dry-run`: the offers the job would take, first choice first, or why none fits. */
 export async function showDryRun(ctx: Context, api: ApiClient, spec: JobSpec, json: boolean): Promise<number> {
-  // TODO(issue 7 part 2): the route's path and shape follow shared/pool.ts when it lands.
   const answer = await api.post<DryRun>('/v1/jobs/dry-run', spec);
-  const found = answer.offers ?? [];
   if (json) {
     ctx.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
-    return found.length ? 0 : 1;
+    return answer.fits ? 0 : 1;
   }
-  if (found.length) {
-    ctx.stdout.write(`${spec.name} would run on (first choice first):\n`);
-    ctx.stdout.write(table(offerColumns(ctx), found, { painter: ctx.out, width: width(ctx) }));
-    const per = answer.estimatedPricePerHour ?? found[0]?.pricePerHour;
-    if (per !== undefined && per !== null) {
-      const most = (per * spec.timeoutSeconds) / 3600;
-      ctx.stdout.write(`\nestimated cost: ${money(per)}/hour (at most ${money(most)} for the ${formatDuration(spec.timeoutSeconds)} timeout)\n`);
+  const out = ctx.stdout;
+  if (answer.fits) {
+    out.write(`${spec.name} would go to ${answer.feasibleNodes === 1 ? 'the one node that fits' : `the first of ${answer.feasibleNodes} nodes that fit`}:\n`);
+    out.write(table(offerColumns(ctx), answer.offers, { painter: ctx.out, width: width(ctx) }));
+    if (answer.estimatedCostPerHour !== null) {
+      const most = (answer.estimatedCostPerHour * spec.timeoutSeconds) / 3600;
+      out.write(`\nestimated cost: ${ctx.out.paint('bold', money(answer.estimatedCostPerHour))}/hour, at most ${money(most)} if it runs to its ${formatDuration(spec.timeoutSeconds)} timeout\n`);
     }
-    return 0;
+  } else {
+    out.write(`No node can take ${spec.name} right now; it would wait in the queue.\n`);
   }
-  ctx.stdout.write(`No node fits ${spec.name} right now.\n`);
-  for (const r of answer.ruledOut ?? []) ctx.stdout.write(`  ${r.nodes !== undefined ? `${r.nodes} node${r.nodes === 1 ? '' : 's'}: ` : ''}${r.reason}\n`);
-  return 1;
+  if (answer.ruledOut.length) {
+    out.write(`\n${answer.fits ? 'other nodes' : 'why not'}:\n`);
+    for (const r of answer.ruledOut) out.write(`  ${r.detail}\n`);
+  } else if (!answer.fits) {
+    out.write('  no node is registered yet\n');
+  }
+  return answer.fits ? 0 : 1;
 }

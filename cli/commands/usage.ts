@@ -1,72 +1,77 @@
-import { type Command, str } from '../command.ts';
+import type { Usage, UsageDay, UsageJob, UsageSide } from '../../shared/pool.ts';
+import { type Command, type Context, str } from '../command.ts';
+import { UsageError } from '../errors.ts';
 import { type Column, table } from '../output.ts';
 import { formatDuration } from '../units.ts';
 
-// TODO(issue 7 part 5): import the usage shape from shared/pool.ts (or shared/usage.ts) once it lands.
-interface DayRow {
-  day: string;
-  jobs?: number;
-  gpuSeconds?: number;
-  spend?: number;
-  earnings?: number;
-  cost?: number;
-}
-interface JobRow {
-  jobId: string;
-  name?: string;
-  gpuSeconds?: number;
-  cpuCoreSeconds?: number;
-  cost?: number;
-  finishedAt?: string | null;
-}
-interface Usage {
-  spend?: number;
-  earnings?: number;
-  byDay?: DayRow[];
-  byJob?: JobRow[];
+const money = (n: number) => n.toFixed(2);
+const dayPattern = /^\d{4}-\d{2}-\d{2}$/;
+
+function gpuSeconds(job: UsageJob): number {
+  return job.usage ? Object.values(job.usage.gpuSeconds).reduce((a, b) => a + b, 0) : 0;
 }
 
-const money = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(2));
+function showSide(ctx: Context, title: string, side: UsageSide, amountHeader: string) {
+  ctx.stdout.write(`${title}: ${ctx.out.paint('bold', money(side.total))} over ${side.jobs} job${side.jobs === 1 ? '' : 's'}\n`);
+  if (side.byDay.length) {
+    const cols: Column<UsageDay>[] = [
+      { header: 'DAY', value: (d) => d.day },
+      { header: 'JOBS', value: (d) => String(d.jobs), right: true },
+      { header: 'GPU TIME', value: (d) => formatDuration(d.gpuSeconds), right: true },
+      { header: 'CPU TIME', value: (d) => formatDuration(d.cpuCoreSeconds), right: true },
+      { header: amountHeader, value: (d) => money(d.amount), right: true },
+    ];
+    ctx.stdout.write(`\n${table(cols, side.byDay, { painter: ctx.out })}`);
+  }
+  if (side.byJob.length) {
+    const cols: Column<UsageJob>[] = [
+      { header: 'JOB', value: (j) => j.jobId },
+      { header: 'NAME', value: (j) => j.name ?? '-', flex: true },
+      { header: 'STATUS', value: (j) => j.status, paint: (t) => ctx.out.status(t) },
+      { header: 'NODE', value: (j) => j.nodeId ?? '-' },
+      { header: 'RAN', value: (j) => (j.usage ? formatDuration(j.usage.seconds) : '-'), right: true },
+      { header: 'GPU TIME', value: (j) => formatDuration(gpuSeconds(j)), right: true },
+      { header: amountHeader, value: (j) => money(j.amount), right: true },
+    ];
+    ctx.stdout.write(`\n${table(cols, side.byJob, { painter: ctx.out, width: ctx.stdoutIsTerminal ? ctx.stdout.columns : undefined })}`);
+  }
+}
 
 export const usage: Command = {
   name: 'usage',
   summary: 'What you spent (as a client) and earned (as a provider), by day and by job.',
-  usage: ['usage [--since DATE] [--json]'],
+  usage: ['usage [--since DAY] [--until DAY] [--role client|provider] [--json]'],
+  description: 'Amounts are at the prices in force when each job was leased. Days are UTC.',
   flags: {
-    since: { type: 'string', arg: 'DATE', help: 'from this day on, e.g. 2026-11-01 (default: the last 30 days)' },
+    since: { type: 'string', arg: 'DAY', help: 'first day counted, e.g. 2026-11-01 (default: 30 days back)' },
+    until: { type: 'string', arg: 'DAY', help: 'last day counted (default: today)' },
+    role: { type: 'string', arg: 'ROLE', help: 'only spend (client) or only earnings (provider)' },
     json: { type: 'boolean', help: 'print the answer as JSON' },
   },
   positionals: { min: 0, max: 0 },
   async run(ctx, { values }) {
-    const since = str(values, 'since');
+    const q = new URLSearchParams();
+    for (const name of ['since', 'until'] as const) {
+      const v = str(values, name);
+      if (v === undefined) continue;
+      if (!dayPattern.test(v)) throw new UsageError(`--${name}: "${v}" is not a day like 2026-11-01`, 'usage');
+      q.set(name, v);
+    }
+    const role = str(values, 'role');
+    if (role !== undefined) {
+      if (role !== 'client' && role !== 'provider') throw new UsageError(`--role: "${role}" is not client or provider`, 'usage');
+      q.set('role', role);
+    }
     const { api } = await ctx.connect();
-    const u = await api.get<Usage>(`/v1/usage${since ? `?since=${encodeURIComponent(since)}` : ''}`);
+    const u = await api.get<Usage>(`/v1/usage${q.size ? `?${q}` : ''}`);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(u, null, 2)}\n`);
       return;
     }
-    const totals = [u.spend !== undefined ? `spent ${money(u.spend)}` : null, u.earnings !== undefined ? `earned ${money(u.earnings)}` : null].filter(Boolean);
-    if (totals.length) ctx.stdout.write(`${totals.join(', ')}\n`);
-    if (u.byDay?.length) {
-      const cols: Column<DayRow>[] = [
-        { header: 'DAY', value: (d) => d.day },
-        { header: 'JOBS', value: (d) => String(d.jobs ?? '-'), right: true },
-        { header: 'GPU TIME', value: (d) => (d.gpuSeconds !== undefined ? formatDuration(d.gpuSeconds) : '-'), right: true },
-        { header: 'SPENT', value: (d) => money(d.spend ?? d.cost), right: true },
-        { header: 'EARNED', value: (d) => money(d.earnings), right: true },
-      ];
-      ctx.stdout.write(`\n${table(cols, u.byDay, { painter: ctx.out })}`);
-    }
-    if (u.byJob?.length) {
-      const cols: Column<JobRow>[] = [
-        { header: 'JOB', value: (j) => j.jobId },
-        { header: 'NAME', value: (j) => j.name ?? '-', flex: true },
-        { header: 'GPU TIME', value: (j) => (j.gpuSeconds !== undefined ? formatDuration(j.gpuSeconds) : '-'), right: true },
-        { header: 'CPU TIME', value: (j) => (j.cpuCoreSeconds !== undefined ? formatDuration(j.cpuCoreSeconds) : '-'), right: true },
-        { header: 'COST', value: (j) => money(j.cost), right: true },
-      ];
-      ctx.stdout.write(`\n${table(cols, u.byJob, { painter: ctx.out, width: ctx.stdoutIsTerminal ? ctx.stdout.columns : undefined })}`);
-    }
-    if (!totals.length && !u.byDay?.length && !u.byJob?.length) ctx.stdout.write('No usage yet.\n');
+    ctx.stdout.write(ctx.out.paint('dim', `${u.since} to ${u.until} (UTC)\n`));
+    if (u.spend) showSide(ctx, 'spent', u.spend, 'SPENT');
+    if (u.spend && u.earnings) ctx.stdout.write('\n');
+    if (u.earnings) showSide(ctx, 'earned', u.earnings, 'EARNED');
+    if (!u.spend && !u.earnings) ctx.stdout.write('Nothing to show for this key.\n');
   },
 };

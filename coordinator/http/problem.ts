@@ -72,6 +72,9 @@ export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: str
     ...(errors && errors.length ? { errors } : {}),
   };
   if (code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer');
+  // The body was refused unread: end the connection, so that its unread rest is not taken for
+  // the next request and the client does not reuse a socket the server is about to drop.
+  if (code === 'payload_too_large' || code === 'unsupported_media_type') c.header('Connection', 'close');
   return c.body(JSON.stringify(body), status, { 'content-type': 'application/problem+json' });
 }
 

@@ -15,6 +15,8 @@ import { ApiError, problemResponse, renderError } from './http/problem.ts';
 import { metricsRoutes } from './http/metrics.ts';
 import { poolRoutes } from './http/pool.ts';
 import { offerRoutes } from './http/offers.ts';
+import { leaseRoutes } from './http/leases.ts';
+import { drainRoutes } from './http/drain.ts';
 import { usageRoutes } from './http/usage.ts';
 import { httpMetrics } from './metrics/http.ts';
 
@@ -80,6 +82,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', blobRoutes(deps));
   app.route('/', logRoutes(deps));
   app.route('/', outputRoutes(deps));
+  app.route('/', leaseRoutes(deps));
+  app.route('/', drainRoutes(deps));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', { type: 'http', scheme: 'bearer' });
   // Agent routes: a short-lived JWT the agent signs with its own Ed25519 key (sub = node id).

@@ -8,6 +8,8 @@ import type { Metrics } from './metrics/registry.ts';
 import type { PoolStats } from './pool/stats.ts';
 import type { AgentVerifier } from './nodes/agent-auth.ts';
 import type { Signals } from './signals.ts';
+import type { LeaseService } from './leases/service.ts';
+import type { SchedulerLoop } from './scheduler/loop.ts';
 
 /** What the lease side adds to a heartbeat answer (renewed tokens, cancellations). */
 export interface HeartbeatExtras {
@@ -41,6 +43,10 @@ export interface AppDeps {
   /** Bytes of job inputs and outputs, by digest (coordinator/blobs/). */
   blobs: BlobStore;
   heartbeatHook: HeartbeatHook;
+  /** Lease tokens, JWKS, the work long-poll's leases and wake-ups. */
+  leases: LeaseService;
+  /** The scheduler loop (tests and the benchmark run passes through it). */
+  scheduler: SchedulerLoop;
   /** The pool's figures, cached for a crowd of readers (GET /v1/pool, /metrics, the dashboard). */
   pool: PoolStats;
   metrics: Metrics;

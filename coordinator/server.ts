@@ -14,6 +14,7 @@ import { noHeartbeatHook, type AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
 import { AgentVerifier } from './nodes/agent-auth.ts';
 import { Signals } from './signals.ts';
+import { createLeaseSide } from './leases/start.ts';
 import { Metrics } from './metrics/registry.ts';
 import { PoolHistoryWriter } from './pool/history.ts';
 import { PoolStats } from './pool/stats.ts';
@@ -45,16 +46,20 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
   try {
     await migrate(database);
     const adminKey = await bootstrapAdmin(database);
+    const signals = new Signals();
+    const leaseSide = await createLeaseSide({ database, clock, config, log, signals });
     const deps: AppDeps = {
       config,
       database,
       clock,
       log,
-      signals: new Signals(),
+      signals,
       keys: new KeyVerifier(database, clock),
       agents: new AgentVerifier(database.db, clock, config.name),
       blobs: new DatabaseBlobStore(database),
-      heartbeatHook: noHeartbeatHook,
+      heartbeatHook: leaseSide.leases,
+      leases: leaseSide.leases,
+      scheduler: leaseSide.scheduler,
       ...poolParts(database, clock, config),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();
@@ -85,6 +90,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       retentionSeconds: config.poolHistoryRetentionSeconds,
     }, log);
     poolHistory.start();
+    await leaseSide.start();
     let closing: Promise<void> | null = null;
     return {
       url,
@@ -92,6 +98,8 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       adminKey,
       close: () =>
         (closing ??= (async () => {
+          // The scheduler and sweeper stop first; waiting long-polls answer at once.
+          await leaseSide.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {
             const timer = setTimeout(() => {

@@ -133,3 +133,13 @@ export const LeaseHeartbeatExtras = z.object({
   draining: z.boolean(),
 });
 export type LeaseHeartbeatExtras = z.infer<typeof LeaseHeartbeatExtras>;
+
+/** POST /v1/nodes/{id}/drain and /undrain */
+export const DrainState = z.object({
+  nodeId: z.string(),
+  status: z.enum(['online', 'offline', 'retired']),
+  draining: z.boolean(),
+  /** Jobs still leased or running on it: a draining node finishes them. */
+  liveJobs: z.number().int(),
+});
+export type DrainState = z.infer<typeof DrainState>;

@@ -31,7 +31,9 @@ describe.skipIf(dbSkipReason)('jobs API', () => {
       expect(job.spec).toMatchObject(body);
       expect(job.attempts).toBe(0);
       expect(job.nodeId).toBeNull();
-      expect(await api.get(`/v1/jobs/${job.id}`)).toEqual(job);
+      // The scheduler may have said meanwhile why it waits (no node here).
+      const read = await api.get<typeof job & { pendingReason: string | null }>(`/v1/jobs/${job.id}`);
+      expect({ ...read, pendingReason: null }).toEqual(job);
     }
   });
 

@@ -1,0 +1,357 @@
+import { and, eq, inArray, sql } from 'drizzle-orm';
+import type { JobStatus } from '../../shared/jobs.ts';
+import type { FinishReport, OutcomeReason } from '../../shared/leases.ts';
+import type { MeteredUsage } from '../../shared/pool.ts';
+import type { DbOrTx } from '../db/open.ts';
+import { gpus, jobEvents, jobs, nodes } from '../db/schema/index.ts';
+import { ApiError } from '../http/problem.ts';
+import { changeStatus, type JobRow } from './lifecycle.ts';
+
+// The job-side transitions of a lease: placement (in bulk, for the scheduler), the agent's
+// reports, and every way a job leaves its node (expiry, lost GPU, its own end). Each one frees or
+// takes the node's capacity in the same transaction and raises the lease epoch, so a stale
+// holder never matches again. Lock order everywhere: the node row, then the job row.
+
+export const liveStatuses = ['leased', 'running'] as const satisfies readonly JobStatus[];
+
+/** What a lease holder no longer carries once the job is off its node and back in the queue. */
+const offNode = {
+  nodeId: null,
+  gpuIds: null,
+  leaseId: null,
+  leaseExpiresAt: null,
+  leaseTokenExpiresAt: null,
+  priceGpuHourMicros: null,
+  priceCpuHourMicros: null,
+  leasedAt: null,
+  startedAt: null,
+  pendingReason: null,
+} as const;
+
+// ---------------------------------------------------------------------------------------------
+// Placement
+
+/** One job placed on one node by the scheduler. */
+export interface Placement {
+  jobId: string;
+  nodeId: string;
+  gpuIds: string[];
+  leaseId: string;
+  cpuMillis: number;
+  memoryMb: number;
+  priceGpuHourMicros: number;
+  priceCpuHourMicros: number;
+}
+
+/** A placement batch did not apply as planned: the whole transaction rolls back and is retried. */
+export class PlacementConflict extends Error {}
+
+/** A timestamp parameter both drivers read the same (postgres.js under drizzle takes no Date in raw SQL). */
+export const ts = (d: Date) => sql`${d.toISOString()}::timestamptz`;
+
+const values = (rows: ReturnType<typeof sql>[][]) =>
+  sql.join(
+    rows.map((r) => sql`(${sql.join(r, sql`, `)})`),
+    sql`, `,
+  );
+
+/**
+ * Commits a batch of placements in the caller's transaction, or throws PlacementConflict when
+ * anything moved under the plan (a job no longer queued, a GPU taken or gone, a node gone offline,
+ * draining or repriced); a CHECK violation on the node's allocation throws as well. The caller
+ * rolls back and plans again: nothing of a failed batch is committed.
+ */
+export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date, at: Date): Promise<Map<string, number>> {
+  if (!batch.length) return new Map();
+  // Nodes first (the lock order), each with the sum of what the batch takes from it.
+  const perNode = new Map<string, { cpu: number; mem: number; pg: number; pc: number }>();
+  for (const p of batch) {
+    const n = perNode.get(p.nodeId) ?? { cpu: 0, mem: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
+    n.cpu += p.cpuMillis;
+    n.mem += p.memoryMb;
+    perNode.set(p.nodeId, n);
+  }
+  const nodeIds = [...perNode.keys()].sort();
+  const nodeRows = nodeIds.map((id) => {
+    const n = perNode.get(id)!;
+    return [sql`${id}::text`, sql`${n.cpu}::int`, sql`${n.mem}::int`, sql`${n.pg}::bigint`, sql`${n.pc}::bigint`];
+  });
+  const updatedNodes = await rows(
+    tx,
+    sql`update ${nodes} set
+          allocated_cpu_millis = ${nodes}.allocated_cpu_millis + v.cpu,
+          allocated_memory_mb = ${nodes}.allocated_memory_mb + v.mem,
+          last_placed_at = ${ts(at)}
+        from (values ${values(nodeRows)}) as v(id, cpu, mem, pg, pc)
+        where ${nodes}.id = v.id and ${nodes}.status = 'online' and not ${nodes}.draining
+          and ${nodes}.price_gpu_hour_micros = v.pg and ${nodes}.price_cpu_hour_micros = v.pc
+        returning ${nodes}.id`,
+  );
+  if (updatedNodes.length !== nodeIds.length) throw new PlacementConflict('a node went offline, started draining or changed its prices');
+
+  const gpuRows = batch.flatMap((p) => p.gpuIds.map((g) => [sql`${p.nodeId}::text`, sql`${g}::text`, sql`${p.jobId}::text`]));
+  if (gpuRows.length) {
+    const taken = await rows(
+      tx,
+      sql`update ${gpus} set job_id = v.job_id
+          from (values ${values(gpuRows)}) as v(node_id, id, job_id)
+          where ${gpus}.node_id = v.node_id and ${gpus}.id = v.id and ${gpus}.job_id is null
+          returning ${gpus}.id`,
+    );
+    if (taken.length !== gpuRows.length) throw new PlacementConflict('a GPU was taken or is gone');
+  }
+
+  const jobRows = batch.map((p) => [
+    sql`${p.jobId}::text`,
+    sql`${p.nodeId}::text`,
+    sql`${JSON.stringify(p.gpuIds)}::jsonb`,
+    sql`${p.leaseId}::text`,
+    sql`${p.priceGpuHourMicros}::bigint`,
+    sql`${p.priceCpuHourMicros}::bigint`,
+  ]);
+  const leased = await rows<{ id: string; lease_epoch: unknown; status: string }>(
+    tx,
+    sql`update ${jobs} set
+          status = 'leased', node_id = v.node_id, gpu_ids = v.gpu_ids, lease_id = v.lease_id,
+          lease_epoch = ${jobs}.lease_epoch + 1, lease_expires_at = ${ts(expiresAt)}, lease_token_expires_at = null,
+          attempts = ${jobs}.attempts + 1, price_gpu_hour_micros = v.pg, price_cpu_hour_micros = v.pc,
+          leased_at = ${ts(at)}, started_at = null, pending_reason = null, updated_at = ${ts(at)}
+        from (values ${values(jobRows)}) as v(id, node_id, gpu_ids, lease_id, pg, pc)
+        where ${jobs}.id = v.id and ${jobs}.status = 'queued'
+        returning ${jobs}.id, ${jobs}.lease_epoch`,
+  );
+  if (leased.length !== batch.length) throw new PlacementConflict('a job left the queue (cancelled, or placed by another scheduler)');
+
+  await tx.insert(jobEvents).values(
+    batch.map((p) => ({
+      jobId: p.jobId,
+      fromStatus: 'queued',
+      toStatus: 'leased',
+      reason: `leased to ${p.nodeId}${p.gpuIds.length ? ` (GPUs ${p.gpuIds.join(', ')})` : ''}`,
+      at,
+    })),
+  );
+  return new Map(leased.map((r) => [r.id, Number(r.lease_epoch)]));
+}
+
+async function rows<T = Record<string, unknown>>(tx: DbOrTx, query: ReturnType<typeof sql>): Promise<T[]> {
+  const result = (await tx.execute(query)) as unknown as T[] | { rows: T[] };
+  return Array.isArray(result) ? [...result] : result.rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Taking a job off its node
+
+/** Locks the job's node row, then the job row: the lock order every lease transition keeps. */
+async function lockJobAndNode(tx: DbOrTx, jobId: string): Promise<JobRow | null> {
+  for (let tries = 0; tries < 3; tries++) {
+    const [peek] = await tx.select({ nodeId: jobs.nodeId }).from(jobs).where(eq(jobs.id, jobId));
+    if (!peek) return null;
+    if (peek.nodeId) await tx.select({ id: nodes.id }).from(nodes).where(eq(nodes.id, peek.nodeId)).for('update');
+    const [job] = await tx.select().from(jobs).where(eq(jobs.id, jobId)).for('update');
+    if (!job) return null;
+    if (job.nodeId === peek.nodeId) return job;
+    // It moved between the two reads: lock the node it is on now.
+  }
+  throw new ApiError('unavailable', 'the job keeps moving; try again');
+}
+
+export { lockJobAndNode as lockLiveJob };
+
+type NodeCounter = 'jobsSucceeded' | 'jobsFailed' | 'leaseExpiries';
+
+/**
+ * Frees what the job holds (its GPUs, its CPU and memory on the node), then moves it with its
+ * event: epoch + 1, so whatever the old holder says next is stale.
+ */
+async function takeOffNode(
+  tx: DbOrTx,
+  job: JobRow,
+  to: JobStatus,
+  reason: string,
+  patch: Parameters<typeof changeStatus>[5],
+  at: Date,
+  counter: NodeCounter | null,
+): Promise<JobRow> {
+  if (job.nodeId) {
+    await tx.update(gpus).set({ jobId: null }).where(eq(gpus.jobId, job.id));
+    await tx
+      .update(nodes)
+      .set({
+        allocatedCpuMillis: sql`${nodes.allocatedCpuMillis} - ${job.cpuMillis}`,
+        allocatedMemoryMb: sql`${nodes.allocatedMemoryMb} - ${job.memoryMb}`,
+        ...(counter ? { [counter]: sql`${nodes[counter]} + 1` } : {}),
+      })
+      .where(eq(nodes.id, job.nodeId));
+  }
+  const row = await changeStatus(tx, job.id, liveStatuses, to, reason, { ...patch, leaseEpoch: job.leaseEpoch + 1 }, at);
+  if (!row) throw new Error(`job ${job.id} was not live when it was taken off its node`);
+  return row;
+}
+
+/** Back to the queue, or failed when its placements are used up, or cancelled when its owner asked. */
+async function requeueOrEnd(tx: DbOrTx, job: JobRow, why: string, at: Date, counter: NodeCounter | null, extra: Parameters<typeof changeStatus>[5] = {}) {
+  if (job.cancelRequestedAt) {
+    return takeOffNode(tx, job, 'cancelled', `${why}; cancelled as its owner asked`, { ...extra, finishedAt: at }, at, counter);
+  }
+  if (job.attempts >= job.maxAttempts) {
+    const error = `${why}; all ${job.maxAttempts} attempts used`;
+    return takeOffNode(tx, job, 'failed', error, { ...extra, finishedAt: at, error }, at, counter);
+  }
+  return takeOffNode(tx, job, 'queued', `${why}; queued again (attempt ${job.attempts} of ${job.maxAttempts} used)`, { ...extra, ...offNode }, at, counter);
+}
+
+/**
+ * A lease the sweeper found past its expiry. Re-checked under the lock: a heartbeat may have
+ * renewed it meanwhile. Returns the job as it left, or null when there was nothing to do.
+ */
+export async function expireLease(tx: DbOrTx, jobId: string, at: Date): Promise<JobRow | null> {
+  const job = await lockJobAndNode(tx, jobId);
+  if (!job || !(liveStatuses as readonly string[]).includes(job.status)) return null;
+  if (!job.leaseExpiresAt || job.leaseExpiresAt.getTime() > at.getTime()) return null;
+  return requeueOrEnd(tx, job, `the lease on ${job.nodeId} expired without a heartbeat`, at, 'leaseExpiries');
+}
+
+/**
+ * Ends a live job's lease for a reason on the node's side (its GPU disappeared, the node was
+ * retired): re-queued like an expiry, in the caller's transaction, which holds the node row.
+ */
+export async function endLeaseOnNode(tx: DbOrTx, jobId: string, why: string, at: Date): Promise<JobRow | null> {
+  const job = await lockJobAndNode(tx, jobId);
+  if (!job || !(liveStatuses as readonly string[]).includes(job.status)) return null;
+  return requeueOrEnd(tx, job, why, at, null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's reports
+
+/**
+ * The job as a report from `nodeId` at `epoch` finds it, locked; refuses what is not this node's
+ * to say: 404 for a job this node does not hold (as if it did not exist), 409 stale_lease for an
+ * epoch that is no longer the job's.
+ */
+async function reportedJob(tx: DbOrTx, nodeId: string, jobId: string, epoch: number): Promise<JobRow> {
+  const job = await lockJobAndNode(tx, jobId);
+  if (!job) throw new ApiError('not_found', 'job not found');
+  if (job.leaseEpoch !== epoch) {
+    throw new ApiError('stale_lease', `lease epoch ${epoch} is not the job's current one (${job.leaseEpoch}): nothing was changed`);
+  }
+  if (job.nodeId !== nodeId) throw new ApiError('not_found', 'job not found');
+  if (!(liveStatuses as readonly string[]).includes(job.status)) {
+    throw new ApiError('stale_lease', `the job already ended ${job.status}: nothing was changed`);
+  }
+  return job;
+}
+
+/** POST /v1/agent/jobs/{id}/running: leased → running (again: nothing to do). */
+export async function markRunning(tx: DbOrTx, nodeId: string, jobId: string, epoch: number, at: Date): Promise<JobRow> {
+  const job = await reportedJob(tx, nodeId, jobId, epoch);
+  if (job.status === 'running') return job;
+  const row = await changeStatus(tx, jobId, ['leased'], 'running', `running on ${nodeId}`, { startedAt: at }, at);
+  return row!;
+}
+
+/** What the agent measured, for the event: billing is metered from the lease, not from this. */
+function describeUsage(r: FinishReport): string {
+  const u = r.usage;
+  if (!u) return '';
+  const parts: string[] = [];
+  if (u.wallSeconds !== undefined) parts.push(`ran ${u.wallSeconds.toFixed(1)} s`);
+  if (u.cpuSeconds !== undefined) parts.push(`CPU ${u.cpuSeconds.toFixed(1)} s`);
+  if (u.maxMemoryMb !== undefined) parts.push(`peak memory ${Math.round(u.maxMemoryMb)} MB`);
+  return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
+const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'timeout'];
+
+function describeOutcome(r: FinishReport): string {
+  switch (r.reason) {
+    case 'succeeded':
+      return 'exited 0';
+    case 'nonzero-exit':
+      return `exited ${r.exitCode ?? '?'}`;
+    case 'oom':
+      return 'killed: out of memory';
+    case 'timeout':
+      return 'stopped: ran past its timeout';
+    case 'cancelled':
+      return 'stopped: cancelled';
+    case 'error':
+      return `could not run: ${r.error ?? 'runtime error'}`;
+    case 'refused':
+      return `the node refused the lease: ${r.error ?? 'it did not verify'}`;
+  }
+}
+
+/**
+ * POST /v1/agent/jobs/{id}/finish: the job's end as its node saw it. Usage and cost from lease
+ * start to now at the prices recorded at lease are added to the job. The job's own failure ends
+ * it failed unless its spec retries on that reason (and placements are left); a lease the node
+ * refused goes back to the queue.
+ */
+export async function finishJob(tx: DbOrTx, nodeId: string, jobId: string, r: FinishReport, at: Date): Promise<JobRow> {
+  const job = await reportedJob(tx, nodeId, jobId, r.epoch);
+  const detail = describeOutcome(r) + describeUsage(r);
+  const where = `on ${nodeId}`;
+  const models = await tx.select({ model: gpus.model }).from(gpus).where(eq(gpus.jobId, jobId));
+  const metered = r.reason === 'refused' ? {} : meter(job, models.map((m) => m.model), at);
+  const ended = {
+    ...metered,
+    finishedAt: at,
+    exitCode: r.exitCode,
+    error: r.reason === 'succeeded' ? null : (r.error ?? describeOutcome(r)),
+  };
+  if (r.reason === 'succeeded') {
+    return takeOffNode(tx, job, 'succeeded', `${detail} ${where}`, ended, at, 'jobsSucceeded');
+  }
+  if (job.cancelRequestedAt || r.reason === 'cancelled') {
+    return takeOffNode(tx, job, 'cancelled', `${detail} ${where}`, ended, at, null);
+  }
+  if (r.reason === 'refused') return requeueOrEnd(tx, job, `${detail} ${where}`, at, null);
+  const retry = failureReasons.includes(r.reason) && (job.spec.retryOn ?? []).includes(r.reason as never);
+  if (retry && job.attempts < job.maxAttempts) {
+    const reason = `${detail} ${where}; retried as its spec asks on ${r.reason} (attempt ${job.attempts} of ${job.maxAttempts} used)`;
+    return takeOffNode(tx, job, 'queued', reason, { ...offNode, ...metered, exitCode: r.exitCode, error: ended.error }, at, 'jobsFailed');
+  }
+  return takeOffNode(tx, job, 'failed', `${detail} ${where}`, ended, at, 'jobsFailed');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metering
+
+const msPerHour = 3_600_000n;
+
+/** Adds this lease's usage (lease start to `at`) and its cost at the recorded prices to what the job used before. */
+export function meter(job: JobRow, gpuModels: string[], at: Date): { usage: MeteredUsage; costMicros: number } {
+  const ms = Math.max(0, at.getTime() - (job.leasedAt ?? at).getTime());
+  const seconds = ms / 1000;
+  const before = (job.usage as MeteredUsage | null) ?? { seconds: 0, gpuSeconds: {}, cpuCoreSeconds: 0, memoryMbSeconds: 0 };
+  const gpuSeconds = { ...before.gpuSeconds };
+  // A GPU that vanished from the node's report is still charged, under the model it had.
+  const models = gpuModels.length >= (job.gpuIds?.length ?? 0) ? gpuModels : [...gpuModels, ...Array((job.gpuIds?.length ?? 0) - gpuModels.length).fill('unknown')];
+  for (const m of models) gpuSeconds[m] = round3((gpuSeconds[m] ?? 0) + seconds);
+  const usage: MeteredUsage = {
+    seconds: round3(before.seconds + seconds),
+    gpuSeconds,
+    cpuCoreSeconds: round3(before.cpuCoreSeconds + (job.cpuMillis / 1000) * seconds),
+    memoryMbSeconds: round3(before.memoryMbSeconds + job.memoryMb * seconds),
+  };
+  return { usage, costMicros: (job.costMicros ?? 0) + leaseCostMicros(models.length, job.cpuMillis, job.priceGpuHourMicros ?? 0, job.priceCpuHourMicros ?? 0, ms) };
+}
+
+/** gpus × GPU-hour price + cores × core-hour price, for `ms`, in micro-units, exactly (rounded half up at the end). */
+export function leaseCostMicros(gpuCount: number, cpuMillis: number, priceGpuHourMicros: number, priceCpuHourMicros: number, ms: number): number {
+  const perHourMilli = BigInt(gpuCount) * BigInt(priceGpuHourMicros) * 1000n + BigInt(cpuMillis) * BigInt(priceCpuHourMicros);
+  const total = perHourMilli * BigInt(Math.round(ms));
+  const denominator = msPerHour * 1000n;
+  return Number((total + denominator / 2n) / denominator);
+}
+
+const round3 = (n: number) => Math.round(n * 1000) / 1000;
+
+/** The jobs a node holds now, for the heartbeat and the work long-poll. */
+export function liveOnNode(nodeId: string) {
+  return and(eq(jobs.nodeId, nodeId), inArray(jobs.status, [...liveStatuses]));
+}
+
+export { rows as executeRows };

@@ -1,0 +1,60 @@
+import type { Clock } from '../clock.ts';
+import type { Config } from '../config.ts';
+import type { Database } from '../db/open.ts';
+import type { Logger } from '../log.ts';
+import { SchedulerLoop } from '../scheduler/loop.ts';
+import { topics, type Signals } from '../signals.ts';
+import { SigningKeys } from './keys.ts';
+import { LeaseNotifier } from './notifier.ts';
+import { LeaseService } from './service.ts';
+import { LeaseSweeper } from './sweeper.ts';
+
+export interface LeaseSide {
+  leases: LeaseService;
+  scheduler: SchedulerLoop;
+  sweeper: LeaseSweeper;
+  /** Starts the scheduler loop, the expiry sweeper and the long-poll wake-ups. */
+  start(): Promise<void>;
+  /** Stops them; waiting long-polls answer at once. */
+  stop(): Promise<void>;
+}
+
+/** The scheduler and the lease side of one coordinator, as startCoordinator builds them. */
+export async function createLeaseSide(opts: { database: Database; clock: Clock; config: Config; log: Logger; signals: Signals }): Promise<LeaseSide> {
+  const { database, clock, config, log, signals } = opts;
+  const keys = await SigningKeys.load({ db: database.db, clock, keyFile: config.signingKeyFile, leaseTtlSeconds: config.leaseTtlSeconds });
+  const notifier = new LeaseNotifier(signals, database);
+  const leases = new LeaseService(database, clock, keys, notifier, { issuer: config.name, leaseTtlSeconds: config.leaseTtlSeconds });
+  const scheduler = new SchedulerLoop({
+    database,
+    clock,
+    log,
+    signals,
+    leaseTtlSeconds: config.leaseTtlSeconds,
+    batchSize: config.schedulerBatchSize,
+    tickMs: config.schedulerTickMs,
+    onLeased: (nodeIds) => notifier.leased(nodeIds),
+  });
+  const sweeper = new LeaseSweeper({
+    database,
+    clock,
+    log,
+    leaseTtlSeconds: config.leaseTtlSeconds,
+    onFreed: () => signals.emit(topics.schedule),
+  });
+  return {
+    leases,
+    scheduler,
+    sweeper,
+    async start() {
+      await notifier.start();
+      await scheduler.start();
+      sweeper.start();
+    },
+    async stop() {
+      await sweeper.stop();
+      await scheduler.stop();
+      await notifier.stop();
+    },
+  };
+}

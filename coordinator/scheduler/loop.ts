@@ -1,0 +1,205 @@
+import type postgres from 'postgres';
+import type { Clock } from '../clock.ts';
+import type { Database } from '../db/open.ts';
+import { lockKeys } from '../db/migrate.ts';
+import type { Logger } from '../log.ts';
+import { topics, type Signals } from '../signals.ts';
+import { schedulePass, type PassResult } from './placement.ts';
+
+/** How often a pass reads the whole queue to refresh the reasons of jobs that cannot fit. */
+const fullPassEveryMs = 10_000;
+
+/** Channel that carries "run a pass" to the active scheduler on another replica. */
+export const scheduleChannel = 'gantry_schedule';
+
+export interface SchedulerOptions {
+  database: Database;
+  clock: Clock;
+  log: Logger;
+  signals: Signals;
+  leaseTtlSeconds: number;
+  batchSize: number;
+  /** The backstop: a pass at least this often, woken or not. */
+  tickMs: number;
+  /** How often a standby tries to become the active scheduler. */
+  electionMs?: number;
+  /** Told after each committed batch which nodes got leases (wakes their long-polls). */
+  onLeased: (nodeIds: string[]) => void;
+}
+
+/**
+ * The scheduler loop. One is active at a time: on PostgreSQL the one holding a session advisory
+ * lock on a connection reserved for it (through the pool, lock and unlock could land on different
+ * connections: PITFALLS.md); a standby tries again every second, so when the active one dies
+ * (its session ends, its lock with it) another takes over within seconds. On PGlite the one
+ * process is always active. A pass runs at once when woken (a submit, freed capacity), and on
+ * a tick as a backstop.
+ */
+export class SchedulerLoop {
+  private stopped = false;
+  private started = false;
+  private dirty = false;
+  private running: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private electionTimer: NodeJS.Timeout | null = null;
+  private conn: postgres.ReservedSql | null = null;
+  private leader: boolean;
+  private offs: (() => void | Promise<void>)[] = [];
+  private notifyPending = false;
+  private lastFullPass = 0;
+  /** Totals since start, for logs and the benchmark. */
+  readonly totals = { passes: 0, placed: 0, conflicts: 0, errors: 0 };
+
+  constructor(private opts: SchedulerOptions) {
+    this.leader = opts.database.driver === 'pglite';
+  }
+
+  get isLeader(): boolean {
+    return this.leader;
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    this.offs.push(this.opts.signals.on(topics.schedule, () => this.onLocalWake()));
+    if (this.opts.database.driver === 'postgres') {
+      this.offs.push(await this.opts.database.listen(scheduleChannel, () => this.wake()));
+      await this.elect();
+    }
+    this.schedule();
+    this.wake();
+  }
+
+  /** Asks for a pass as soon as the current one (if any) ends. */
+  wake(): void {
+    if (this.stopped || !this.leader) return;
+    this.dirty = true;
+    if (!this.running) this.running = this.drain();
+  }
+
+  /**
+   * Runs one pass now, whoever is leader. A full pass reads every queued job and refreshes the
+   * reasons of those that cannot fit; the loop runs one every few seconds, tests whenever they call.
+   */
+  runPass(full = true): Promise<PassResult> {
+    return schedulePass({
+      full,
+      database: this.opts.database,
+      clock: this.opts.clock,
+      log: this.opts.log,
+      leaseTtlSeconds: this.opts.leaseTtlSeconds,
+      batchSize: this.opts.batchSize,
+      onLeased: this.opts.onLeased,
+    });
+  }
+
+  /** Waits for the passes asked for so far to finish (tests). */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.electionTimer) clearTimeout(this.electionTimer);
+    for (const off of this.offs.splice(0)) await off();
+    await this.running?.catch(() => {});
+    await this.resign();
+  }
+
+  private onLocalWake() {
+    if (this.leader) return this.wake();
+    // Not the active one here: pass the news on to whoever is, at most one NOTIFY in flight.
+    if (this.notifyPending || this.stopped) return;
+    this.notifyPending = true;
+    void this.opts.database
+      .notify(scheduleChannel, '')
+      .catch(() => {})
+      .finally(() => {
+        this.notifyPending = false;
+      });
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.dirty && !this.stopped && this.leader) {
+        this.dirty = false;
+        try {
+          const now = Date.now();
+          const full = now - this.lastFullPass >= fullPassEveryMs;
+          if (full) this.lastFullPass = now;
+          const r = await this.runPass(full);
+          this.totals.passes++;
+          this.totals.placed += r.placed;
+          this.totals.conflicts += r.conflicts;
+        } catch (err) {
+          this.totals.errors++;
+          if (this.stopped) break;
+          this.opts.log.error('scheduler pass failed', { error: String((err as Error)?.stack ?? err) });
+          // Do not spin on a failing database: the tick brings the next pass.
+          break;
+        }
+      }
+    } finally {
+      this.running = null;
+    }
+  }
+
+  private schedule() {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.wake();
+      this.schedule();
+    }, this.opts.tickMs);
+    this.timer.unref?.();
+  }
+
+  /** PostgreSQL: try to take the lock, and check a held one is still there; again every second. */
+  private async elect(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      if (this.conn) {
+        await this.conn`select 1`;
+      } else {
+        const raw = this.opts.database.raw!;
+        const conn = await raw.reserve();
+        const [row] = await conn`select pg_try_advisory_lock(${lockKeys.scheduler}) as ok`;
+        if (row?.ok) {
+          this.conn = conn;
+          this.leader = true;
+          this.opts.log.info('this coordinator is the active scheduler');
+          this.wake();
+        } else {
+          conn.release();
+        }
+      }
+    } catch (err) {
+      // The reserved connection broke: the session, and the lock with it, is gone.
+      if (this.leader) this.opts.log.warn('lost the scheduler lock', { error: String(err) });
+      this.leader = false;
+      const conn = this.conn;
+      this.conn = null;
+      try {
+        conn?.release();
+      } catch {
+        // already gone
+      }
+    }
+    if (this.stopped) return;
+    this.electionTimer = setTimeout(() => void this.elect(), this.opts.electionMs ?? 1000);
+    this.electionTimer.unref?.();
+  }
+
+  private async resign(): Promise<void> {
+    const conn = this.conn;
+    this.conn = null;
+    this.leader = false;
+    if (!conn) return;
+    try {
+      await conn`select pg_advisory_unlock(${lockKeys.scheduler})`;
+    } catch {
+      // the session is gone, and its lock with it
+    }
+    conn.release();
+  }
+}

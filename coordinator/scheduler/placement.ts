@@ -1,0 +1,384 @@
+import { sql, type SQL } from 'drizzle-orm';
+import { newId } from '../../shared/ids.ts';
+import type { JobSpec } from '../../shared/jobs.ts';
+import type { Clock } from '../clock.ts';
+import type { Database, DbOrTx } from '../db/open.ts';
+import { toNumber } from '../db/open.ts';
+import { gpus, jobs, nodes } from '../db/schema/index.ts';
+import { executeRows, leaseJobs, PlacementConflict, type Placement } from '../jobs/transitions.ts';
+import type { Logger } from '../log.ts';
+import {
+  decide,
+  describePending,
+  ModelMatcher,
+  parseCuda,
+  type GpuView,
+  type JobRequest,
+  type NodeView,
+  type RejectionCounts,
+} from './feasibility.ts';
+import { candidate, compareCandidates, type Candidate } from './scoring.ts';
+
+type Constraints = NonNullable<JobSpec['constraints']>;
+
+// One scheduling pass: load the nodes that take work and their free GPUs once, walk the queue in
+// priority-then-age order in batches, place each batch in memory, and commit it in one
+// transaction. A job that fits nowhere gets its reason and does not hold up the ones behind it.
+
+/** A queued job as the pass reads it. */
+export interface QueuedJob extends JobRequest {
+  priority: number;
+  createdAtMs: number;
+  pendingReason: string | null;
+}
+
+export type PlanOutcome = { placed: true; node: NodeView; gpus: GpuView[] } | { placed: false; reason: string };
+
+/** What the pass knows of the nodes, updated in memory as it places. */
+export class PassState {
+  readonly models = new ModelMatcher();
+  private byId = new Map<string, NodeView>();
+  /** Nodes with a free GPU at the start of the pass. */
+  private gpuNodes: NodeView[] = [];
+  private byRequestedModel = new Map<string, NodeView[]>();
+  /** Shapes that fit nowhere: a job asking the same cannot fit either (capacity only shrinks in a pass). */
+  private unplaceable = new Map<string, string>();
+
+  constructor(
+    readonly nodes: NodeView[],
+    private now: number,
+  ) {
+    for (const n of nodes) {
+      this.byId.set(n.id, n);
+      if (n.freeGpus.length) this.gpuNodes.push(n);
+    }
+  }
+
+  /** Upper bounds on what any node has free: a job above them cannot fit anywhere in this pass. */
+  bounds(): { gpus: number; cpuMillis: number; memoryMb: number; minPriceGpu: number; minPriceCpu: number } {
+    let g = 0;
+    let c = 0;
+    let m = 0;
+    let pg = Number.MAX_SAFE_INTEGER;
+    let pc = Number.MAX_SAFE_INTEGER;
+    for (const n of this.nodes) {
+      if (n.freeCpuMillis <= 0 || n.freeMemoryMb <= 0) continue;
+      g = Math.max(g, n.freeGpus.length);
+      c = Math.max(c, n.freeCpuMillis);
+      m = Math.max(m, n.freeMemoryMb);
+      pg = Math.min(pg, n.priceGpuHourMicros);
+      pc = Math.min(pc, n.priceCpuHourMicros);
+    }
+    return { gpus: g, cpuMillis: c, memoryMb: m, minPriceGpu: pg === Number.MAX_SAFE_INTEGER ? 0 : pg, minPriceCpu: pc === Number.MAX_SAFE_INTEGER ? 0 : pc };
+  }
+
+  private candidatesFor(job: JobRequest): NodeView[] {
+    if (job.nodeId !== null) {
+      const n = this.byId.get(job.nodeId);
+      return n ? [n] : [];
+    }
+    if (job.gpuCount === 0) return this.nodes;
+    if (job.gpuModel === null) return this.gpuNodes;
+    let list = this.byRequestedModel.get(job.gpuModel);
+    if (!list) {
+      const model = job.gpuModel;
+      list = this.gpuNodes.filter((n) => n.freeGpus.some((g) => this.models.matches(model, g.model)));
+      this.byRequestedModel.set(model, list);
+    }
+    return list;
+  }
+
+  /** Finds the best node for the job and takes its resources in memory; or says why none fits. */
+  place(job: JobRequest): PlanOutcome {
+    const shape = shapeKey(job);
+    const known = this.unplaceable.get(shape);
+    if (known !== undefined) return { placed: false, reason: known };
+    let best: Candidate | null = null;
+    let bestGpus: GpuView[] = [];
+    const counts: RejectionCounts = {};
+    for (const node of this.candidatesFor(job)) {
+      const d = decide(job, node, this.models);
+      if (!d.fits) {
+        counts[d.reason] = (counts[d.reason] ?? 0) + 1;
+        continue;
+      }
+      const c = candidate(node, d.priceMilliMicros, d.gpus.length, job.cpuMillis, job.memoryMb);
+      if (!best || compareCandidates(c, best) < 0) {
+        best = c;
+        bestGpus = d.gpus;
+      }
+    }
+    if (!best) {
+      const reason = describePending(job, counts, this.nodes.length);
+      this.unplaceable.set(shape, reason);
+      return { placed: false, reason };
+    }
+    const node = best.node;
+    const taken = new Set(bestGpus.map((g) => g.id));
+    node.freeGpus = node.freeGpus.filter((g) => !taken.has(g.id));
+    node.freeCpuMillis -= job.cpuMillis;
+    node.freeMemoryMb -= job.memoryMb;
+    node.lastPlacedAtMs = this.now;
+    return { placed: true, node, gpus: bestGpus };
+  }
+}
+
+function shapeKey(j: JobRequest): string {
+  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/** The nodes that take work (online, not draining) and their free GPUs, in two queries. */
+export async function loadPassState(db: DbOrTx, now: number): Promise<PassState> {
+  const nodeRows = await executeRows<{
+    id: string;
+    account_id: string;
+    labels: Record<string, string> | null;
+    region: string | null;
+    pg: unknown;
+    pc: unknown;
+    free_cpu: number;
+    free_mem: number;
+    last_placed_ms: number | null;
+  }>(
+    db,
+    sql`select id, account_id, labels, region, price_gpu_hour_micros as pg, price_cpu_hour_micros as pc,
+          cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
+          (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
+        from ${nodes} where status = 'online' and not draining`,
+  );
+  const gpuRows = await executeRows<{ node_id: string; id: string; index: number; model: string; memory_mb: number; cuda_version: string | null }>(
+    db,
+    sql`select g.node_id, g.id, g.index, g.model, g.memory_mb, g.cuda_version
+        from ${gpus} g join ${nodes} n on n.id = g.node_id
+        where g.job_id is null and n.status = 'online' and not n.draining
+        order by g.node_id, g.index`,
+  );
+  const views = new Map<string, NodeView>();
+  for (const r of nodeRows) {
+    views.set(r.id, {
+      id: r.id,
+      accountId: r.account_id,
+      labels: typeof r.labels === 'string' ? JSON.parse(r.labels) : (r.labels ?? {}),
+      region: r.region,
+      priceGpuHourMicros: toNumber(r.pg),
+      priceCpuHourMicros: toNumber(r.pc),
+      freeCpuMillis: Number(r.free_cpu),
+      freeMemoryMb: Number(r.free_mem),
+      freeGpus: [],
+      lastPlacedAtMs: r.last_placed_ms === null ? 0 : Number(r.last_placed_ms),
+    });
+  }
+  for (const g of gpuRows) {
+    views.get(g.node_id)?.freeGpus.push({ id: g.id, index: Number(g.index), model: g.model, memoryMb: Number(g.memory_mb), cuda: parseCuda(g.cuda_version) });
+  }
+  return new PassState([...views.values()], now);
+}
+
+interface Cursor {
+  priority: number;
+  createdAt: string;
+  id: string;
+}
+
+type QueueRow = {
+  id: string;
+  priority: number;
+  created_at: string;
+  created_ms: number;
+  cpu_millis: number;
+  memory_mb: number;
+  gpu_count: number;
+  gpu_model: string | null;
+  gpu_min_memory_mb: number | null;
+  max_price_micros: unknown;
+  region: string | null;
+  pending_reason: string | null;
+  constraints: Constraints | string | null;
+  min_cuda: string | null;
+};
+
+/**
+ * The next batch of the queue in priority-then-age order after `cursor`. With `bounds`, jobs that
+ * cannot fit any node in this pass by size or by price alone are left in the database, unless
+ * they have no reason yet (just submitted or re-queued): those always come, to get one.
+ */
+export async function loadQueueBatch(
+  db: DbOrTx,
+  cursor: Cursor | null,
+  limit: number,
+  bounds: ReturnType<PassState['bounds']> | null,
+): Promise<{ jobs: QueuedJob[]; cursor: Cursor | null }> {
+  const after: SQL = cursor
+    ? sql`and (priority < ${cursor.priority} or (priority = ${cursor.priority} and (created_at, id) > (${cursor.createdAt}::timestamptz, ${cursor.id})))`
+    : sql``;
+  const rows = await executeRows<QueueRow>(
+    db,
+    sql`select id, priority, created_at::text as created_at, (extract(epoch from created_at) * 1000)::float8 as created_ms,
+          cpu_millis, memory_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
+          spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda
+        from ${jobs}
+        where status = 'queued' ${after}
+          ${bounds ? withinBounds(bounds) : sql``}
+        order by priority desc, created_at, id
+        limit ${limit}`,
+  );
+  const last = rows[rows.length - 1];
+  return {
+    jobs: rows.map(toQueuedJob),
+    cursor: last ? { priority: Number(last.priority), createdAt: last.created_at, id: last.id } : null,
+  };
+}
+
+function withinBounds(b: ReturnType<PassState['bounds']>): SQL {
+  return sql`and (pending_reason is null or (
+    gpu_count <= ${b.gpus} and cpu_millis <= ${b.cpuMillis} and memory_mb <= ${b.memoryMb}
+    and (max_price_micros is null
+      or max_price_micros::numeric * 1000 >= gpu_count::numeric * ${b.minPriceGpu} * 1000 + cpu_millis::numeric * ${b.minPriceCpu})))`;
+}
+
+function toQueuedJob(r: QueueRow): QueuedJob {
+  const c = (typeof r.constraints === 'string' ? JSON.parse(r.constraints) : r.constraints) as Constraints | null;
+  return {
+    id: r.id,
+    priority: Number(r.priority),
+    createdAtMs: Number(r.created_ms),
+    pendingReason: r.pending_reason,
+    cpuMillis: Number(r.cpu_millis),
+    memoryMb: Number(r.memory_mb),
+    gpuCount: Number(r.gpu_count),
+    gpuModel: r.gpu_model,
+    gpuMinMemoryMb: r.gpu_min_memory_mb === null ? null : Number(r.gpu_min_memory_mb),
+    minCuda: parseCuda(r.min_cuda),
+    labels: c?.nodeLabels && Object.keys(c.nodeLabels).length ? c.nodeLabels : null,
+    region: r.region ?? c?.region ?? null,
+    nodeId: c?.nodeId ?? null,
+    providerId: c?.providerId ?? null,
+    maxPriceMicros: r.max_price_micros === null ? null : toNumber(r.max_price_micros),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pass
+
+export interface PassDeps {
+  database: Database;
+  clock: Clock;
+  log: Logger;
+  leaseTtlSeconds: number;
+  batchSize: number;
+  /** Called after a batch committed, with the nodes that got leases. */
+  onLeased?: (nodeIds: string[]) => void;
+  /**
+   * Read every queued job, not only those that could fit what is free: refreshes the reasons of
+   * the ones that cannot (the loop does this every few seconds, tests on every pass they run).
+   */
+  full?: boolean;
+  /** Tests: called between planning a batch and committing it. */
+  beforeCommit?: () => Promise<void> | void;
+}
+
+export interface PassResult {
+  placed: number;
+  unplaced: number;
+  batches: number;
+  conflicts: number;
+}
+
+/** Channel of the NOTIFY that wakes long-polls on other replicas; the payload is node ids, comma-separated. */
+export const leaseChannel = 'gantry_lease';
+
+const retryableCodes = new Set(['23514', '40001', '40P01']);
+
+function isRetryable(err: unknown): boolean {
+  if (err instanceof PlacementConflict) return true;
+  const code = (err as { cause?: { code?: string }; code?: string })?.cause?.code ?? (err as { code?: string })?.code;
+  return typeof code === 'string' && retryableCodes.has(code);
+}
+
+/** Runs one pass over the queue. Safe with another scheduler running: every write is guarded. */
+export async function schedulePass(deps: PassDeps): Promise<PassResult> {
+  const { db } = deps.database;
+  const result: PassResult = { placed: 0, unplaced: 0, batches: 0, conflicts: 0 };
+  let state = await loadPassState(db, deps.clock.now().getTime());
+  let cursor: Cursor | null = null;
+  for (;;) {
+    let batch = await loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds());
+    if (!batch.jobs.length) break;
+    for (let attempt = 0; ; attempt++) {
+      const at = deps.clock.now();
+      const { placements, reasons } = plan(state, batch.jobs);
+      try {
+        if (deps.beforeCommit) await deps.beforeCommit();
+        await commitBatch(deps, placements, reasons, at);
+        result.placed += placements.length;
+        result.unplaced += batch.jobs.length - placements.length;
+        result.batches++;
+        if (placements.length) deps.onLeased?.([...new Set(placements.map((p) => p.nodeId))]);
+        break;
+      } catch (err) {
+        if (!isRetryable(err) || attempt >= 4) throw err;
+        // Something moved under the plan: nothing of it was committed. Look again and re-plan.
+        result.conflicts++;
+        deps.log.info('placement batch conflicted; planning it again', { error: String((err as Error).message ?? err), attempt });
+        state = await loadPassState(db, deps.clock.now().getTime());
+        batch = await loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds());
+        if (!batch.jobs.length) break;
+      }
+    }
+    if (batch.jobs.length < deps.batchSize) break;
+    cursor = batch.cursor;
+  }
+  return result;
+}
+
+function plan(state: PassState, queue: QueuedJob[]): { placements: Placement[]; reasons: Map<string, string> } {
+  const placements: Placement[] = [];
+  const reasons = new Map<string, string>();
+  for (const job of queue) {
+    const out = state.place(job);
+    if (out.placed) {
+      placements.push({
+        jobId: job.id,
+        nodeId: out.node.id,
+        gpuIds: out.gpus.map((g) => g.id),
+        leaseId: newId('lease'),
+        cpuMillis: job.cpuMillis,
+        memoryMb: job.memoryMb,
+        priceGpuHourMicros: out.node.priceGpuHourMicros,
+        priceCpuHourMicros: out.node.priceCpuHourMicros,
+      });
+    } else if (out.reason !== job.pendingReason) {
+      reasons.set(job.id, out.reason);
+    }
+  }
+  return { placements, reasons };
+}
+
+async function commitBatch(deps: PassDeps, placements: Placement[], reasons: Map<string, string>, at: Date): Promise<void> {
+  if (!placements.length && !reasons.size) return;
+  const expiresAt = new Date(at.getTime() + deps.leaseTtlSeconds * 1000);
+  await deps.database.db.transaction(async (tx) => {
+    await leaseJobs(tx, placements, expiresAt, at);
+    if (reasons.size) {
+      const rows = [...reasons].map(([id, reason]) => sql`(${id}::text, ${reason}::text)`);
+      await tx.execute(
+        sql`update ${jobs} set pending_reason = v.reason from (values ${sql.join(rows, sql`, `)}) as v(id, reason)
+            where ${jobs}.id = v.id and ${jobs}.status = 'queued'`,
+      );
+    }
+    if (placements.length && deps.database.driver === 'postgres') {
+      for (const chunk of chunks([...new Set(placements.map((p) => p.nodeId))], 200)) {
+        await tx.execute(sql`select pg_notify(${leaseChannel}, ${chunk.join(',')})`);
+      }
+    }
+  });
+}
+
+function chunks<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}

@@ -8,6 +8,9 @@ import { accountRoutes } from './http/accounts.ts';
 import type { AppEnv } from './http/env.ts';
 import { healthRoutes } from './http/health.ts';
 import { jobRoutes } from './http/jobs.ts';
+import { agentRoutes } from './http/agent.ts';
+import { enrollmentRoutes } from './http/enrollment.ts';
+import { nodeRoutes } from './http/nodes.ts';
 import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
 import { outputRoutes } from './http/outputs.ts';
@@ -76,6 +79,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   // Before the jobs routes: POST /v1/jobs/dry-run must not be read as a job id.
   app.route('/', offerRoutes(deps));
   app.route('/', jobRoutes(deps));
+  app.route('/', enrollmentRoutes(deps));
+  app.route('/', nodeRoutes(deps));
+  app.route('/', agentRoutes(deps));
   app.route('/', poolRoutes(deps));
   app.route('/', metricsRoutes(deps));
   app.route('/', usageRoutes(deps));

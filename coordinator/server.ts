@@ -13,6 +13,7 @@ import { openDatabase, type Database } from './db/open.ts';
 import { noHeartbeatHook, type AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
 import { AgentVerifier } from './nodes/agent-auth.ts';
+import { startNodeSweeper } from './nodes/sweeper.ts';
 import { Signals } from './signals.ts';
 import { createLeaseSide } from './leases/start.ts';
 import { Metrics } from './metrics/registry.ts';
@@ -91,6 +92,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     }, log);
     poolHistory.start();
     await leaseSide.start();
+    const nodeSweeper = startNodeSweeper(deps);
     let closing: Promise<void> | null = null;
     return {
       url,
@@ -113,6 +115,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
             (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
           });
           await stopKeyListener().catch(() => {});
+          await nodeSweeper.stop();
           await poolHistory.stop();
           if (ownsDatabase) await database.close();
         })()),

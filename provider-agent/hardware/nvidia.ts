@@ -124,6 +124,10 @@ function admit(candidates: unknown[], warnings: string[]): GpuDevice[] {
   const gpus: GpuDevice[] = [];
   const ids = new Set<string>();
   for (const candidate of candidates) {
+    if (gpus.length === maxGpusPerNode) {
+      warnings.push(`more than ${maxGpusPerNode} GPU units; the rest are not advertised`);
+      break;
+    }
     const parsed = GpuDevice.safeParse(candidate);
     const label = isElement(candidate) && typeof candidate['id'] === 'string' ? candidate['id'] : 'a GPU';
     if (!parsed.success) {
@@ -131,9 +135,6 @@ function admit(candidates: unknown[], warnings: string[]): GpuDevice[] {
       warnings.push(clip(`${label} skipped: ${issue ? `${issue.path.join('.')} ${issue.message}` : 'invalid'}`));
     } else if (ids.has(parsed.data.id)) {
       warnings.push(clip(`${label} is listed twice; advertised once`));
-    } else if (gpus.length === maxGpusPerNode) {
-      warnings.push(`more than ${maxGpusPerNode} GPU units; the rest are not advertised`);
-      break;
     } else {
       ids.add(parsed.data.id);
       gpus.push(parsed.data);
@@ -255,18 +256,17 @@ export function parseQueryGpuCsv(text: string, fields: readonly string[] = query
     .map((l) => l.trim())
     .filter((l) => l !== '');
   const split = (line: string) => line.split(',').map((c) => c.trim());
-  let names = [...fields];
-  let body = lines;
-  const first = lines[0] === undefined ? [] : split(lines[0]);
-  const headerNames = first.map((c) => headerCell.exec(c)?.[1]);
-  const isHeader =
-    first.length > 0 &&
-    headerNames.every((n) => n !== undefined) &&
-    (headerNames.join() === names.join() || first.some((c) => /[._[]/.test(c)));
-  if (isHeader) {
-    names = headerNames as string[];
-    body = lines.slice(1);
-  }
+  const headerOf = (line: string): string[] | null => {
+    const cells = split(line);
+    const names = cells.map((c) => headerCell.exec(c)?.[1]);
+    if (names.some((n) => n === undefined)) return null;
+    // Values never look like "memory.used [MiB]"; a lone word could, unless it is what was asked for.
+    return names.join() === fields.join() || cells.some((c) => /[._[]/.test(c)) ? (names as string[]) : null;
+  };
+  // A driver warning may come before the header: the header is the first line that is one.
+  const headerAt = lines.findIndex((l) => headerOf(l) !== null);
+  const names = headerAt < 0 ? [...fields] : headerOf(lines[headerAt]!)!;
+  const body = headerAt < 0 ? lines : [...lines.slice(0, headerAt), ...lines.slice(headerAt + 1)];
   const csv: QueryGpuCsv = { fields: names, rows: [], ignored: [] };
   for (const line of body) {
     const cells = split(line);

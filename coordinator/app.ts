@@ -21,6 +21,7 @@ import { offerRoutes } from './http/offers.ts';
 import { leaseRoutes } from './http/leases.ts';
 import { drainRoutes } from './http/drain.ts';
 import { usageRoutes } from './http/usage.ts';
+import { dashboardRoutes } from './http/dashboard.ts';
 import { httpMetrics } from './metrics/http.ts';
 
 /** The route pattern that answered (not the path, which holds ids), even when a middleware refused. */
@@ -85,6 +86,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', poolRoutes(deps));
   app.route('/', metricsRoutes(deps));
   app.route('/', usageRoutes(deps));
+  app.route('/', dashboardRoutes(deps));
   app.route('/', blobRoutes(deps));
   app.route('/', logRoutes(deps));
   app.route('/', outputRoutes(deps));

@@ -1,0 +1,146 @@
+import { api, download, readEvents } from '../api.js';
+import { fill, h, row, table } from '../dom.js';
+import { jobDuration, mib, money, time } from '../format.js';
+import { badge, errorText, every } from './common.js';
+
+const terminal = ['succeeded', 'failed', 'cancelled'];
+
+function details(j) {
+  const r = j.spec.resources;
+  const gpu = r.gpus ? `${r.gpus} × ${r.gpu?.model ?? 'any GPU'}${r.gpu?.minMemoryMb ? ` (≥ ${mib(r.gpu.minMemoryMb)})` : ''}` : 'none';
+  const dl = [
+    ['State', badge(j.status)],
+    ['Image', h('code', {}, j.spec.image)],
+    ['Command', h('code', {}, [...(j.spec.entrypoint ?? []), ...j.spec.command].join(' '))],
+    ['Resources', `${r.cpu} CPU · ${mib(r.memoryMb)} memory · GPUs: ${gpu}`],
+    ['Max price', j.spec.maxPricePerHour === undefined ? 'no limit' : `${money(j.spec.maxPricePerHour)} / hour`],
+    ['Node', h('span', { class: 'mono', 'data-testid': 'job-node' }, j.nodeId ?? '—')],
+    ['GPUs held', j.gpuIds?.length ? h('span', { class: 'mono' }, j.gpuIds.join(', ')) : '—'],
+    ['Attempts', `${j.attempts} of ${j.maxAttempts}`],
+    ['Duration', jobDuration(j)],
+    ['Submitted', time(j.createdAt)],
+    ['Finished', time(j.finishedAt)],
+    ['Exit code', j.exitCode === null ? '—' : h('span', { 'data-testid': 'exit-code' }, String(j.exitCode))],
+  ];
+  if (j.pendingReason) dl.push(['Waiting because', j.pendingReason]);
+  if (j.error) dl.push(['Error', h('span', { class: 'error' }, j.error)]);
+  return h('dl', { class: 'details' }, dl.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+export function jobPage(main, ctx) {
+  const [id] = ctx.params;
+  const title = h('h1', { 'data-testid': 'job-name' }, '…');
+  const status = h('div', { class: 'status' });
+  const info = h('div', {});
+  const events = h('div', {});
+  const logs = h('pre', { class: 'logs', 'data-testid': 'logs', tabindex: '0', 'aria-label': 'Job logs' });
+  const logState = h('span', { class: 'muted', 'data-testid': 'log-state' }, 'connecting…');
+  const outputs = h('div', { 'data-testid': 'outputs' });
+  const cancel = h('button', { type: 'button', class: 'danger', hidden: true, 'data-testid': 'cancel', on: { click: onCancel } }, 'Cancel job');
+  fill(
+    main,
+    h('p', {}, h('a', { href: '#/jobs' }, '← Your jobs')),
+    h('div', { class: 'page-head' }, title, cancel),
+    status,
+    info,
+    h('div', { class: 'page-head' }, h('h2', {}, 'Logs'), logState),
+    logs,
+    h('h2', {}, 'Outputs'),
+    outputs,
+    h('h2', {}, 'Events'),
+    events,
+  );
+
+  let job = null;
+  async function onCancel() {
+    cancel.disabled = true;
+    try {
+      job = await api(`/v1/jobs/${id}/cancel`, { method: 'POST', body: {} });
+      show();
+    } catch (err) {
+      status.replaceChildren(h('p', { class: 'error' }, errorText(err)));
+    } finally {
+      cancel.disabled = false;
+    }
+  }
+
+  function show() {
+    title.textContent = job.name;
+    document.title = `${job.name} · Gantry`;
+    fill(info, details(job));
+    cancel.hidden = terminal.includes(job.status) || Boolean(job.cancelRequestedAt);
+  }
+
+  async function showOutputs() {
+    if (!terminal.includes(job.status)) return fill(outputs, h('p', { class: 'muted' }, 'Available when the job ends.'));
+    fill(
+      outputs,
+      h('button', {
+        type: 'button',
+        'data-testid': 'download-outputs',
+        on: {
+          click: async () => {
+            try {
+              await download(`/v1/jobs/${id}/outputs`, `${id}-outputs.tar`);
+            } catch (err) {
+              fill(outputs, h('p', { class: err?.status === 404 ? 'muted' : 'error' }, err?.status === 404 ? 'This job left no outputs.' : errorText(err)));
+            }
+          },
+        },
+      }, 'Download outputs (.tar)'),
+    );
+  }
+
+  const stopJob = every(
+    2000,
+    async () => {
+      const [j, ev] = await Promise.all([api(`/v1/jobs/${id}`), api(`/v1/jobs/${id}/events`)]);
+      const changed = !job || job.status !== j.status;
+      job = j;
+      show();
+      fill(events, table(['When', 'From', 'To', 'Why'], ev.items.map((e) => row(time(e.at), e.from ?? '—', e.to, e.reason)), { 'data-testid': 'events' }));
+      if (changed) showOutputs();
+      if (terminal.includes(j.status)) stopJob?.();
+    },
+    status,
+  );
+
+  // Live logs: SSE read with fetch, resumed from the last seq if the connection drops.
+  const abort = new AbortController();
+  let lastId = null;
+  (async () => {
+    for (let tries = 0; !abort.signal.aborted && tries < 30; tries++) {
+      try {
+        logState.textContent = 'live';
+        let ended = false;
+        await readEvents(`/v1/jobs/${id}/logs?follow=1`, {
+          signal: abort.signal,
+          lastEventId: lastId,
+          onEvent: (e) => {
+            if (e.id !== null) lastId = e.id;
+            if (e.event === 'log') {
+              const batch = JSON.parse(e.data);
+              const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+              logs.append(batch.stream === 'stderr' ? h('span', { class: 'stderr' }, batch.text) : batch.stream === 'system' ? h('span', { class: 'system' }, batch.text) : document.createTextNode(batch.text));
+              if (atBottom) logs.scrollTop = logs.scrollHeight;
+            } else if (e.event === 'end') {
+              ended = true;
+              const end = JSON.parse(e.data);
+              logState.textContent = `ended: ${end.status}${end.exitCode === null ? '' : ` (exit ${end.exitCode})`}`;
+            }
+          },
+        });
+        if (ended) return;
+      } catch (err) {
+        if (abort.signal.aborted) return;
+        logState.textContent = `reconnecting… (${errorText(err)})`;
+      }
+      await new Promise((r) => setTimeout(r, 1000 + tries * 500));
+    }
+  })();
+
+  return () => {
+    stopJob();
+    abort.abort();
+  };
+}

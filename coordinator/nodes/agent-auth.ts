@@ -98,15 +98,16 @@ export class AgentVerifier {
     const exp = payload.exp!;
     const iat = payload.iat!;
     const nowSeconds = now.getTime() / 1000;
-    if (exp - iat > agentTokenMaxLifetimeSeconds || exp > nowSeconds + agentTokenMaxLifetimeSeconds + clockSkewSeconds) {
-      throw refuse(`an agent token may live at most ${agentTokenMaxLifetimeSeconds} s`);
+    if (exp - iat > agentTokenMaxLifetimeSeconds) throw refuse(`an agent token may live at most ${agentTokenMaxLifetimeSeconds} s`);
+    if (exp > nowSeconds + agentTokenMaxLifetimeSeconds + clockSkewSeconds) {
+      throw refuse("the agent token's expiry is too far ahead: is this machine's clock right?");
     }
     return { nodeId: sub, expMs: exp * 1000 };
   }
 }
 
 function describeJoseError(err: unknown): string {
-  if (err instanceof joseErrors.JWTExpired) return 'the agent token expired';
+  if (err instanceof joseErrors.JWTExpired) return "the agent token expired (is this machine's clock right?)";
   if (err instanceof joseErrors.JWSSignatureVerificationFailed) return "the agent token is not signed by this node's key";
   if (err instanceof joseErrors.JWTClaimValidationFailed) {
     if (err.claim === 'aud') return 'the agent token is for another coordinator';

@@ -1,0 +1,296 @@
+import { and, eq, inArray, ne, sql } from 'drizzle-orm';
+import type { GpuDevice, HardwareReport } from '../../shared/hardware.ts';
+import { newId } from '../../shared/ids.ts';
+import { toMicros } from '../../shared/money.ts';
+import type { Heartbeat, HeartbeatAnswer, RegisterNode, RegisteredNode } from '../../shared/nodes.ts';
+import type { Tx } from '../db/open.ts';
+import { gpus, nodes } from '../db/schema/index.ts';
+import type { AppDeps } from '../deps.ts';
+import { ApiError } from '../http/problem.ts';
+import { topics } from '../signals.ts';
+import { consumeEnrollmentToken } from './enrollment-tokens.ts';
+import { requeueJobsOnGpus } from './requeue.ts';
+
+type Deps = Pick<AppDeps, 'database' | 'log' | 'config' | 'signals' | 'heartbeatHook'>;
+type NodeRow = typeof nodes.$inferSelect;
+type GpuRow = typeof gpus.$inferSelect;
+
+// Key space of the transaction locks taken on a GPU UUID while it is claimed (second key: hashtext(uuid)).
+const gpuClaimLockSpace = 7_301_101;
+
+/** Rows of a raw query inside a transaction, whichever driver ran it (postgres.js: an array; PGlite: { rows }). */
+function rowsOf<T>(result: unknown): T[] {
+  return (Array.isArray(result) ? result : (result as { rows: T[] }).rows) as T[];
+}
+
+function capacityOf(report: HardwareReport) {
+  return {
+    cpuMillis: report.host.cpuCores * 1000,
+    memoryMb: report.host.memoryMb,
+    diskMb: report.host.diskFreeMb,
+  };
+}
+
+function gpuValues(nodeId: string, g: GpuDevice) {
+  return {
+    nodeId,
+    id: g.id,
+    index: g.index,
+    uuid: g.uuid,
+    model: g.model,
+    memoryMb: g.memoryMb,
+    driverVersion: g.driverVersion,
+    cudaVersion: g.cudaVersion,
+    pciBusId: g.pciBusId,
+    mig: g.mig ? { index: g.mig.index, gpuInstanceId: g.mig.gpuInstanceId, computeInstanceId: g.mig.computeInstanceId } : null,
+  };
+}
+
+interface GpuClaimConflict {
+  uuid: string;
+  nodeId: string;
+  sameAccount: boolean;
+  nodeName: string;
+}
+
+/**
+ * Which of these GPU UUIDs another live (not retired) node already holds. Takes a transaction
+ * lock on each UUID first, so two nodes claiming one GPU at once cannot both win: a marketplace
+ * must not sell one GPU twice.
+ */
+async function findClaimConflicts(tx: Tx, accountId: string, selfId: string | null, uuids: string[]): Promise<GpuClaimConflict[]> {
+  const distinct = [...new Set(uuids)].sort();
+  if (!distinct.length) return [];
+  for (const uuid of distinct) {
+    await tx.execute(sql`select pg_advisory_xact_lock(${gpuClaimLockSpace}, hashtext(${uuid}))`);
+  }
+  const rows = await tx
+    .selectDistinct({ uuid: gpus.uuid, nodeId: nodes.id, accountId: nodes.accountId, nodeName: nodes.name })
+    .from(gpus)
+    .innerJoin(nodes, eq(nodes.id, gpus.nodeId))
+    .where(
+      and(inArray(gpus.uuid, distinct), ne(nodes.status, 'retired'), selfId ? ne(nodes.id, selfId) : undefined),
+    );
+  return rows.map((r) => ({ uuid: r.uuid, nodeId: r.nodeId, sameAccount: r.accountId === accountId, nodeName: r.nodeName }));
+}
+
+function describeConflict(c: GpuClaimConflict): string {
+  // Another tenant's node is not named.
+  return c.sameAccount
+    ? `GPU ${c.uuid} already belongs to your node ${c.nodeId} (${c.nodeName}); retire that node first (DELETE /v1/nodes/${c.nodeId})`
+    : `GPU ${c.uuid} is already registered by another node`;
+}
+
+/** Registers a machine as a node of the token's provider, with its GPUs, in one transaction. */
+export async function registerNode(deps: Deps, req: RegisterNode, at: Date): Promise<RegisteredNode> {
+  const nodeId = newId('node', at.getTime());
+  const name = req.name ?? (req.hardware.host.hostname.slice(0, 128) || nodeId);
+  const result = await deps.database.db.transaction(async (tx) => {
+    const token = await consumeEnrollmentToken(tx, req.token, at);
+    const conflicts = await findClaimConflicts(tx, token.accountId, null, req.hardware.gpus.map((g) => g.uuid));
+    if (conflicts.length) {
+      deps.log.warn('gpu claimed twice: registration refused', {
+        accountId: token.accountId,
+        enrollmentTokenId: token.tokenId,
+        conflicts: conflicts.map((c) => ({ uuid: c.uuid, heldBy: c.nodeId })),
+      });
+      throw new ApiError('conflict', describeConflict(conflicts[0]!));
+    }
+    await tx.insert(nodes).values({
+      id: nodeId,
+      accountId: token.accountId,
+      name,
+      status: 'online',
+      labels: { ...token.labels, ...req.labels },
+      region: req.region ?? null,
+      publicKey: { kty: req.publicKey.kty, crv: req.publicKey.crv, x: req.publicKey.x },
+      agentVersion: req.agentVersion ?? null,
+      host: req.hardware.host as Record<string, unknown>,
+      runtime: req.hardware.host.containerRuntime,
+      ...capacityOf(req.hardware),
+      priceGpuHourMicros: toMicros(req.priceGpuHour ?? 0),
+      priceCpuHourMicros: toMicros(req.priceCpuHour ?? 0),
+      lastHeartbeatAt: at,
+      createdAt: at,
+    });
+    if (req.hardware.gpus.length) await tx.insert(gpus).values(req.hardware.gpus.map((g) => gpuValues(nodeId, g)));
+    return { accountId: token.accountId };
+  });
+  deps.log.info('node registered', { nodeId, accountId: result.accountId, name, gpus: req.hardware.gpus.length });
+  deps.signals.emit(topics.schedule);
+  return { nodeId, name, coordinatorName: deps.config.name, nodeTtlSeconds: deps.config.nodeTtlSeconds };
+}
+
+interface HardwareChange {
+  added: string[];
+  removed: string[];
+  changed: string[];
+  requeued: string[];
+  refused: string[];
+}
+
+const sameGpu = (row: GpuRow, g: GpuDevice) => {
+  const v = gpuValues(row.nodeId, g);
+  return (
+    row.index === v.index &&
+    row.uuid === v.uuid &&
+    row.model === v.model &&
+    row.memoryMb === v.memoryMb &&
+    row.driverVersion === v.driverVersion &&
+    row.cudaVersion === v.cudaVersion &&
+    row.pciBusId === v.pciBusId &&
+    JSON.stringify(row.mig) === JSON.stringify(v.mig)
+  );
+};
+
+/**
+ * A re-reported hardware inventory: the node's capacity and GPU list follow it. A GPU that
+ * vanished while a job held it takes that job back to the queue; a new GPU another node holds is
+ * left out (and logged).
+ */
+async function applyHardware(deps: Deps, tx: Tx, node: NodeRow, report: HardwareReport, at: Date): Promise<HardwareChange> {
+  const current = await tx.select().from(gpus).where(eq(gpus.nodeId, node.id));
+  const byId = new Map(current.map((r) => [r.id, r]));
+  const reported = new Map(report.gpus.map((g) => [g.id, g]));
+  const change: HardwareChange = { added: [], removed: [], changed: [], requeued: [], refused: [] };
+
+  const removed = current.filter((r) => !reported.has(r.id)).map((r) => r.id);
+  if (removed.length) {
+    change.requeued = await requeueJobsOnGpus(tx, node.id, removed, 'a GPU it held vanished from its node', at);
+    await tx.delete(gpus).where(and(eq(gpus.nodeId, node.id), inArray(gpus.id, removed)));
+    change.removed = removed;
+  }
+
+  const fresh = report.gpus.filter((g) => !byId.has(g.id));
+  const conflicts = await findClaimConflicts(tx, node.accountId, node.id, fresh.map((g) => g.uuid));
+  const refusedUuids = new Set(conflicts.map((c) => c.uuid));
+  if (conflicts.length) {
+    deps.log.warn('gpu claimed twice: left out of the node', {
+      nodeId: node.id,
+      conflicts: conflicts.map((c) => ({ uuid: c.uuid, heldBy: c.nodeId })),
+    });
+  }
+  const toInsert = fresh.filter((g) => !refusedUuids.has(g.uuid));
+  change.refused = conflicts.map(describeConflict);
+  if (toInsert.length) await tx.insert(gpus).values(toInsert.map((g) => gpuValues(node.id, g)));
+  change.added = toInsert.map((g) => g.id);
+
+  for (const row of current) {
+    const g = reported.get(row.id);
+    if (!g || sameGpu(row, g)) continue;
+    const { nodeId: _n, id: _i, ...values } = gpuValues(node.id, g);
+    await tx.update(gpus).set(values).where(and(eq(gpus.nodeId, node.id), eq(gpus.id, row.id)));
+    change.changed.push(row.id);
+  }
+
+  // Capacity follows the report; what running jobs already hold stays allocated, so capacity
+  // never drops below it (the CHECK allocated <= capacity holds) and nothing new fits meanwhile.
+  const cap = capacityOf(report);
+  await tx
+    .update(nodes)
+    .set({
+      cpuMillis: sql`greatest(${cap.cpuMillis}, ${nodes.allocatedCpuMillis})`,
+      memoryMb: sql`greatest(${cap.memoryMb}, ${nodes.allocatedMemoryMb})`,
+      diskMb: cap.diskMb,
+      host: report.host as Record<string, unknown>,
+      runtime: report.host.containerRuntime,
+    })
+    .where(eq(nodes.id, node.id));
+  return change;
+}
+
+interface BeatRow {
+  prev_status: string;
+  sampled: number;
+  uuids: string[] | string | null;
+}
+
+/** postgres.js gives text[] as an array; some paths give PostgreSQL's '{a,b}' text. */
+function textArray(v: BeatRow['uuids']): string[] {
+  if (Array.isArray(v)) return v;
+  if (!v || v === '{}') return [];
+  return v.replace(/^\{|\}$/g, '').split(',').map((s) => s.replace(/^"|"$/g, ''));
+}
+
+const intOrNull = (n: number | null | undefined) => (n === null || n === undefined ? null : Math.round(n));
+
+/**
+ * One heartbeat, in one transaction: liveness, latest metrics on the node and its GPUs, one
+ * node_metrics row per node per minute, the hardware when re-reported, and the lease side's
+ * answer through the heartbeat hook.
+ */
+export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat, at: Date): Promise<HeartbeatAnswer> {
+  const atIso = at.toISOString();
+  const metricsJson = JSON.stringify(hb.metrics);
+  const gpuJson = JSON.stringify(
+    hb.metrics.gpus.map((g) => ({
+      uuid: g.id,
+      u: intOrNull(g.utilizationPct),
+      m: intOrNull(g.memoryUsedMb),
+      t: intOrNull(g.temperatureC),
+      p: intOrNull(g.powerW),
+    })),
+  );
+  let change: HardwareChange | null = null;
+  let prevStatus = 'online';
+  const answer = await deps.database.db.transaction(async (tx) => {
+    if (hb.hardware) {
+      const [node] = await tx.select().from(nodes).where(eq(nodes.id, nodeId)).for('update');
+      if (!node || node.status === 'retired') throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
+      change = await applyHardware(deps, tx, node, hb.hardware, at);
+    }
+    // The hot path is one statement: lock the node, mark it alive, store the latest figures on it
+    // and on its GPUs (rows whose figures did not change are not rewritten), and write the minute's
+    // sample only on the first heartbeat of a minute. PostgreSQL runs every data-modifying CTE once,
+    // referenced or not.
+    const result = await tx.execute(sql`
+      with prev as (
+        select id, status, last_heartbeat_at, metrics is null as unsampled from nodes where id = ${nodeId} and status <> 'retired' for update
+      ), n as (
+        update nodes set status = 'online', last_heartbeat_at = ${atIso}::timestamptz, metrics = ${metricsJson}::jsonb,
+          agent_version = coalesce(${hb.agentVersion ?? null}::text, nodes.agent_version)
+        from prev where nodes.id = prev.id
+        returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled
+      ), g as (
+        update gpus set utilization_pct = v.u, memory_used_mb = v.m, temperature_c = v.t, power_w = v.p
+        from jsonb_to_recordset(${gpuJson}::jsonb) as v(uuid text, u int, m int, t int, p int)
+        where gpus.node_id = ${nodeId} and gpus.uuid = v.uuid and exists (select 1 from n)
+          and (gpus.utilization_pct, gpus.memory_used_mb, gpus.temperature_c, gpus.power_w)
+            is distinct from (v.u, v.m, v.t, v.p)
+        returning 1
+      ), s as (
+        insert into node_metrics (node_id, at, sample)
+        select ${nodeId}, date_trunc('minute', ${atIso}::timestamptz), ${metricsJson}::jsonb from n
+        where n.unsampled or date_trunc('minute', n.prev_at) <> date_trunc('minute', ${atIso}::timestamptz)
+        on conflict (node_id, at) do update set sample = excluded.sample
+        returning 1
+      )
+      select n.prev_status,
+        (select count(*)::int from s) as sampled,
+        (select coalesce(array_agg(distinct uuid), '{}') from gpus where node_id = ${nodeId}) as uuids
+      from n`);
+    const [row] = rowsOf<BeatRow>(result);
+    if (!row) throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
+    prevStatus = row.prev_status;
+    const extras = await deps.heartbeatHook.onHeartbeat(tx, nodeId, { jobs: hb.jobs }, at);
+    const known = new Set(textArray(row.uuids));
+    const sampled = new Set(hb.metrics.gpus.map((g) => g.id));
+    const hardwareWanted = !hb.hardware && (known.size !== sampled.size || [...sampled].some((u) => !known.has(u)));
+    const c = change as HardwareChange | null;
+    return {
+      ...extras,
+      nodeId,
+      status: 'online' as const,
+      receivedAt: atIso,
+      hardwareWanted,
+      warnings: c?.refused ?? [],
+    };
+  });
+  const c = change as HardwareChange | null;
+  if (c && (c.added.length || c.removed.length || c.changed.length || c.refused.length)) {
+    deps.log.info('node hardware changed', { nodeId, added: c.added, removed: c.removed, changed: c.changed, requeued: c.requeued });
+  }
+  if (prevStatus === 'offline') deps.log.info('node online', { nodeId });
+  if (prevStatus === 'offline' || (c && (c.added.length || c.requeued.length))) deps.signals.emit(topics.schedule);
+  return answer;
+}

@@ -1,0 +1,104 @@
+import { describe, expect, it } from 'vitest';
+import { ModelMatcher, type JobRequest, type NodeView } from '../../../coordinator/scheduler/feasibility.ts';
+import { PassState } from '../../../coordinator/scheduler/placement.ts';
+import { candidate, compareCandidates } from '../../../coordinator/scheduler/scoring.ts';
+import { leaseCostMicros } from '../../../coordinator/jobs/transitions.ts';
+
+const job = (over: Partial<JobRequest> = {}): JobRequest => ({
+  id: 'job_x',
+  cpuMillis: 1000,
+  memoryMb: 1024,
+  gpuCount: 1,
+  gpuModel: null,
+  gpuMinMemoryMb: null,
+  minCuda: null,
+  labels: null,
+  region: null,
+  nodeId: null,
+  providerId: null,
+  maxPriceMicros: null,
+  ...over,
+});
+
+let n = 0;
+const node = (gpus: number, over: Partial<NodeView> = {}): NodeView => {
+  const id = `node_${++n}`;
+  return {
+    id,
+    accountId: 'acct_p',
+    labels: {},
+    region: null,
+    priceGpuHourMicros: 1_000_000,
+    priceCpuHourMicros: 0,
+    freeCpuMillis: 16_000,
+    freeMemoryMb: 65_536,
+    freeGpus: Array.from({ length: gpus }, (_, i) => ({ id: `${id}-g${i}`, index: i, model: 'NVIDIA L4', memoryMb: 23_034, cuda: 12_004 })),
+    lastPlacedAtMs: 0,
+    ...over,
+  };
+};
+
+describe('scoring: cheapest, then tightest fit, then least recently used', () => {
+  const place = (nodes: NodeView[], j = job()) => {
+    const out = new PassState(nodes, 1_000).place(j);
+    return out.placed ? out.node.id : out.reason;
+  };
+
+  it('takes the cheapest node even when another fits tighter', () => {
+    const cheap = node(8, { priceGpuHourMicros: 500_000 });
+    const tight = node(1, { priceGpuHourMicros: 600_000 });
+    expect(place([tight, cheap])).toBe(cheap.id);
+  });
+
+  it('among equal prices, leaves the fewest GPUs, then the least memory over', () => {
+    const eight = node(8);
+    const two = node(2);
+    const twoSmall = node(2, { freeMemoryMb: 4096 });
+    expect(place([eight, two, twoSmall])).toBe(twoSmall.id);
+  });
+
+  it('among equal fits, the node placed on longest ago', () => {
+    const recent = node(2, { lastPlacedAtMs: 900 });
+    const old = node(2, { lastPlacedAtMs: 100 });
+    const never = node(2, { lastPlacedAtMs: 0 });
+    expect(place([recent, old, never])).toBe(never.id);
+    expect(place([recent, old])).toBe(old.id);
+  });
+
+  it('compares by price in exact units, then fit', () => {
+    const a = candidate(node(2), 10, 1, 1000, 1024);
+    const b = candidate(node(4), 10, 1, 1000, 1024);
+    const c = candidate(node(1), 11, 1, 1000, 1024);
+    expect([c, b, a].sort(compareCandidates).map((x) => x.leftoverGpus)).toEqual([1, 3, 0]);
+  });
+
+  it('takes what it placed out of the pass, so the next job sees it gone', () => {
+    const only = node(2);
+    const state = new PassState([only], 1_000);
+    expect(state.place(job({ gpuCount: 2 })).placed).toBe(true);
+    const second = state.place(job({ gpuCount: 1 }));
+    expect(second).toEqual({ placed: false, reason: 'no online node has 1 free GPU' });
+    expect(only.freeGpus).toEqual([]);
+    expect(only.freeCpuMillis).toBe(15_000);
+  });
+
+  it('remembers a shape that fits nowhere for the rest of the pass', () => {
+    const state = new PassState([node(1)], 1_000);
+    const models = new ModelMatcher();
+    void models;
+    const a = state.place(job({ gpuCount: 2 }));
+    const b = state.place(job({ gpuCount: 2, id: 'job_y' }));
+    expect(a).toEqual(b);
+    expect(state.place(job({ gpuCount: 1 })).placed).toBe(true);
+  });
+});
+
+describe('lease cost', () => {
+  it('charges gpus × GPU-hour + cores × core-hour for the time held, exactly', () => {
+    // 2 GPUs at 2.50 and 1.5 cores at 0.10 for 90 minutes: (5 + 0.15) × 1.5 = 7.725
+    expect(leaseCostMicros(2, 1500, 2_500_000, 100_000, 90 * 60_000)).toBe(7_725_000);
+    // One second of one GPU at 3.60/hour is 0.001.
+    expect(leaseCostMicros(1, 0, 3_600_000, 0, 1000)).toBe(1000);
+    expect(leaseCostMicros(0, 1000, 0, 0, 3_600_000)).toBe(0);
+  });
+});

@@ -405,7 +405,8 @@ export async function queryGpus(opts: NvidiaSmiOptions = {}): Promise<QueryGpuOu
 type XmlOutcome = { data: NvidiaSmiResult } | { error: Error | string };
 
 // One -q -x in flight per process: node-nvidia-smi's child cannot be told to stop, so a
-// detection that arrives while one runs waits for that one instead of starting another.
+// detection that arrives while one runs waits for that one (whatever PATH it was started
+// with: the agent's does not change) instead of starting another.
 let xmlInFlight: Promise<XmlOutcome> | null = null;
 
 /** exec() reads process.env when it spawns, synchronously: the swap is over before any other code runs. */

@@ -1,7 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { ApiRequestError } from '../../shared/client.ts';
+import { countRows, snapshot } from '../support/db-snapshot.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { expectProblem } from '../support/problem.ts';
+
+type Page = { items: { id: string; status: string }[]; nextCursor: string | null };
 
 const hello = { name: 'hello', image: 'busybox:latest', command: ['echo', 'hi'], resources: { cpu: 1, memoryMb: 128, gpus: 0 } };
 const train = {
@@ -86,6 +90,132 @@ describe.skipIf(dbSkipReason)('jobs API', () => {
     }
     const still = await alice.api.get<{ status: string }>(`/v1/jobs/${job.id}`);
     expect(still.status).toBe('queued');
+  });
+
+  it('keeps the requested resources as columns the scheduler can filter on', async () => {
+    const { api } = await h.newAccount('client');
+    const a = await api.post<{ id: string }>('/v1/jobs', hello);
+    const b = await api.post<{ id: string }>('/v1/jobs', train, { headers: { 'idempotency-key': 'train-1' } });
+    const rows = await h.testDb.database.rows<Record<string, unknown>>(sql`
+      select id, status, cpu_millis, memory_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros,
+             max_attempts, region, idempotency_key, spec_digest, created_at = updated_at as same_times
+      from jobs where id in (${a.id}, ${b.id}) order by name`);
+    expect(rows.map((r) => ({ ...r, max_price_micros: r.max_price_micros === null ? null : Number(r.max_price_micros) }))).toEqual([
+      {
+        id: a.id, status: 'queued', cpu_millis: 1000, memory_mb: 128, gpu_count: 0, gpu_model: null, gpu_min_memory_mb: null,
+        max_price_micros: null, max_attempts: 3, region: null, idempotency_key: null, spec_digest: expect.stringMatching(/^sha256:/), same_times: true,
+      },
+      {
+        id: b.id, status: 'queued', cpu_millis: 8000, memory_mb: 65536, gpu_count: 2, gpu_model: 'H100', gpu_min_memory_mb: 80000,
+        max_price_micros: 6_500_000, max_attempts: 3, region: null, idempotency_key: 'train-1', spec_digest: expect.stringMatching(/^sha256:/), same_times: true,
+      },
+    ]);
+  });
+
+  it('makes concurrent submits with one Idempotency-Key into one job and one event', async () => {
+    const { key } = await h.newAccount('client');
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        h.fetch('/v1/jobs', {
+          method: 'POST',
+          key,
+          headers: { 'content-type': 'application/json', 'idempotency-key': 'burst' },
+          body: JSON.stringify(hello),
+        }),
+      ),
+    );
+    const statuses = results.map((r) => r.status).sort();
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 200, 201]);
+    const ids = new Set(await Promise.all(results.map(async (r) => ((await r.json()) as { id: string }).id)));
+    expect(ids.size).toBe(1);
+    const [id] = [...ids];
+    expect(await countRows(h.testDb.database, 'jobs', { column: 'idempotency_key', value: 'burst' })).toBe(1);
+    expect(await countRows(h.testDb.database, 'job_events', { column: 'job_id', value: id! })).toBe(1);
+  });
+
+  it('keeps Idempotency-Keys apart per account, and makes a new job for each submit without one', async () => {
+    const alice = await h.newAccount('client');
+    const bob = await h.newAccount('client');
+    const headers = { 'idempotency-key': 'same-key' };
+    const a = await alice.api.post<{ id: string }>('/v1/jobs', hello, { headers });
+    const b = await bob.api.post<{ id: string }>('/v1/jobs', hello, { headers });
+    expect(a.id).not.toBe(b.id);
+    const c = await alice.api.post<{ id: string }>('/v1/jobs', hello);
+    const d = await alice.api.post<{ id: string }>('/v1/jobs', hello);
+    expect(new Set([a.id, c.id, d.id]).size).toBe(3);
+  });
+
+  it('refuses an Idempotency-Key reused for another spec with 409, changing nothing', async () => {
+    const { api, key } = await h.newAccount('client');
+    const first = await api.post<{ id: string }>('/v1/jobs', hello, { headers: { 'idempotency-key': 'k1' } });
+    const before = await snapshot(h.testDb.database);
+    const res = await h.fetch('/v1/jobs', {
+      method: 'POST',
+      key,
+      headers: { 'content-type': 'application/json', 'idempotency-key': 'k1' },
+      body: JSON.stringify({ ...hello, command: ['echo', 'other'] }),
+    });
+    await expectProblem(res, { status: 409, code: 'conflict', title: 'Conflict', detail: 'Idempotency-Key' });
+    expect(await snapshot(h.testDb.database)).toEqual(before);
+    expect((await api.get<{ status: string }>(`/v1/jobs/${first.id}`)).status).toBe('queued');
+  });
+
+  it('pages through jobs newest first, ending with a null cursor', async () => {
+    const { api } = await h.newAccount('client');
+    const empty = await api.get<Page>('/v1/jobs');
+    expect(empty).toEqual({ items: [], nextCursor: null });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await api.post<{ id: string }>('/v1/jobs', { ...hello, name: `j${i}` })).id);
+    const newestFirst = [...ids].sort().reverse();
+    const seen: string[][] = [];
+    let cursor: string | null = null;
+    do {
+      const page: Page = await api.get<Page>(`/v1/jobs?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+      seen.push(page.items.map((j) => j.id));
+      cursor = page.nextCursor;
+    } while (cursor && seen.length < 10);
+    expect(seen).toEqual([newestFirst.slice(0, 2), newestFirst.slice(2, 4), newestFirst.slice(4)]);
+    // A page that ends exactly at the last job says there is no next one.
+    const exact = await api.get<Page>(`/v1/jobs?limit=5`);
+    expect(exact.items.map((j) => j.id)).toEqual(newestFirst);
+    expect(exact.nextCursor).toBeNull();
+    const widest = await api.get<Page>('/v1/jobs?limit=200');
+    expect(widest.items).toHaveLength(5);
+  });
+
+  it('gives 50 jobs a page by default', async () => {
+    const { api } = await h.newAccount('client');
+    for (let i = 0; i < 51; i++) await api.post('/v1/jobs', { ...hello, name: `n${i}` });
+    const first = await api.get<Page>('/v1/jobs');
+    expect(first.items).toHaveLength(50);
+    expect(first.nextCursor).toBe(first.items[49]!.id);
+    const second = await api.get<Page>(`/v1/jobs?cursor=${first.nextCursor}`);
+    expect(second.items).toHaveLength(1);
+    expect(second.nextCursor).toBeNull();
+  });
+
+  it('filters by status across pages, and never shows another tenant’s jobs', async () => {
+    const alice = await h.newAccount('client');
+    const bob = await h.newAccount('client');
+    const mine: string[] = [];
+    for (let i = 0; i < 4; i++) mine.push((await alice.api.post<{ id: string }>('/v1/jobs', { ...hello, name: `a${i}` })).id);
+    const theirs = await bob.api.post<{ id: string }>('/v1/jobs', hello);
+    await alice.api.post(`/v1/jobs/${mine[1]}/cancel`);
+    await alice.api.post(`/v1/jobs/${mine[2]}/cancel`);
+    const queued1 = await alice.api.get<Page>('/v1/jobs?status=queued&limit=1');
+    const queued2 = await alice.api.get<Page>(`/v1/jobs?status=queued&limit=1&cursor=${queued1.nextCursor}`);
+    expect([...queued1.items, ...queued2.items].map((j) => j.id)).toEqual([mine[3], mine[0]]);
+    expect(queued2.nextCursor).toBeNull();
+    const cancelled = await alice.api.get<Page>('/v1/jobs?status=cancelled');
+    expect(cancelled.items.map((j) => [j.id, j.status])).toEqual([
+      [mine[2], 'cancelled'],
+      [mine[1], 'cancelled'],
+    ]);
+    const all = await alice.api.get<Page>('/v1/jobs?limit=200');
+    expect(all.items.map((j) => j.id)).not.toContain(theirs.id);
+    // Another tenant's id as a cursor is only a position: it shows nothing of theirs.
+    const after = await bob.api.get<Page>(`/v1/jobs?cursor=${mine[3]}`);
+    expect(after.items.map((j) => j.id)).toEqual(theirs.id < mine[3]! ? [theirs.id] : []);
   });
 
   it('answers health and readiness', async () => {

@@ -92,7 +92,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof ExitWith) return err.exitCode;
     if (controller.signal.aborted) {
-      process.stderr.write(`\ninterrupted${name === 'submit' || name === 'logs' || name === 'wait' ? '; the job keeps running' : ''}\n`);
+      process.stderr.write(`interrupted${name === 'submit' || name === 'logs' || name === 'wait' ? '; the job keeps running' : ''}\n`);
       return exitCodes.interrupted;
     }
     const { message, exitCode } = describeError(err, name);

@@ -9,9 +9,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eq } from 'drizzle-orm';
+import { jobs } from '../../coordinator/db/schema/index.ts';
 import { changeStatus } from '../../coordinator/jobs/lifecycle.ts';
+import { toMicros } from '../../shared/money.ts';
+import type { RegisteredNode } from '../../shared/nodes.ts';
 import type { Job } from '../../shared/jobs.ts';
 import { createTestNode, leaseTo, type TestNode } from '../support/agent-fixture.ts';
+import { a5000Machine, newAgentKey } from '../support/agent-identity.ts';
 import { repoRoot } from '../support/coordinator-process.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
 import { gpusOf, h100, seedNode } from '../support/pool-seed.ts';
@@ -413,6 +418,57 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
       expect(none.stdout).toMatch(/^No node can take busybox right now/);
       expect(none.stdout).toMatch(/why not:\n  1 node with no H100 GPU\n  1 node over the maximum of 1 per hour/);
       expect((await h.client(client.key).get<{ items: Job[] }>('/v1/jobs?limit=200')).items.length).toBe(before);
+    });
+  });
+
+  describe('providers: tokens and nodes', () => {
+    it('tokens create prints the token and the join line; the token enrolls a machine that gantry nodes then lists', async () => {
+      const asProvider = { ...(await freshHome()), GANTRY_URL: h.url, GANTRY_API_KEY: provider.key };
+      const r = await gantry(['tokens', 'create', '--uses', '2', '--expires', '2h', '--label', 'rack=b7'], asProvider);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const token = r.stdout.match(/^  (\S+)$/m)?.[1];
+      expect(token).toBeTruthy();
+      expect(r.stdout).toContain(`gantry-agent join --coordinator ${h.url} --token ${token}\n`);
+      expect(r.stdout).toMatch(/2 uses, until \S+; nodes get rack=b7/);
+
+      const { publicJwk } = await newAgentKey();
+      const registered = await h.client().post<RegisteredNode>('/v1/agent/register', { token, publicKey: publicJwk, name: 'rig-cli', hardware: a5000Machine('cli', 2) });
+      const listed = await gantry(['nodes'], asProvider);
+      expect(listed.code).toBe(0);
+      const [header, ...rows] = listed.stdout.trimEnd().split('\n');
+      expect(header).toMatch(/^ID\s+NAME\s+STATUS\s+GPUS FREE\s+GPU UTIL\s+CPU USED\s+MEM USED\s+GPU-HOUR\s+REGION\s+LAST SEEN$/);
+      expect(rows.find((l) => l.startsWith(registered.nodeId))).toMatch(/rig-cli\s+online\s+2\/2 RTX A5000\s+-\s+[\d.]+\/16\s+\S+\/62\.5G\s+0\.00\s+-\s+just now$/);
+      const json = JSON.parse((await gantry(['nodes', '--json'], asProvider)).stdout) as { id: string; labels: Record<string, string> }[];
+      expect(json.find((n) => n.id === registered.nodeId)?.labels).toEqual({ rack: 'b7' });
+
+      const asClientOnly = await gantry(['tokens', 'create'], asClient);
+      expect(asClientOnly.code).toBe(1);
+      expect(asClientOnly.stderr).toMatch(/^gantry tokens: not allowed: this key lacks the provider scope\n$/);
+      const bad = await gantry(['tokens', 'make'], asProvider);
+      expect(bad.code).toBe(2);
+    });
+  });
+
+  describe('usage', () => {
+    it('shows spend by day and by job', async () => {
+      const spender = await h.newAccount('client');
+      const j = await spender.api.post<Job>('/v1/jobs', { name: 'metered', image: 'busybox', command: ['true'], resources: { cpu: 2, memoryMb: 1024, gpus: 1, gpu: { model: 'NoSuchGPU' } } });
+      const usage = { seconds: 1800, gpuSeconds: { [h100]: 1800 }, cpuCoreSeconds: 3600, memoryMbSeconds: 1800 * 1024 };
+      const finishedAt = new Date();
+      await h.coordinator.deps.database.db
+        .update(jobs)
+        .set({ status: 'succeeded', nodeId: node.nodeId, startedAt: new Date(finishedAt.getTime() - 1_800_000), finishedAt, costMicros: toMicros(1.5), usage })
+        .where(eq(jobs.id, j.id));
+      const r = await gantry(['usage'], { ...(await freshHome()), GANTRY_URL: h.url, GANTRY_API_KEY: spender.key });
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^spent: 1\.50 over 1 job$/m);
+      const day = finishedAt.toISOString().slice(0, 10);
+      expect(r.stdout).toMatch(new RegExp(`^${day}\\s+1\\s+30m\\s+1h\\s+1\\.50$`, 'm'));
+      expect(r.stdout).toMatch(new RegExp(`^${j.id}\\s+metered\\s+succeeded\\s+${node.nodeId}\\s+30m\\s+30m\\s+1\\.50$`, 'm'));
+      const bad = await gantry(['usage', '--since', 'yesterday']);
+      expect(bad.code).toBe(2);
     });
   });
 

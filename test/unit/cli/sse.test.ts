@@ -1,0 +1,31 @@
+import { describe, expect, it } from 'vitest';
+import { serverSentEvents } from '../../../cli/api.ts';
+
+const streamOf = (...parts: string[]) =>
+  new ReadableStream<Uint8Array>({
+    start(c) {
+      for (const p of parts) c.enqueue(new TextEncoder().encode(p));
+      c.close();
+    },
+  });
+
+async function collect(body: ReadableStream<Uint8Array>) {
+  const out = [];
+  for await (const ev of serverSentEvents(body)) out.push(ev);
+  return out;
+}
+
+describe('server-sent events', () => {
+  it('reads events split anywhere across chunks, with ids, comments and multi-line data', async () => {
+    const got = await collect(streamOf('event: log\nid: 0\ndata: {"a"', ':1}\n\n: keepalive\n\n', 'data: one\r\ndata: two\r\n\r\nevent: end\ndata: {}\n\n'));
+    expect(got).toEqual([
+      { event: 'log', id: '0', data: '{"a":1}' },
+      { event: 'message', id: '0', data: 'one\ntwo' },
+      { event: 'end', id: '0', data: '{}' },
+    ]);
+  });
+
+  it('drops an event the stream cut off before its blank line', async () => {
+    expect(await collect(streamOf('event: log\ndata: complete\n\nevent: log\ndata: cut'))).toEqual([{ event: 'log', data: 'complete' }]);
+  });
+});

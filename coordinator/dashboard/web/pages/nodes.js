@@ -17,10 +17,15 @@ function remember(key, value) {
   return s;
 }
 
-const live = (g, name) => g[name] ?? g.metrics?.[name] ?? null;
+
+// A new point only when a new heartbeat came in, not on every refresh of the page.
+const lastBeat = new Map();
 
 function gpuTable(node) {
   const gpus = node.gpus ?? [];
+  const fresh = lastBeat.get(node.id) !== node.lastHeartbeatAt;
+  lastBeat.set(node.id, node.lastHeartbeatAt);
+  const live = (g, name) => (fresh ? (g.metrics?.[name] ?? null) : null);
   return table(
     ['#', 'GPU', 'Memory', 'Job', 'Utilization', 'Memory used', 'Temperature', 'Power'],
     gpus.map((g) => {
@@ -33,7 +38,7 @@ function gpuTable(node) {
         'tr',
         { 'data-testid': 'gpu-row' },
         h('td', { class: 'num' }, String(g.index ?? '')),
-        h('td', {}, g.model, g.mig ? h('span', { class: 'tag' }, 'MIG') : null),
+        h('td', {}, g.model, g.mig ? h('span', { class: 'tag' }, `MIG ${g.mig.gpuInstanceId}/${g.mig.computeInstanceId}`) : null),
         h('td', {}, mib(g.memoryMb)),
         h('td', { class: 'mono' }, g.jobId ?? 'free'),
         h('td', {}, sparkline(util, { max: 100, unit: '%', label: 'utilization', testid: 'gpu-util' })),
@@ -47,24 +52,44 @@ function gpuTable(node) {
 }
 
 function nodeCard(n) {
-  const cpu = n.cpuMillis !== undefined ? `${(n.cpuMillis - (n.allocatedCpuMillis ?? 0)) / 1000} of ${n.cpuMillis / 1000} cores free` : null;
+  const free = (n.capacity.cpu - n.allocated.cpu).toFixed(3).replace(/\.?0+$/, '');
   return h(
     'section',
     { class: 'panel node', 'data-testid': 'node', 'data-node-id': n.id },
     h(
       'div',
       { class: 'page-head' },
-      h('h2', { 'data-testid': 'node-name' }, n.name ?? n.id),
+      h('h2', { 'data-testid': 'node-name' }, n.name),
       h('span', {}, badge(n.status), n.draining ? h('span', { class: 'tag' }, 'draining') : null),
     ),
     h(
       'p',
       { class: 'muted' },
-      [h('span', { class: 'mono' }, n.id), n.region ? ` · ${n.region}` : '', cpu ? ` · ${cpu}` : '', n.memoryMb ? ` · ${mib(n.memoryMb)} memory` : '',
-        n.pricePerGpuHour !== undefined ? ` · ${money(n.pricePerGpuHour)}/GPU-hour` : '', n.lastHeartbeatAt ? ` · heartbeat ${since(n.lastHeartbeatAt)}` : ''],
+      h('span', { class: 'mono' }, n.id),
+      n.region ? ` · ${n.region}` : '',
+      ` · ${free} of ${n.capacity.cpu} cores free · ${mib(n.capacity.memoryMb - n.allocated.memoryMb)} of ${mib(n.capacity.memoryMb)} memory free`,
+      ` · ${money(n.priceGpuHour)}/GPU-hour`,
+      n.lastHeartbeatAt ? ` · heartbeat ${since(n.lastHeartbeatAt)}` : ' · no heartbeat yet',
     ),
-    (n.gpus ?? []).length ? gpuTable(n) : h('p', { class: 'muted' }, 'No GPUs: CPU jobs only.'),
+    n.gpus.length ? gpuTable(n) : h('p', { class: 'muted' }, 'No GPUs: CPU jobs only.'),
   );
+}
+
+// The last hour of per-minute samples, once per node, so the sparklines start with history.
+const seeded = new Set();
+async function seedHistory(n) {
+  if (seeded.has(n.id)) return;
+  seeded.add(n.id);
+  const series = await api(`/v1/nodes/${n.id}/metrics`);
+  for (const item of series.items) {
+    for (const g of item.sample.gpus ?? []) {
+      const k = `${n.id}/${g.id}`;
+      remember(`${k}/u`, g.utilizationPct);
+      remember(`${k}/m`, g.memoryUsedMb);
+      remember(`${k}/t`, g.temperatureC);
+      remember(`${k}/p`, g.powerW);
+    }
+  }
 }
 
 export function nodesPage(main) {
@@ -80,7 +105,7 @@ export function nodesPage(main) {
         add.disabled = true;
         try {
           const t = await api('/v1/enrollment-tokens', { method: 'POST', body: {} });
-          const token = t.token ?? t.key ?? t.secret;
+          const token = t.token;
           const command = `gantry-agent join --coordinator ${location.origin} --token ${token}`;
           const code = h('code', { 'data-testid': 'join-command' }, command);
           fill(
@@ -112,8 +137,8 @@ export function nodesPage(main) {
   return every(
     3000,
     async () => {
-      const page = await api('/v1/nodes?limit=200');
-      const nodes = page.items ?? page;
+      const nodes = (await api('/v1/nodes?limit=200')).items;
+      await Promise.all(nodes.map((n) => seedHistory(n).catch(() => seeded.delete(n.id))));
       fill(list, nodes.length ? nodes.map(nodeCard) : h('p', { class: 'muted', 'data-testid': 'no-nodes' }, 'No nodes yet. Add one to start earning.'));
     },
     status,

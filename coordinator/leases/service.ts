@@ -150,7 +150,7 @@ export class LeaseService implements HeartbeatHook {
         ...(resign ? { token: this.sign(nodeId, h, expiresAt, at) } : {}),
       });
       if (h.cancelRequestedAt) cancel.push({ jobId: h.id, epoch: h.leaseEpoch });
-      updates.push(sql`(${h.id}::text, ${h.leaseEpoch}::int, ${resign})`);
+      updates.push(sql`(${h.id}::text, ${h.leaseEpoch}::int, ${resign}::boolean)`);
     }
     if (updates.length) {
       const renewed = await executeRows<{ id: string }>(

@@ -51,6 +51,12 @@ function pairs(flag: string, values: string[]): Record<string, string> {
   return out;
 }
 
+/** "registry:5000/team/trainer:v2@sha256:..." → "trainer": the default job name. */
+export function nameOfImage(image: string): string {
+  const last = image.split('@')[0]!.split('/').pop() ?? '';
+  return last.split(':')[0] || 'job';
+}
+
 /** The spec from a job file and/or flags, and which paths the flags set (their problems name the flag). */
 export async function buildSpec(args: Parsed): Promise<{ data: Record<string, unknown>; source: JobSource | null; fromFlags: Map<string, string> }> {
   const file = args.positionals[0];
@@ -84,7 +90,7 @@ export async function buildSpec(args: Parsed): Promise<{ data: Record<string, un
   }
   if (!source) {
     // Flags alone: what a person means when they leave these out.
-    if (typeof data.image === 'string' && data.name === undefined) data.name = basename(data.image.split('@')[0]!.split(':')[0]!) || 'job';
+    if (typeof data.image === 'string' && data.name === undefined) data.name = nameOfImage(data.image);
     const r = (data.resources ??= {}) as Record<string, unknown>;
     r.cpu ??= 1;
     r.memoryMb ??= 1024;

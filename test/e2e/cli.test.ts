@@ -438,7 +438,7 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
       expect(listed.code).toBe(0);
       const [header, ...rows] = listed.stdout.trimEnd().split('\n');
       expect(header).toMatch(/^ID\s+NAME\s+STATUS\s+GPUS FREE\s+GPU UTIL\s+CPU USED\s+MEM USED\s+GPU-HOUR\s+REGION\s+LAST SEEN$/);
-      expect(rows.find((l) => l.startsWith(registered.nodeId))).toMatch(/rig-cli\s+online\s+2\/2 RTX A5000\s+-\s+[\d.]+\/16\s+\S+\/62\.5G\s+0\.00\s+-\s+just now$/);
+      expect(rows.find((l) => l.startsWith(registered.nodeId))).toMatch(/rig-cli\s+online\s+2\/2 RTX A5000\s+-\s+[\d.]+\/16\s+\S+\/62\.5G\s+0\.00\s+-\s+(just now|\d+s ago)$/);
       const json = JSON.parse((await gantry(['nodes', '--json'], asProvider)).stdout) as { id: string; labels: Record<string, string> }[];
       expect(json.find((n) => n.id === registered.nodeId)?.labels).toEqual({ rack: 'b7' });
 

@@ -57,6 +57,11 @@ async function main(argv: string[]): Promise<number> {
     if (interrupted) process.exit(exitCodes.interrupted);
     interrupted = true;
     controller.abort();
+    // A command that follows something stops within this grace; anything else is cut short.
+    setTimeout(() => {
+      process.stderr.write('\ninterrupted\n');
+      process.exit(exitCodes.interrupted);
+    }, 1500).unref();
   });
   // `gantry jobs | head` closes the pipe early: that is not an error.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {

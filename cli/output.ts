@@ -161,7 +161,8 @@ export class Progress {
 
   private draw() {
     this.frame = (this.frame + 1) % frames.length;
-    const width = (this.stream.columns ?? 80) - 3;
+    // A pty without a size reports 0 columns.
+    const width = (this.stream.columns || 80) - 3;
     this.stream.write(`\r\x1b[K${this.painter.paint('cyan', frames[this.frame]!)} ${truncate(this.text, width)}`);
   }
 

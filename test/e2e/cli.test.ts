@@ -1,7 +1,7 @@
 // The gantry CLI as its own process against the real coordinator (in this process, on a
 // loopback port). Nodes and the agent's side of a lease come from the test fixtures that
 // write the tables and post as an agent, so logs, outputs and offers have something to show.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -29,6 +29,8 @@ interface Run {
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const stackTrace = /^\s+at .+\(.*:\d+:\d+\)$/m;
+const hasScript = spawnSync('script', ['--version']).status === 0;
+if (!hasScript) console.warn('gantry CLI terminal tests skipped: script(1) from util-linux is not installed');
 
 /** gantry ARGS as a process; env replaces GANTRY_* and HOME for this run. */
 function start(args: string[], env: Record<string, string>, stdin?: string) {
@@ -338,6 +340,39 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
       expect(sub.stderr).toContain(`${jobId} cancelled`);
       expect(log.code).toBe(0);
       expect(log.stderr).toContain(`${jobId} cancelled`);
+    });
+  });
+
+  describe.skipIf(!hasScript)('on a terminal (a pseudo-terminal from script(1))', () => {
+    const onTerminal = (args: string[], env: Record<string, string>) => {
+      const command = ['node', '--import', 'tsx', 'cli/main.ts', ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+      const clean: Record<string, string> = {};
+      for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('GANTRY_') && k !== 'NO_COLOR') clean[k] = v;
+      const child = spawn('script', ['-qfec', command, '/dev/null'], { cwd: repoRoot, env: { ...clean, TERM: 'xterm-256color', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+      return { output: () => out, done: new Promise<number | null>((r) => child.on('close', r)) };
+    };
+
+    it('spins and colours on a terminal, and does neither with NO_COLOR', async () => {
+      for (const noColor of [false, true]) {
+        const env = { ...asClient, ...(noColor ? { NO_COLOR: '1' } : {}) };
+        const t = onTerminal(['submit', '--image', 'busybox', '--gpus', '1', '--gpu-model', 'NoSuchGPU', '--follow', '--', 'true'], env);
+        const jobId = await until('the job id', () => t.output().match(/(job_[0-9a-z]{22})/)?.[1]);
+        await until('the wait shown', () => t.output().includes('queued'));
+        if (!noColor) await until('a second spinner frame', () => (t.output().match(/\r\x1b\[K/g) ?? []).length >= 2);
+        await h.client(client.key).post(`/v1/jobs/${jobId}/cancel`);
+        expect(await t.done).toBe(1);
+        const out = t.output();
+        if (noColor) {
+          expect(out).not.toMatch(/\x1b\[/);
+          expect(out).toMatch(new RegExp(`${jobId} queued \\d+s: `));
+        } else {
+          expect(out).toMatch(/\x1b\[36m[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]\x1b\[39m job_\w+ queued/);
+        }
+        expect(out).toContain(`${jobId} cancelled`);
+      }
     });
   });
 

@@ -71,4 +71,12 @@ describe('terminal detection', () => {
     expect(written.at(-1)).toBe('\r\x1b[K');
     expect(written.join('')).not.toContain('\n');
   });
+
+  it('shows the whole line on a terminal that reports no width', () => {
+    const written: string[] = [];
+    const p = new Progress({ write: (s: string) => written.push(s), isTTY: true, columns: 0 }, true, new Painter(false));
+    p.update('job_x queued 3s: no node is online');
+    p.stop();
+    expect(written[0]).toContain('job_x queued 3s: no node is online');
+  });
 });

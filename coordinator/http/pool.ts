@@ -18,9 +18,9 @@ export function poolRoutes(deps: AppDeps) {
       responses: { 200: { description: 'Pool figures (at most a second or two old)', ...json(Pool) }, 400: errorResponses[400] },
     }),
     async (c) => {
-      const pool = await deps.pool.get();
-      c.header('cache-control', 'public, max-age=1');
-      return c.json(pool, 200);
+      // Serialized once per computation, not per reader.
+      const body = await deps.pool.json();
+      return c.body(body, 200, { 'content-type': 'application/json', 'cache-control': 'public, max-age=1' }) as never;
     },
   );
 

@@ -199,13 +199,15 @@ export async function computePool(database: Database, now: Date): Promise<Pool> 
 }
 
 /**
- * The pool's figures as readers get them: computed at most once per `maxAgeMs` however many
- * ask at once (one query in flight), and served a little stale while the next one computes,
- * so a crowd of readers never queues behind the database.
+ * The pool's figures as readers get them: computed at most once per `maxAgeMs` however many ask
+ * at once (one computation in flight), and once there is an answer, every reader gets the latest
+ * one at once while the next computes behind it, so a crowd of readers never waits on the
+ * database. The answer's JSON is kept with it: serving it costs no serialization. maxAgeMs 0
+ * computes on every call (tests).
  */
 export class PoolStats {
-  private current: { pool: Pool; at: number } | null = null;
-  private inFlight: Promise<Pool> | null = null;
+  private current: { pool: Pool; json: string; at: number } | null = null;
+  private inFlight: Promise<{ pool: Pool; json: string; at: number }> | null = null;
 
   constructor(
     private database: Database,
@@ -213,28 +215,34 @@ export class PoolStats {
     private maxAgeMs: number,
   ) {}
 
-  /** Fresh figures, bypassing the cache (the history writer, tests). */
-  compute(): Promise<Pool> {
+  private refresh() {
     this.inFlight ??= computePool(this.database, this.clock.now())
-      .then((pool) => {
-        this.current = { pool, at: Date.now() };
-        return pool;
-      })
+      .then((pool) => (this.current = { pool, json: JSON.stringify(pool), at: Date.now() }))
       .finally(() => {
         this.inFlight = null;
       });
     return this.inFlight;
   }
 
-  async get(): Promise<Pool> {
+  /** Fresh figures, bypassing the cache (the history writer, tests). */
+  async compute(): Promise<Pool> {
+    return (await this.refresh()).pool;
+  }
+
+  private async latest() {
     const current = this.current;
-    const age = current ? Date.now() - current.at : Infinity;
-    if (current && age < this.maxAgeMs) return current.pool;
-    if (current && age < this.maxAgeMs * 5) {
-      // Stale but recent: answer now, refresh behind.
-      this.compute().catch(() => {});
-      return current.pool;
-    }
-    return this.compute();
+    // Without an answer, or with one so old that the database may be gone: wait, so errors show.
+    if (this.maxAgeMs === 0 || !current || Date.now() - current.at > this.maxAgeMs + 60_000) return this.refresh();
+    if (Date.now() - current.at >= this.maxAgeMs) this.refresh().catch(() => {});
+    return current;
+  }
+
+  async get(): Promise<Pool> {
+    return (await this.latest()).pool;
+  }
+
+  /** The same figures as a JSON text, for the HTTP answer. */
+  async json(): Promise<string> {
+    return (await this.latest()).json;
   }
 }

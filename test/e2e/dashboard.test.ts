@@ -197,6 +197,7 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
     expect(await page.textContent('[data-testid=logs]')).toBe('hello from echo hello\nstep 1/2\nstep 2/2: done\n');
     expect(await page.textContent('[data-testid=job-node]')).toBe(agent!.nodeId);
     expect(await page.textContent('[data-testid=exit-code]')).toBe('0');
+    expect(await page.isVisible('[data-testid=cancel]')).toBe(false);
     const states = await page.locator('[data-testid=events] tbody tr td:nth-child(3)').allTextContents();
     expect(states).toEqual(['queued', 'leased', 'running', 'succeeded']);
     await page.waitForSelector('[data-testid=log-state]:has-text("ended: succeeded")');

@@ -32,9 +32,9 @@ export function lineChart({ title, series, yMax, unit = '', testid }) {
     svg.append(s('text', { x: pad.l - 4, y: y + 3, class: 'axis', 'text-anchor': 'end' }, `${+(top * frac).toFixed(1)}${unit}`));
   }
   if (all.length) {
-    for (const [i, t] of [x0, x1].entries()) {
+    for (const [i, t] of (x0 === x1 ? [x0] : [x0, x1]).entries()) {
       const label = new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-      svg.append(s('text', { x: px(t), y: H - 5, class: 'axis', 'text-anchor': i === 0 ? 'start' : 'end' }, label));
+      svg.append(s('text', { x: px(t), y: H - 5, class: 'axis', 'text-anchor': x0 === x1 ? 'middle' : i === 0 ? 'start' : 'end' }, label));
     }
   }
   series.forEach((x, i) => {

@@ -9,14 +9,35 @@ export const usage = `Usage: gantry-agent <command> [options]
 
 Commands:
   hardware [--json]      what this machine offers: CPU, memory, disk, GPUs, container runtime
-  join                   register this machine with a coordinator (not implemented yet)
-  run                    run the agent (not implemented yet)
-  install-service        install the agent as a system service (not implemented yet)
+  join                   register this machine with a coordinator (with --run: then run it)
+  run                    run the agent: heartbeats with live metrics, leases
+  install-service        write a systemd unit that runs the agent at every boot
 
 Options for hardware:
   --json                 print one JSON object instead of a table
   --work-dir <dir>       the agent's work dir, whose free space is reported (default: .)
   --timeout <ms>         limit for each nvidia-smi call (default: 15000)
+
+Options for join:
+  --coordinator <url>    the coordinator: https://, or http:// on this machine
+  --token <token>        an enrollment token (from gantry tokens create)
+  --name <name>          the node's name (default: the hostname)
+  --label <key=value>    a label for the node; repeat for more
+  --region <region>      the node's region, like eu-west
+  --price-gpu-hour <p>   price per GPU-hour, like 1.25
+  --price-cpu-hour <p>   price per CPU-core-hour, like 0.02
+  --run                  run the agent once joined
+
+Options for join and run:
+  --state-dir <dir>      the node's key and id (default: $GANTRY_AGENT_STATE_DIR or ~/.gantry-agent)
+  --heartbeat-seconds <s>  time between heartbeats (default: 5)
+  --hardware-seconds <s>   time between hardware inventories (default: 60)
+  --insecure-http        allow plain http:// to a coordinator on another machine
+
+Options for install-service:
+  --state-dir <dir>      as above
+  --unit-path <path>     where the unit goes (default: /etc/systemd/system/gantry-agent.service)
+  --user <user>          the user it runs as (default: you)
 `;
 
 /** A command line that does not parse: print it with the usage, exit 2. */

@@ -4,6 +4,7 @@
 import type { HardwareReport } from '../shared/hardware.ts';
 import { type CommandName, parseHardwareArgs, parseInvocation, usage, UsageError } from './cli-args.ts';
 import { detectHardware } from './hardware/index.ts';
+import { installServiceCommand, joinCommand, runCommand } from './commands.ts';
 
 interface Output {
   out: string[];
@@ -77,9 +78,9 @@ function notImplemented(name: CommandName): Command {
 
 const commands: Record<CommandName, Command> = {
   hardware,
-  join: notImplemented('join'),
-  run: notImplemented('run'),
-  'install-service': notImplemented('install-service'),
+  join: joinCommand,
+  run: runCommand,
+  'install-service': installServiceCommand,
 };
 
 async function main(argv: string[], output: Output): Promise<number> {

@@ -73,9 +73,9 @@ describe('gantry-agent errors: one line on stderr, a non-zero exit, no stack tra
     [['frobnicate'], 2, /^gantry-agent: unknown command "frobnicate"/],
     [['hardware', '--bogus'], 2, /^gantry-agent: Unknown option '--bogus'/],
     [['hardware', '--timeout', 'soon'], 2, /^gantry-agent: --timeout must be a whole number/],
-    [['join'], 2, /^gantry-agent join: not implemented yet$/],
-    [['run'], 2, /^gantry-agent run: not implemented yet$/],
-    [['install-service'], 2, /^gantry-agent install-service: not implemented yet$/],
+    [['join'], 2, /^gantry-agent: --coordinator: is required/],
+    [['run', '--state-dir', '/nonexistent/gantry-agent'], 1, /^gantry-agent: this machine is not enrolled .*: run gantry-agent join first$/],
+    [['install-service', '--state-dir', '/nonexistent/gantry-agent'], 1, /^gantry-agent: this machine is not enrolled yet .*: run gantry-agent join first$/],
   ];
   for (const [args, code, message] of cases) {
     it(args.join(' '), async () => {

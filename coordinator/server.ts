@@ -104,15 +104,20 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           await leaseSide.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {
+            const http = server as { closeIdleConnections?: () => void; closeAllConnections?: () => void };
+            // A keep-alive connection whose request just finished is closed now, not at its idle timeout.
+            const idle = setInterval(() => http.closeIdleConnections?.(), 50);
             const timer = setTimeout(() => {
-              (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+              http.closeAllConnections?.();
+              clearInterval(idle);
               resolve();
             }, config.shutdownGraceMs);
             server.close(() => {
               clearTimeout(timer);
+              clearInterval(idle);
               resolve();
             });
-            (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+            http.closeIdleConnections?.();
           });
           await stopKeyListener().catch(() => {});
           await nodeSweeper.stop();

@@ -19,13 +19,22 @@ export interface CoordinatorProcess {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** The caller's environment without the coordinator's own settings, so a run sees only what it is given. */
+export function cleanEnv(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v !== undefined && !k.startsWith('GANTRY_') && !['DATABASE_URL', 'PORT', 'HOST'].includes(k)) out[k] = v;
+  }
+  return out;
+}
+
 /**
  * `gantry-coordinator <args>` as its own process (node --import tsx, so that killing it kills
- * the server, not a wrapper). The environment is the caller's plus `env`; a value of '' unsets.
+ * the server, not a wrapper), with `env` as its settings; a value of '' leaves one unset.
  */
 export function spawnCoordinator(env: Record<string, string>, args: string[] = [], nodeArgs: string[] = []): CoordinatorProcess {
   const merged: Record<string, string> = {};
-  for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined && v !== '') merged[k] = v;
+  for (const [k, v] of Object.entries({ ...cleanEnv(), ...env })) if (v !== undefined && v !== '') merged[k] = v;
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'coordinator/main.ts', ...args], {
     cwd: repoRoot,
     env: merged,

@@ -1,0 +1,38 @@
+// The node's commands of gantry-agent (join, run, install-service), in the dispatcher's shape:
+// (args, output) → exit code. Progress goes straight to stdout, since `run` lasts; a failure is
+// thrown and main prints it as one line.
+import { parseJoinArgs, parseRunArgs, parseServiceArgs } from './config.ts';
+import { usage } from './cli-args.ts';
+import { detectHardware } from './hardware/index.ts';
+import { joinCoordinator } from './join.ts';
+import { runAgent } from './run.ts';
+import { installService } from './service.ts';
+
+interface Output {
+  out: string[];
+  err: string[];
+}
+
+const wantsHelp = (args: string[]) => args.includes('--help') || args.includes('-h');
+const say = (line: string) => void process.stdout.write(line);
+
+export async function joinCommand(args: string[], output: Output): Promise<number> {
+  if (wantsHelp(args)) return void output.out.push(usage), 0;
+  const settings = parseJoinArgs(args);
+  const result = await joinCoordinator(settings, { detectHardware: () => detectHardware({ workDir: settings.stateDir }), say });
+  if (settings.run) return runAgent(settings, { initialHardware: result.hardware });
+  if (result.joined) say('Run it with `gantry-agent run`, or install it as a service with `gantry-agent install-service`.\n');
+  return 0;
+}
+
+export async function runCommand(args: string[], output: Output): Promise<number> {
+  if (wantsHelp(args)) return void output.out.push(usage), 0;
+  return runAgent(parseRunArgs(args));
+}
+
+export async function installServiceCommand(args: string[], output: Output): Promise<number> {
+  if (wantsHelp(args)) return void output.out.push(usage), 0;
+  const { unitPath, next } = await installService(parseServiceArgs(args));
+  output.out.push(`Wrote ${unitPath}. Start it now and at every boot with:\n  ${next}\n`);
+  return 0;
+}

@@ -1,0 +1,164 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { z } from 'zod';
+import { Labels, Price, Region } from '../shared/jobs.ts';
+import { NodeName } from '../shared/nodes.ts';
+import { UsageError } from './cli-args.ts';
+import { resolveStateDir } from './state.ts';
+
+// The agent's settings for join, run and install-service: flags first, then GANTRY_AGENT_*
+// variables, then defaults; parsed once, by one zod object per command.
+
+
+type Env = Record<string, string | undefined>;
+
+const seconds = z.coerce.number({ error: 'must be a number of seconds' }).min(0.1).max(300);
+
+const RunSettings = z.object({
+  stateDir: z.string().min(1),
+  heartbeatSeconds: seconds.default(5),
+  /** How often the full inventory (nvidia-smi -q -x) runs again to catch hardware changes. */
+  hardwareSeconds: seconds.min(1).max(86_400).default(60),
+  insecureHttp: z.boolean().default(false),
+});
+export type RunSettings = z.infer<typeof RunSettings>;
+
+const JoinSettings = RunSettings.extend({
+  coordinatorUrl: z.url({
+    protocol: /^https?$/,
+    error: (iss) => (iss.input === undefined ? 'is required (the URL of the coordinator)' : 'must be an http:// or https:// URL'),
+  }),
+  token: z.string().min(1, 'is required').max(256),
+  name: NodeName.optional(),
+  labels: Labels,
+  region: Region.optional(),
+  priceGpuHour: z.coerce.number({ error: 'must be a price per hour, like 1.25' }).pipe(Price).optional(),
+  priceCpuHour: z.coerce.number({ error: 'must be a price per hour, like 0.05' }).pipe(Price).optional(),
+  run: z.boolean().default(false),
+});
+export type JoinSettings = z.infer<typeof JoinSettings>;
+
+const ServiceSettings = z.object({
+  stateDir: z.string().min(1),
+  unitPath: z.string().min(1).default('/etc/systemd/system/gantry-agent.service'),
+  user: z.string().min(1).max(64).optional(),
+});
+export type ServiceSettings = z.infer<typeof ServiceSettings>;
+
+const runOptions = {
+  'state-dir': { type: 'string' },
+  'heartbeat-seconds': { type: 'string' },
+  'hardware-seconds': { type: 'string' },
+  'insecure-http': { type: 'boolean' },
+} as const;
+
+function parse<T extends z.ZodType>(schema: T, input: Record<string, unknown>, flagOf: (key: string) => string): z.infer<T> {
+  const defined = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined));
+  const result = schema.safeParse(defined);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const key = String(issue.path[0] ?? '');
+  throw new UsageError(`${key ? `${flagOf(key)}: ` : ''}${issue.message}`);
+}
+
+function args(argv: string[], options: NonNullable<ParseArgsConfig['options']>) {
+  try {
+    return parseArgs({ args: argv, options, allowPositionals: false, strict: true }).values as Record<string, unknown>;
+  } catch (err) {
+    throw new UsageError((err as Error).message.split('\n')[0]!);
+  }
+}
+
+const flagNames: Record<string, string> = {
+  stateDir: '--state-dir',
+  heartbeatSeconds: '--heartbeat-seconds',
+  hardwareSeconds: '--hardware-seconds',
+  coordinatorUrl: '--coordinator',
+  token: '--token',
+  name: '--name',
+  labels: '--label',
+  region: '--region',
+  priceGpuHour: '--price-gpu-hour',
+  priceCpuHour: '--price-cpu-hour',
+  unitPath: '--unit-path',
+  user: '--user',
+};
+const flagOf = (key: string) => flagNames[key] ?? key;
+
+function runInput(v: Record<string, unknown>, env: Env) {
+  return {
+    stateDir: resolveStateDir(v['state-dir'] as string | undefined, env),
+    heartbeatSeconds: v['heartbeat-seconds'] ?? env.GANTRY_AGENT_HEARTBEAT_SECONDS,
+    hardwareSeconds: v['hardware-seconds'] ?? env.GANTRY_AGENT_HARDWARE_SECONDS,
+    insecureHttp: v['insecure-http'] as boolean | undefined,
+  };
+}
+
+export function parseRunArgs(argv: string[], env: Env = process.env): RunSettings {
+  return parse(RunSettings, runInput(args(argv, runOptions), env), flagOf);
+}
+
+export function parseJoinArgs(argv: string[], env: Env = process.env): JoinSettings {
+  const v = args(argv, {
+    ...runOptions,
+    coordinator: { type: 'string' },
+    token: { type: 'string' },
+    name: { type: 'string' },
+    label: { type: 'string', multiple: true },
+    region: { type: 'string' },
+    'price-gpu-hour': { type: 'string' },
+    'price-cpu-hour': { type: 'string' },
+    run: { type: 'boolean' },
+  });
+  const labels: Record<string, string> = {};
+  for (const kv of (v.label as string[] | undefined) ?? []) {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--label: "${kv}" is not key=value`);
+    labels[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return parse(
+    JoinSettings,
+    {
+      ...runInput(v, env),
+      coordinatorUrl: v.coordinator ?? env.GANTRY_COORDINATOR_URL,
+      token: v.token ?? env.GANTRY_ENROLLMENT_TOKEN ?? '',
+      name: v.name,
+      labels,
+      region: v.region,
+      priceGpuHour: v['price-gpu-hour'],
+      priceCpuHour: v['price-cpu-hour'],
+      run: v.run,
+    },
+    flagOf,
+  );
+}
+
+export function parseServiceArgs(argv: string[], env: Env = process.env): ServiceSettings {
+  const v = args(argv, { 'state-dir': { type: 'string' }, 'unit-path': { type: 'string' }, user: { type: 'string' } });
+  return parse(
+    ServiceSettings,
+    {
+      stateDir: resolveStateDir(v['state-dir'] as string | undefined, env),
+      unitPath: v['unit-path'] ?? env.GANTRY_AGENT_UNIT_PATH,
+      user: v.user,
+    },
+    flagOf,
+  );
+}
+
+/** A coordinator URL the agent will not use as it is. */
+export class InsecureCoordinatorError extends Error {}
+
+const loopbackHosts = /^(localhost|127(\.\d{1,3}){3}|\[::1\]|::1)$/i;
+
+/**
+ * Plain http:// is refused for a coordinator that is not on this machine: the enrollment token
+ * and every lease would cross the network in clear. --insecure-http says the provider knows.
+ */
+export function checkCoordinatorUrl(url: string, insecureHttp: boolean): void {
+  const u = new URL(url);
+  if (u.protocol === 'http:' && !loopbackHosts.test(u.hostname) && !insecureHttp) {
+    throw new InsecureCoordinatorError(
+      `refusing plain http:// to ${u.host}: use https://, or pass --insecure-http if this network is trusted`,
+    );
+  }
+}

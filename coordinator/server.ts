@@ -19,6 +19,7 @@ import { createLeaseSide } from './leases/start.ts';
 import { Metrics } from './metrics/registry.ts';
 import { PoolHistoryWriter } from './pool/history.ts';
 import { PoolStats } from './pool/stats.ts';
+import type { SchedulerLoop } from './scheduler/loop.ts';
 
 export interface Coordinator {
   url: string;
@@ -61,7 +62,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
       scheduler: leaseSide.scheduler,
-      ...poolParts(database, clock, config),
+      ...poolParts(database, clock, config, leaseSide.scheduler),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();
     const app = createApp(deps);
@@ -132,7 +133,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
 }
 
 /** The pool's figures and the metrics that read them. */
-function poolParts(database: Database, clock: Clock, config: Config): { pool: PoolStats; metrics: Metrics } {
+function poolParts(database: Database, clock: Clock, config: Config, scheduler: SchedulerLoop): { pool: PoolStats; metrics: Metrics } {
   const pool = new PoolStats(database, clock, config.poolCacheMs);
-  return { pool, metrics: new Metrics({ pool, database, clock }) };
+  return { pool, metrics: new Metrics({ pool, database, clock, scheduler }) };
 }

@@ -13,10 +13,13 @@ export class Metrics {
   readonly registry = new Registry();
   /** Every answered HTTP request, by route pattern (bounded), method and status. */
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
-  /** Jobs this process placed on nodes: the scheduler counts each committed placement. */
-  readonly placements: Counter;
-
-  constructor(source: { pool: PoolStats; database: Database; clock: Clock }) {
+  constructor(source: {
+    pool: PoolStats;
+    database: Database;
+    clock: Clock;
+    /** This process's scheduler loop and what it has done (counted where it happens). */
+    scheduler?: { totals: { passes: number; placed: number; conflicts: number; errors: number } };
+  }) {
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'gantry_process_' });
 
@@ -27,11 +30,20 @@ export class Metrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [r],
     });
-    this.placements = new Counter({
-      name: 'gantry_placements_total',
-      help: 'Jobs placed on nodes by this coordinator',
-      registers: [r],
-    });
+    const schedulerCounter = (name: string, help: string, key: 'passes' | 'placed' | 'conflicts' | 'errors') =>
+      new Counter({
+        name,
+        help,
+        registers: [r],
+        collect() {
+          this.reset();
+          this.inc(source.scheduler?.totals[key] ?? 0);
+        },
+      });
+    schedulerCounter('gantry_placements_total', 'Jobs placed on nodes by this coordinator’s scheduler', 'placed');
+    schedulerCounter('gantry_scheduler_passes_total', 'Scheduler passes run by this coordinator', 'passes');
+    schedulerCounter('gantry_scheduler_conflicts_total', 'Placement batches that found the plan stale and were retried', 'conflicts');
+    schedulerCounter('gantry_scheduler_errors_total', 'Scheduler passes that failed', 'errors');
 
     // Pool figures: the gauges of one scrape share one computation (PoolStats caches and single-flights).
     const pool = () => source.pool.get();

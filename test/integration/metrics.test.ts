@@ -56,6 +56,19 @@ describe.skipIf(dbSkipReason)('GET /metrics', () => {
     expect(lag).toBeLessThan(120);
   });
 
+  it("counts the scheduler's placements", async () => {
+    const client = await h.newAccount('client');
+    const before = sample(await (await h.fetch('/metrics')).text(), 'gantry_placements_total') ?? 0;
+    await client.api.post('/v1/jobs', { name: 'fits', image: 'busybox:latest', command: ['true'], resources: { cpu: 1, memoryMb: 64, gpus: 0 } });
+    const deadline = Date.now() + 15_000;
+    let placed = before;
+    while (placed === before && Date.now() < deadline) {
+      placed = sample(await (await h.fetch('/metrics')).text(), 'gantry_placements_total') ?? 0;
+      if (placed === before) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(placed).toBe(before + 1);
+  });
+
   it('times HTTP requests by route pattern, not by path', async () => {
     const client = await h.newAccount('client');
     await h.fetch('/v1/jobs/job_00000000000000000000zz', { key: client.key });

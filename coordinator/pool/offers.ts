@@ -53,8 +53,8 @@ export function askFromSpec(spec: JobSpec): Ask {
 const shapeOf = (a: Ask): Shape => ({ gpus: a.gpus, cpu: a.cpuMillis / 1000, memoryMb: a.memoryMb });
 
 // The matching rules of the scheduler (coordinator/scheduler/feasibility.ts) written as SQL, so
-// that offers and dry runs over thousands of nodes are one query; test/unit/pool/offers-sql.test.ts
-// holds the two to the same answers.
+// that offers and dry runs over thousands of nodes are one query; test/integration/offers.test.ts
+// holds the model match to modelMatches' answers.
 //
 // A model matches when its words (split on spaces and dashes, case aside) stand in a row among
 // the product name's words: "H100" matches "NVIDIA H100 80GB HBM3", "A10" does not match "A100".

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DryRun, Offers } from '../../shared/pool.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { modelMatches } from '../../coordinator/scheduler/feasibility.ts';
 import { a100, gpusOf, h100, seedNode } from '../support/pool-seed.ts';
 
 const spec = (resources: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
@@ -133,5 +134,19 @@ describe.skipIf(dbSkipReason)('offers and dry runs', () => {
     });
     expect(res.status).toBe(400);
     expect((await res.json()).errors).toEqual([{ path: 'colour', message: 'unknown field' }]);
+  });
+
+  it('matches GPU models exactly as the scheduler does', async () => {
+    const names = ['NVIDIA A100-SXM4-80GB', 'NVIDIA A10', 'NVIDIA H100 PCIe', 'NVIDIA GeForce RTX 4090', 'Tesla T4'];
+    const provider = await h.newAccount('provider');
+    const byName: Record<string, string> = {};
+    for (const model of names) {
+      byName[model] = (await seedNode(h.coordinator.deps.database.db, provider.accountId, { region: 'ap-south', pricePerGpuHour: 9, gpus: gpusOf(model, 16_000, 1) })).nodeId;
+    }
+    for (const asked of ['A10', 'a100', 'A100 SXM4', 'sxm4-80gb', 'H100', 'h100 pcie', 'RTX 4090', 'GeForce-RTX', '4090 RTX', 'T4', 'NVIDIA', 'A1']) {
+      const offers = await client.api.get<Offers>(`/v1/offers?region=ap-south&gpus=1&gpuModel=${encodeURIComponent(asked)}`);
+      const expected = names.filter((n) => modelMatches(asked, n)).map((n) => byName[n]).sort();
+      expect(offers.items.map((o) => o.nodeId).sort(), asked).toEqual(expected);
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { issueAdminKey } from './accounts/bootstrap.ts';
+import { keyRevokedChannel } from './auth/api-keys.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { DataDirLockedError } from './db/data-dir-lock.ts';
 import { migrate } from './db/migrate.ts';
@@ -7,7 +8,9 @@ import { jsonLogger } from './log.ts';
 import { startCoordinator } from './server.ts';
 
 const usage = `usage: gantry-coordinator [serve]        run the coordinator (what npm start does)
-       gantry-coordinator admin-key      print a new admin API key (recovery; stop the coordinator first on PGlite)`;
+       gantry-coordinator admin-key [--revoke-old]
+                                         print a new admin API key (recovery; on PGlite stop the
+                                         coordinator first); --revoke-old revokes the admin's other keys`;
 
 function fail(message: string): never {
   process.stderr.write(`gantry-coordinator: ${message}\n`);
@@ -50,19 +53,24 @@ async function serveCommand() {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
-async function adminKeyCommand() {
+async function adminKeyCommand(args: string[]) {
+  const unknown = args.filter((a) => a !== '--revoke-old');
+  if (unknown.length) fail(`unknown option "${unknown[0]}" for admin-key\n${usage}`);
   const config = loadConfig();
   const database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: 2 });
   try {
     await migrate(database);
-    const key = await issueAdminKey(database);
+    const { key, revokedKeyIds } = await issueAdminKey(database, { revokeOthers: args.includes('--revoke-old') });
+    // Running replicas drop the revoked keys from their caches at once.
+    for (const id of revokedKeyIds) await database.notify(keyRevokedChannel, id);
     process.stdout.write(`Admin API key: ${key}\n`);
+    if (revokedKeyIds.length) process.stderr.write(`revoked ${revokedKeyIds.length} older admin key(s)\n`);
   } finally {
     await database.close();
   }
 }
 
-const command = process.argv[2] ?? 'serve';
-const run = command === 'serve' ? serveCommand : command === 'admin-key' ? adminKeyCommand : null;
+const [command = 'serve', ...args] = process.argv.slice(2);
+const run = command === 'serve' ? serveCommand : command === 'admin-key' ? () => adminKeyCommand(args) : null;
 if (!run) fail(`unknown command "${command}"\n${usage}`);
 run().catch((err) => fail(describe(err)));

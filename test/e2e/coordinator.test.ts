@@ -127,23 +127,33 @@ describe('PGlite data dir: first start, restart, a second coordinator, a lost ad
     expect((await p.exited).code).toBe(0);
   });
 
-  it('a lost admin key: `npm run admin-key` prints a new one that works', async () => {
-    const out = execFileSync('npm', ['run', '--silent', 'admin-key'], {
-      cwd: repoRoot,
-      env: { ...cleanEnv(), GANTRY_DATA_DIR: dataDir },
-      encoding: 'utf8',
-    });
-    const lines = nonEmpty(out.split('\n'));
-    expect(lines).toHaveLength(1);
-    const newKey = lines[0]!.match(/^Admin API key: (gk_[0-9a-z]{12}_[A-Za-z0-9_-]{43})$/)![1]!;
-    expect(newKey).not.toBe(adminKey);
+  it('a lost admin key: `npm run admin-key` prints a new one that works; --revoke-old revokes the rest', async () => {
+    const adminKeyRun = (...args: string[]) => {
+      const out = execFileSync('npm', ['run', '--silent', 'admin-key', ...(args.length ? ['--', ...args] : [])], {
+        cwd: repoRoot,
+        env: { ...cleanEnv(), GANTRY_DATA_DIR: dataDir },
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const lines = nonEmpty(out.split('\n'));
+      expect(lines).toHaveLength(1);
+      return lines[0]!.match(/^Admin API key: (gk_[0-9a-z]{12}_[A-Za-z0-9_-]{43})$/)![1]!;
+    };
+    const recovered = adminKeyRun();
+    expect(recovered).not.toBe(adminKey);
+    const replacing = adminKeyRun('--revoke-old');
 
     const p = start({ GANTRY_DATA_DIR: dataDir });
     const ready = await p.ready;
     expect(ready.adminKey).toBeNull();
-    const admin = new ApiClient({ baseUrl: ready.url, token: newKey });
+    const admin = new ApiClient({ baseUrl: ready.url, token: replacing });
     const account = await admin.post<{ id: string; kind: string }>('/v1/accounts', { name: 'after-recovery', kind: 'provider' });
     expect(account.kind).toBe('provider');
+    for (const old of [adminKey, recovered]) {
+      expect((await new ApiClient({ baseUrl: ready.url, token: old }).raw('GET', '/v1/jobs')).status).toBe(401);
+    }
+    // Tenants' keys are not touched.
+    expect((await new ApiClient({ baseUrl: ready.url, token: clientKey }).raw('GET', `/v1/jobs/${jobId}`)).status).toBe(200);
   });
 });
 

@@ -1,0 +1,106 @@
+import type Docker from 'dockerode';
+import type { LeaseGpu, LeaseGrant } from '../../shared/leases.ts';
+
+/** Labels on every container the agent makes: how it finds them again after its own restart. */
+export const labels = {
+  managed: 'io.gantry.managed',
+  node: 'io.gantry.node',
+  job: 'io.gantry.job',
+  lease: 'io.gantry.lease',
+  epoch: 'io.gantry.epoch',
+} as const;
+
+export const defaultShmMb = 1024;
+export const defaultPidsLimit = 4096;
+/** Where the job's HOME is (a tmpfs): images rarely have a writable home on a read-only root. */
+export const jobHome = '/home/gantry';
+
+export interface ContainerSpecOptions {
+  nodeId: string;
+  /** The image to create from: its content id (sha256:...), so a moved tag cannot change what runs. */
+  imageId: string;
+  inputsDir: string;
+  outputsDir: string;
+  pidsLimit?: number;
+  stopGraceSeconds: number;
+  /** json-file rotation for the job's output, which the agent reads back from the engine. */
+  logMaxSize?: string;
+}
+
+/**
+ * The id the NVIDIA container runtime accepts for a leased GPU: a whole GPU by its UUID, a MIG
+ * device by its MIG UUID, or (drivers that give MIG devices no UUID) the legacy
+ * MIG-<parent GPU UUID>/<GPU instance>/<compute instance> form.
+ */
+export function nvidiaDeviceId(gpu: LeaseGpu): string {
+  if (!gpu.mig) return gpu.uuid || gpu.id;
+  if (gpu.id.startsWith('MIG-')) return gpu.id;
+  return `MIG-${gpu.uuid}/${gpu.mig.gpuInstanceId}/${gpu.mig.computeInstanceId}`;
+}
+
+export const containerName = (jobId: string, epoch: number) => `gantry-${jobId}-${epoch}`;
+
+/** The container a lease becomes: exactly what the lease grants, hardened. */
+export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docker.ContainerCreateOptions {
+  const { spec } = grant;
+  const devices = grant.gpus.map(nvidiaDeviceId);
+  const memoryBytes = grant.memoryMb * 1024 * 1024;
+  const env: Record<string, string> = {
+    HOME: jobHome,
+    ...spec.env,
+    // CUDA images default this to "all": the lease's GPUs and nothing else, or none at all.
+    NVIDIA_VISIBLE_DEVICES: devices.length ? devices.join(',') : 'void',
+    GANTRY_JOB_ID: grant.jobId,
+  };
+  if (devices.length && !spec.env?.NVIDIA_DRIVER_CAPABILITIES) env.NVIDIA_DRIVER_CAPABILITIES = 'compute,utility';
+  const tmpfs = 'rw,exec,nosuid,nodev,mode=1777';
+  return {
+    name: containerName(grant.jobId, grant.epoch),
+    Image: o.imageId,
+    Cmd: spec.command,
+    ...(spec.entrypoint ? { Entrypoint: spec.entrypoint } : {}),
+    Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    Labels: {
+      [labels.managed]: 'true',
+      [labels.node]: o.nodeId,
+      [labels.job]: grant.jobId,
+      [labels.lease]: grant.leaseId,
+      [labels.epoch]: String(grant.epoch),
+    },
+    Tty: false,
+    OpenStdin: false,
+    AttachStdin: false,
+    AttachStdout: false,
+    AttachStderr: false,
+    StopTimeout: o.stopGraceSeconds,
+    HostConfig: {
+      NanoCpus: grant.cpuMillis * 1_000_000,
+      Memory: memoryBytes,
+      // Equal to Memory: no swap, so going over is an OOM kill the engine reports (OOMKilled).
+      MemorySwap: memoryBytes,
+      PidsLimit: o.pidsLimit ?? defaultPidsLimit,
+      CapDrop: ['ALL'],
+      SecurityOpt: ['no-new-privileges'],
+      ReadonlyRootfs: true,
+      Tmpfs: { '/tmp': tmpfs, [jobHome]: tmpfs },
+      ShmSize: (spec.resources.shmMb ?? defaultShmMb) * 1024 * 1024,
+      Binds: [`${o.inputsDir}:/inputs:ro`, `${o.outputsDir}:/outputs:rw`],
+      NetworkMode: spec.network,
+      // A tiny init as PID 1: signals reach the job's process, and its orphans are reaped.
+      Init: true,
+      AutoRemove: false,
+      RestartPolicy: { Name: 'no' },
+      LogConfig: { Type: 'json-file', Config: { 'max-size': o.logMaxSize ?? '100m', 'max-file': '2' } },
+      ...(devices.length
+        ? { DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: devices, Capabilities: [['gpu']] }] }
+        : {}),
+    },
+  };
+}
+
+/** The image reference as the engine pulls it: a bare name means :latest (never "every tag"). */
+export function pullReference(image: string): string {
+  if (image.includes('@')) return image;
+  const lastSlash = image.lastIndexOf('/');
+  return image.slice(lastSlash + 1).includes(':') ? image : `${image}:latest`;
+}

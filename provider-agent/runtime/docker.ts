@@ -1,0 +1,489 @@
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import Docker from 'dockerode';
+import type { LeaseGrant, ReportedUsage } from '../../shared/leases.ts';
+import { InputError, prepareInputs } from '../inputs.ts';
+import { openAsBlob, packOutputs, readResult } from '../outputs.ts';
+import { containerName, containerSpec, labels, pullReference } from './docker-spec.ts';
+import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
+import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
+
+export interface RuntimeLogger {
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface DockerRuntimeOptions {
+  nodeId: string;
+  /** Per-job folders (inputs, outputs, the grant) live under <workDir>/jobs/. */
+  workDir: string;
+  log: RuntimeLogger;
+  /** Engine address; default DOCKER_HOST, else /var/run/docker.sock. */
+  docker?: Docker.DockerOptions;
+  /** Between SIGTERM and SIGKILL when a job is stopped (timeout, cancel). */
+  stopGraceSeconds?: number;
+  pidsLimit?: number;
+  /** Cap on the packed /outputs (the coordinator has its own, GANTRY_OUTPUTS_MAX_BYTES). */
+  outputsMaxBytes?: number;
+  /** Leave containers that failed to start for inspection (debugging a GPU runtime). */
+  keepFailedContainers?: boolean;
+  /** Timeout of each short engine call (inspect, create, remove); streams have none. */
+  apiTimeoutMs?: number;
+}
+
+/** The engine's own words for a failure (its JSON message), not dockerode's wrapping. */
+export function engineReason(err: unknown): string {
+  const e = err as { json?: unknown; message?: string; reason?: string };
+  let json = e?.json;
+  if (Buffer.isBuffer(json)) json = json.toString('utf8');
+  if (typeof json === 'string') {
+    try {
+      json = JSON.parse(json);
+    } catch {
+      return (json as string).trim() || String(e?.message ?? err);
+    }
+  }
+  const message = (json as { message?: unknown } | null)?.message;
+  if (typeof message === 'string' && message) return message.trim();
+  return String(e?.message ?? err).replace(/^\(HTTP code \d+\)\s*[\w ]*-\s*/, '').trim();
+}
+
+const statusOf = (err: unknown) => (err as { statusCode?: number })?.statusCode;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function dockerOptionsFromEnv(timeoutMs?: number): Docker.DockerOptions {
+  // With DOCKER_HOST set, docker-modem reads it itself; without, say the system socket.
+  const base: Docker.DockerOptions = process.env.DOCKER_HOST ? {} : { socketPath: '/var/run/docker.sock' };
+  return timeoutMs === undefined ? base : { ...base, timeout: timeoutMs };
+}
+
+/** Whether an engine answers, and its version: what the agent reports at join. */
+export async function probeDocker(opts: Docker.DockerOptions = dockerOptionsFromEnv()): Promise<{ ok: true; version: string; apiVersion: string } | { ok: false; why: string }> {
+  const docker = new Docker({ ...opts, timeout: 5000 });
+  try {
+    const v = await docker.version();
+    return { ok: true, version: v.Version, apiVersion: v.ApiVersion };
+  } catch (err) {
+    const where = process.env.DOCKER_HOST || '/var/run/docker.sock';
+    return { ok: false, why: `no Docker engine answers at ${where} (${(err as NodeJS.ErrnoException).code ?? engineReason(err)})` };
+  }
+}
+
+interface UsageSampler {
+  stop(): Promise<ReportedUsage>;
+}
+
+/**
+ * Leased jobs as containers through the Docker Engine API (DESIGN.md "Run"): the image present
+ * or pulled, the container made from exactly what the lease grants and hardened, its output
+ * followed from the engine's log with timestamps (so a restarted agent picks up where it was),
+ * its usage sampled from the stats stream, its end read from the engine (exit code, OOM), its
+ * /outputs packed and uploaded, and then the container removed.
+ */
+export class DockerRuntime implements Executor {
+  readonly name = 'docker';
+  private readonly api: Docker;
+  private readonly streams: Docker;
+  private readonly grace: number;
+
+  constructor(private readonly o: DockerRuntimeOptions) {
+    const base = o.docker ?? dockerOptionsFromEnv();
+    this.api = new Docker({ ...base, timeout: o.apiTimeoutMs ?? 30_000 });
+    // Waits, logs, stats and pulls last as long as the job: no socket timeout on those.
+    this.streams = new Docker({ ...base, timeout: undefined });
+    this.grace = o.stopGraceSeconds ?? 10;
+  }
+
+  private jobDir(jobId: string, epoch: number) {
+    return join(this.o.workDir, 'jobs', `${jobId}.${epoch}`);
+  }
+
+  async run(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
+    const name = containerName(grant.jobId, grant.epoch);
+    const existing = await this.inspectByName(name);
+    if (existing) {
+      ctx.onProgress?.(`agent resumed following its container ${name}`);
+      return this.follow(grant, ctx, existing, true);
+    }
+    if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
+    const dir = this.jobDir(grant.jobId, grant.epoch);
+
+    let imageId: string;
+    try {
+      imageId = await this.ensureImage(grant.spec.image, ctx);
+    } catch (err) {
+      if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' };
+      const why = `image ${grant.spec.image} could not be pulled: ${engineReason(err)}`;
+      ctx.onProgress?.(why);
+      this.o.log.warn('image pull failed', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
+      return { exitCode: null, reason: 'error', error: why };
+    }
+
+    const inputsDir = join(dir, 'inputs');
+    const outputsDir = join(dir, 'outputs');
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      // What the runtime needs to pick this run up after an agent restart.
+      await writeFile(join(dir, 'grant.json'), JSON.stringify(grant), { mode: 0o600 });
+      await mkdir(outputsDir, { recursive: true });
+      // Any user the image runs as may write its outputs; only this job's container mounts them.
+      await chmod(outputsDir, 0o777);
+      await chmod(dir, 0o711);
+      await prepareInputs(grant.spec.inputs, inputsDir, ctx.fetchInput);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      const why = err instanceof InputError ? err.message : `inputs could not be prepared: ${(err as Error).message}`;
+      return { exitCode: null, reason: 'error', error: why };
+    }
+    if (ctx.signal.aborted) {
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
+    }
+
+    const spec = containerSpec(grant, {
+      nodeId: this.o.nodeId,
+      imageId,
+      inputsDir,
+      outputsDir,
+      stopGraceSeconds: this.grace,
+      ...(this.o.pidsLimit ? { pidsLimit: this.o.pidsLimit } : {}),
+    });
+    try {
+      await this.api.createContainer(spec).catch((err) => {
+        // An engine without docker-init: the same container without it.
+        if (statusOf(err) === 409 || !/init/i.test(engineReason(err))) throw err;
+        return this.api.createContainer({ ...spec, HostConfig: { ...spec.HostConfig, Init: false } });
+      });
+    } catch (err) {
+      if (statusOf(err) !== 409) {
+        await rm(dir, { recursive: true, force: true }).catch(() => {});
+        return { exitCode: null, reason: 'error', error: `container could not be created: ${engineReason(err)}` };
+      }
+      // 409: a container of this name exists already (an earlier try of this very run): follow it.
+    }
+    const info = await this.inspectByName(name);
+    if (!info) return { exitCode: null, reason: 'error', error: 'the container vanished right after it was created' };
+    return this.follow(grant, ctx, info, false);
+  }
+
+  private async inspectByName(name: string): Promise<Docker.ContainerInspectInfo | null> {
+    try {
+      return await this.api.getContainer(name).inspect();
+    } catch (err) {
+      if (statusOf(err) === 404) return null;
+      throw err;
+    }
+  }
+
+  /** The image's content id: present as it is, or pulled (with progress) when missing. */
+  private async ensureImage(image: string, ctx: ExecutionContext): Promise<string> {
+    const ref = pullReference(image);
+    try {
+      const present = await this.api.getImage(ref).inspect();
+      return present.Id;
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err;
+    }
+    const started = Date.now();
+    ctx.onProgress?.(`pulling image ${ref}`);
+    this.o.log.info('pulling image', { image: ref });
+    const stream = (await this.streams.pull(ref)) as NodeJS.ReadableStream & { destroy?: () => void };
+    const onAbort = () => stream.destroy?.();
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+    const layers = new Map<string, { current: number; total: number }>();
+    let lastNote = Date.now();
+    try {
+      for await (const ev of jsonLines(stream as AsyncIterable<Buffer>)) {
+        const e = ev as { error?: string; errorDetail?: { message?: string }; status?: string; id?: string; progressDetail?: { current?: number; total?: number } };
+        if (e.error) throw new Error(e.errorDetail?.message ?? e.error);
+        if (e.id && e.progressDetail?.total) layers.set(e.id, { current: e.progressDetail.current ?? 0, total: e.progressDetail.total });
+        if (e.id && (e.status === 'Download complete' || e.status === 'Pull complete' || e.status === 'Already exists')) {
+          const l = layers.get(e.id);
+          if (l) l.current = l.total;
+        }
+        if (Date.now() - lastNote >= 5000 && layers.size) {
+          lastNote = Date.now();
+          let cur = 0;
+          let tot = 0;
+          for (const l of layers.values()) {
+            cur += l.current;
+            tot += l.total;
+          }
+          const note = `pulling image ${ref}: ${Math.floor((cur / Math.max(1, tot)) * 100)}% of ${(tot / 1e6).toFixed(1)} MB`;
+          ctx.onProgress?.(note);
+          this.o.log.info('pulling image', { image: ref, currentBytes: cur, totalBytes: tot });
+        }
+      }
+    } finally {
+      ctx.signal.removeEventListener('abort', onAbort);
+    }
+    if (ctx.signal.aborted) throw new Error('pull stopped');
+    const pulled = await this.api.getImage(ref).inspect();
+    const digest = pulled.RepoDigests?.[0] ?? pulled.Id;
+    const secs = ((Date.now() - started) / 1000).toFixed(1);
+    ctx.onProgress?.(`pulled image ${ref} (${digest}) in ${secs} s`);
+    this.o.log.info('pulled image', { image: ref, digest, seconds: Number(secs) });
+    return pulled.Id;
+  }
+
+  /** From a created or running (or already exited) container to the run's end. */
+  private async follow(grant: LeaseGrant, ctx: ExecutionContext, info: Docker.ContainerInspectInfo, resumed: boolean): Promise<ExecutionResult> {
+    const container = this.streams.getContainer(info.Id);
+    const dir = this.jobDir(grant.jobId, grant.epoch);
+    const cursorFile = join(dir, 'log-cursor');
+    const outputsDir = join(dir, 'outputs');
+    const fresh = info.State.Status === 'created';
+
+    let exited: Promise<{ StatusCode?: number; Error?: { Message?: string } | null }>;
+    if (fresh) {
+      // Before start: a plain wait here would answer at once with 0 (PITFALLS.md).
+      exited = container.wait({ condition: 'next-exit' });
+      try {
+        await container.start();
+      } catch (err) {
+        exited.catch(() => {});
+        const why = `container could not be started: ${engineReason(err)}`;
+        this.o.log.warn('container start failed', { jobId: grant.jobId, error: engineReason(err) });
+        if (!this.o.keepFailedContainers) await this.remove(info.Id, dir);
+        return { exitCode: null, reason: 'error', error: why };
+      }
+    } else {
+      exited = container.wait({ condition: 'not-running' });
+    }
+    exited.catch(() => {});
+    ctx.onRunning();
+
+    const startedAt = await this.startedAt(info.Id);
+    let stoppedFor: 'timeout' | 'cancel' | 'detach' | null = null;
+    let stopping: Promise<void> | null = null;
+    const stop = (why: 'timeout' | 'cancel') => {
+      if (stoppedFor) return;
+      stoppedFor = why;
+      stopping = this.stopContainer(info.Id);
+    };
+
+    const remainingMs = grant.spec.timeoutSeconds * 1000 - (Date.now() - startedAt);
+    const timer = setTimeout(() => {
+      if (stoppedFor) return;
+      ctx.onProgress?.(`past its ${grant.spec.timeoutSeconds} s timeout: stopping it (SIGTERM, SIGKILL after ${this.grace} s)`);
+      stop('timeout');
+    }, Math.max(0, remainingMs));
+    const detachment = new AbortController();
+    const detached = new Promise<'detached'>((resolve) => detachment.signal.addEventListener('abort', () => resolve('detached'), { once: true }));
+    const detach = () => detachment.abort();
+    const onAbort = () => {
+      if (stopReason(ctx.signal) === 'shutdown') {
+        // The agent is going away, not the job: leave the container running for the next agent.
+        stoppedFor = 'detach';
+        detach();
+        return;
+      }
+      ctx.onProgress?.(`stopping it: ${String(stopReason(ctx.signal))}`);
+      stop('cancel');
+    };
+    if (ctx.signal.aborted) onAbort();
+    else ctx.signal.addEventListener('abort', onAbort, { once: true });
+
+    const sampler = this.sampleUsage(info.Id);
+    const pump = this.pumpLogs(info.Id, ctx, cursorFile, resumed, detachment.signal);
+    try {
+      const first = await Promise.race([exited.then(() => 'exited' as const, () => 'exited' as const), detached]);
+      if (first === 'detached') {
+        await Promise.race([pump, sleep(5000)]);
+        await sampler.stop();
+        return { exitCode: null, reason: 'cancelled', error: 'the agent stopped; the container runs on and the next agent resumes it' };
+      }
+      await stopping;
+      // Every line the engine kept, then the figures.
+      await Promise.race([pump, sleep(120_000)]);
+      const usage = await sampler.stop();
+      const end = await this.api.getContainer(info.Id).inspect();
+      const result = this.outcome(grant, end, stoppedFor, usage);
+      await this.saveOutputs(grant, ctx, dir, outputsDir);
+      await this.remove(info.Id, dir);
+      return result;
+    } finally {
+      clearTimeout(timer);
+      ctx.signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private async startedAt(id: string): Promise<number> {
+    const s = (await this.api.getContainer(id).inspect()).State.StartedAt;
+    const t = s ? Date.parse(s) : NaN;
+    return Number.isFinite(t) && t > 0 ? t : Date.now();
+  }
+
+  private outcome(grant: LeaseGrant, end: Docker.ContainerInspectInfo, stoppedFor: string | null, usage: ReportedUsage): ExecutionResult {
+    const code = end.State.ExitCode;
+    const started = Date.parse(end.State.StartedAt);
+    const finished = Date.parse(end.State.FinishedAt);
+    if (Number.isFinite(started) && Number.isFinite(finished) && finished >= started) usage.wallSeconds = (finished - started) / 1000;
+    const withUsage = (r: ExecutionResult): ExecutionResult => (Object.keys(usage).length ? { ...r, usage } : r);
+    if (stoppedFor === 'timeout') return withUsage({ exitCode: code, reason: 'timeout', error: `stopped after its ${grant.spec.timeoutSeconds} s timeout` });
+    if (stoppedFor === 'cancel') return withUsage({ exitCode: code, reason: 'cancelled', error: 'stopped: cancelled' });
+    if (end.State.OOMKilled && code !== 0) {
+      return withUsage({ exitCode: code, reason: 'oom', error: `killed for running out of memory (limit ${grant.memoryMb} MiB)` });
+    }
+    if (end.State.Error) return withUsage({ exitCode: code, reason: 'error', error: end.State.Error });
+    if (code === 0) return withUsage({ exitCode: 0, reason: 'succeeded' });
+    return withUsage({ exitCode: code, reason: 'nonzero-exit', error: `exited with code ${code}` });
+  }
+
+  /** SIGTERM, then SIGKILL after the grace (the engine's stop does both); a kill if stop fails. */
+  private async stopContainer(id: string): Promise<void> {
+    const c = this.streams.getContainer(id);
+    try {
+      await Promise.race([c.stop({ t: this.grace }), sleep((this.grace + 30) * 1000).then(() => Promise.reject(new Error('stop timed out')))]);
+    } catch (err) {
+      if (statusOf(err) === 304 || statusOf(err) === 404) return;
+      await c.kill().catch(() => {});
+    }
+  }
+
+  /**
+   * The job's output from the engine's log (timestamps on, so a resumed follow starts after the
+   * last line read), demultiplexed, decoded per stream, handed to onLog, waiting when it asks.
+   */
+  private async pumpLogs(id: string, ctx: ExecutionContext, cursorFile: string, resumed: boolean, detached: AbortSignal): Promise<void> {
+    let last: string | null = resumed ? (await readFile(cursorFile, 'utf8').catch(() => '')).trim() || null : null;
+    const skipThrough = last;
+    if (resumed) ctx.onProgress?.(last ? `output resumed after ${last} (lines around then may repeat or be missing)` : 'output resumed from the start');
+    const decoders = new StreamDecoders();
+    let saved = last;
+    const save = async () => {
+      if (last && last !== saved) {
+        saved = last;
+        await writeFile(cursorFile, last).catch(() => {});
+      }
+    };
+    const saver = setInterval(() => void save(), 1000);
+    saver.unref();
+    try {
+      const stream = (await this.streams.getContainer(id).logs({
+        follow: true,
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        ...(skipThrough ? { since: sinceParam(skipThrough) as unknown as number } : {}),
+      })) as unknown as AsyncIterable<Buffer> & { destroy?: () => void };
+      const cut = () => stream.destroy?.();
+      if (detached.aborted) cut();
+      detached.addEventListener('abort', cut, { once: true });
+      for await (const frame of demux(stream)) {
+        if (detached.aborted) break;
+        const { ts, payload } = splitTimestamp(frame.data);
+        if (skipThrough && ts && ts <= skipThrough) continue;
+        const text = decoders.write(frame.stream, payload);
+        if (text) {
+          const wait = ctx.onLog(frame.stream, text);
+          if (wait) await wait;
+        }
+        if (ts) last = ts;
+      }
+    } catch (err) {
+      if (!detached.aborted) this.o.log.warn('reading container output failed', { container: id, error: engineReason(err) });
+    } finally {
+      clearInterval(saver);
+      // Detached: the next agent reads on from the saved cursor; a partial line stays for it.
+      if (detached.aborted) return void (await save());
+      for (const s of ['stdout', 'stderr'] as OutputStream[]) {
+        const tail = decoders.end(s);
+        if (tail) await ctx.onLog(s, tail);
+      }
+      await save();
+    }
+  }
+
+  /** CPU seconds and peak memory from the engine's stats stream while the container runs. */
+  private sampleUsage(id: string): UsageSampler {
+    let cpuNs = 0;
+    let maxMem = 0;
+    let stream: (NodeJS.ReadableStream & { destroy?: () => void }) | null = null;
+    let stopped = false;
+    const reading = (async () => {
+      try {
+        stream = (await this.streams.getContainer(id).stats({ stream: true })) as unknown as NodeJS.ReadableStream & { destroy?: () => void };
+        if (stopped) return stream.destroy?.();
+        for await (const s of jsonLines(stream as AsyncIterable<Buffer>)) {
+          const st = s as { cpu_stats?: { cpu_usage?: { total_usage?: number } }; memory_stats?: { usage?: number; max_usage?: number } };
+          const cpu = st.cpu_stats?.cpu_usage?.total_usage ?? 0;
+          if (cpu > cpuNs) cpuNs = cpu;
+          const mem = Math.max(st.memory_stats?.max_usage ?? 0, st.memory_stats?.usage ?? 0);
+          if (mem > maxMem) maxMem = mem;
+        }
+      } catch {
+        /* no stats is no usage, not a failed job */
+      }
+    })();
+    return {
+      async stop() {
+        stopped = true;
+        // After the exit the engine goes on sending empty samples: the last real one is in hand.
+        stream?.destroy?.();
+        await Promise.race([reading, sleep(200)]);
+        const usage: ReportedUsage = {};
+        if (cpuNs > 0) usage.cpuSeconds = Math.round(cpuNs / 1e6) / 1000;
+        if (maxMem > 0) usage.maxMemoryMb = Math.round((maxMem / (1024 * 1024)) * 10) / 10;
+        return usage;
+      },
+    };
+  }
+
+  /** /outputs packed and uploaded, result.json stored: before the run reports its end. */
+  private async saveOutputs(grant: LeaseGrant, ctx: ExecutionContext, dir: string, outputsDir: string): Promise<void> {
+    const cap = this.o.outputsMaxBytes ?? 256 * 1024 * 1024;
+    try {
+      const result = await readResult(outputsDir);
+      if (result && !result.ok) ctx.onProgress?.(`${result.why}: not stored on the job`);
+      if (result?.ok && ctx.uploadResult) await ctx.uploadResult(result.value);
+      const packed = await packOutputs(outputsDir, join(dir, 'outputs.tar'), cap);
+      if (!packed) return;
+      if (packed.skipped) ctx.onProgress?.(`outputs over the ${cap}-byte cap: ${packed.skipped} files left out`);
+      if (ctx.uploadOutputs) await ctx.uploadOutputs(await openAsBlob(packed.file));
+    } catch (err) {
+      const why = `outputs not saved: ${(err as Error).message}`;
+      ctx.onProgress?.(why);
+      this.o.log.warn('outputs not saved', { jobId: grant.jobId, error: (err as Error).message });
+    }
+  }
+
+  private async remove(id: string, dir: string): Promise<void> {
+    await this.api
+      .getContainer(id)
+      .remove({ force: true, v: true })
+      .catch((err) => {
+        if (statusOf(err) !== 404) this.o.log.warn('container not removed', { container: id, error: engineReason(err) });
+      });
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+  }
+
+  async recover(): Promise<RecoveredRun[]> {
+    const list = await this.api.listContainers({
+      all: true,
+      filters: { label: [`${labels.managed}=true`, `${labels.node}=${this.o.nodeId}`] },
+    });
+    const runs: RecoveredRun[] = [];
+    for (const c of list) {
+      const jobId = c.Labels[labels.job];
+      const epoch = Number(c.Labels[labels.epoch]);
+      if (!jobId || !Number.isInteger(epoch)) continue;
+      let grant: LeaseGrant | null = null;
+      try {
+        grant = JSON.parse(await readFile(join(this.jobDir(jobId, epoch), 'grant.json'), 'utf8')) as LeaseGrant;
+      } catch {
+        grant = null;
+      }
+      runs.push({ jobId, epoch, grant, running: c.State === 'running' });
+    }
+    return runs;
+  }
+
+  async discard(run: RecoveredRun): Promise<void> {
+    const info = await this.inspectByName(containerName(run.jobId, run.epoch));
+    if (info?.State.Running) await this.stopContainer(info.Id);
+    this.o.log.info('removed a container whose lease is gone', { jobId: run.jobId, epoch: run.epoch });
+    await this.remove(info?.Id ?? containerName(run.jobId, run.epoch), this.jobDir(run.jobId, run.epoch));
+  }
+}

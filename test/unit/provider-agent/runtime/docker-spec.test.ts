@@ -1,0 +1,124 @@
+import { describe, expect, it } from 'vitest';
+import { containerSpec, nvidiaDeviceId, pullReference } from '../../../../provider-agent/runtime/docker-spec.ts';
+import { demux, sinceParam, splitTimestamp } from '../../../../provider-agent/runtime/engine-streams.ts';
+import { JobSpec } from '../../../../shared/jobs.ts';
+import type { LeaseGrant } from '../../../../shared/leases.ts';
+
+const gpuA = { id: 'GPU-aaaa', index: 0, uuid: 'GPU-aaaa', model: 'NVIDIA H100', mig: null };
+const migWithUuid = { id: 'MIG-1111-2222', index: 1, uuid: 'GPU-bbbb', model: 'NVIDIA A100', mig: { gpuInstanceId: 7, computeInstanceId: 0 } };
+const migLegacy = { id: 'GPU-cccc:3:0', index: 2, uuid: 'GPU-cccc', model: 'NVIDIA A100', mig: { gpuInstanceId: 3, computeInstanceId: 0 } };
+
+function grant(spec: Record<string, unknown>, gpus: LeaseGrant['gpus'] = []): LeaseGrant {
+  return {
+    jobId: 'job_x',
+    leaseId: 'lease_y',
+    epoch: 4,
+    token: 't',
+    spec: JobSpec.parse({ name: 'n', image: 'busybox', command: ['echo', 'hi'], resources: { cpu: 2, memoryMb: 512, gpus: gpus.length }, ...spec }),
+    gpus,
+    cpuMillis: 2500,
+    memoryMb: 768,
+    expiresAt: '',
+    expiresInMs: 0,
+  };
+}
+const opts = { nodeId: 'node_z', imageId: 'sha256:abc', inputsDir: '/w/in', outputsDir: '/w/out', stopGraceSeconds: 10 };
+
+describe('container spec', () => {
+  it('grants exactly the lease: CPU, memory without swap, the named GPUs and no others', () => {
+    const c = containerSpec(grant({}, [gpuA, migWithUuid, migLegacy]), opts);
+    expect(c.HostConfig).toMatchObject({
+      NanoCpus: 2_500_000_000,
+      Memory: 768 * 1024 * 1024,
+      MemorySwap: 768 * 1024 * 1024,
+      DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: ['GPU-aaaa', 'MIG-1111-2222', 'MIG-GPU-cccc/3/0'], Capabilities: [['gpu']] }],
+    });
+    expect(c.HostConfig!.DeviceRequests![0]!.Count).toBeUndefined();
+    expect(c.Env).toContain('NVIDIA_VISIBLE_DEVICES=GPU-aaaa,MIG-1111-2222,MIG-GPU-cccc/3/0');
+    expect(c.Image).toBe('sha256:abc');
+    expect(c.Labels).toEqual({
+      'io.gantry.managed': 'true',
+      'io.gantry.node': 'node_z',
+      'io.gantry.job': 'job_x',
+      'io.gantry.lease': 'lease_y',
+      'io.gantry.epoch': '4',
+    });
+  });
+
+  it('shows a job without GPUs none (NVIDIA_VISIBLE_DEVICES=void, even if the job asks), hardened', () => {
+    const c = containerSpec(grant({ env: { NVIDIA_VISIBLE_DEVICES: 'all', A: 'b' }, network: 'none', resources: { cpu: 1, memoryMb: 64, shmMb: 2048 } }), opts);
+    expect(c.Env).toContain('NVIDIA_VISIBLE_DEVICES=void');
+    expect(c.Env).not.toContain('NVIDIA_VISIBLE_DEVICES=all');
+    expect(c.Env).toContain('A=b');
+    expect(c.HostConfig!.DeviceRequests).toBeUndefined();
+    expect(c.HostConfig).toMatchObject({
+      CapDrop: ['ALL'],
+      SecurityOpt: ['no-new-privileges'],
+      ReadonlyRootfs: true,
+      PidsLimit: 4096,
+      ShmSize: 2048 * 1024 * 1024,
+      NetworkMode: 'none',
+      Binds: ['/w/in:/inputs:ro', '/w/out:/outputs:rw'],
+    });
+    expect(Object.keys(c.HostConfig!.Tmpfs!)).toEqual(['/tmp', '/home/gantry']);
+  });
+
+  it('replaces CMD with the command, and ENTRYPOINT only when the spec has one; 1 GiB of shm by default', () => {
+    const plain = containerSpec(grant({}), opts);
+    expect(plain.Cmd).toEqual(['echo', 'hi']);
+    expect(plain.Entrypoint).toBeUndefined();
+    expect(plain.HostConfig!.ShmSize).toBe(1024 * 1024 * 1024);
+    expect(plain.HostConfig!.NetworkMode).toBe('bridge');
+    expect(containerSpec(grant({ entrypoint: ['/bin/sh', '-c'] }), opts).Entrypoint).toEqual(['/bin/sh', '-c']);
+  });
+
+  it('maps GPU ids to what the NVIDIA runtime accepts', () => {
+    expect(nvidiaDeviceId(gpuA)).toBe('GPU-aaaa');
+    expect(nvidiaDeviceId(migWithUuid)).toBe('MIG-1111-2222');
+    expect(nvidiaDeviceId(migLegacy)).toBe('MIG-GPU-cccc/3/0');
+  });
+
+  it('pulls one tag, never every tag of a bare name', () => {
+    expect(pullReference('busybox')).toBe('busybox:latest');
+    expect(pullReference('127.0.0.1:5000/gantry/busybox')).toBe('127.0.0.1:5000/gantry/busybox:latest');
+    expect(pullReference('127.0.0.1:5000/gantry/busybox:1.36')).toBe('127.0.0.1:5000/gantry/busybox:1.36');
+    const pinned = `registry.example/x@sha256:${'a'.repeat(64)}`;
+    expect(pullReference(pinned)).toBe(pinned);
+  });
+});
+
+describe('engine streams', () => {
+  const frame = (type: number, text: string) => {
+    const body = Buffer.from(text);
+    const head = Buffer.alloc(8);
+    head[0] = type;
+    head.writeUInt32BE(body.length, 4);
+    return Buffer.concat([head, body]);
+  };
+
+  it('demultiplexes frames whatever the pieces they arrive in', async () => {
+    const all = Buffer.concat([frame(1, 'out 1\n'), frame(2, 'err 1\n'), frame(1, 'é'), frame(1, '\n')]);
+    for (const size of [1, 3, 7, 100]) {
+      const pieces = async function* () {
+        for (let i = 0; i < all.length; i += size) yield all.subarray(i, i + size);
+      };
+      const got: [string, string][] = [];
+      for await (const f of demux(pieces())) got.push([f.stream, f.data.toString()]);
+      expect(got).toEqual([
+        ['stdout', 'out 1\n'],
+        ['stderr', 'err 1\n'],
+        ['stdout', 'é'],
+        ['stdout', '\n'],
+      ]);
+    }
+  });
+
+  it('splits the engine timestamp off a log frame, normalized so times compare as text', () => {
+    const a = splitTimestamp(Buffer.from('2026-12-01T16:45:29.828123456Z hello world\n'));
+    expect(a.ts).toBe('2026-12-01T16:45:29.828123456Z');
+    expect(a.payload.toString()).toBe('hello world\n');
+    expect(splitTimestamp(Buffer.from('2026-12-01T16:45:29.8Z x')).ts).toBe('2026-12-01T16:45:29.800000000Z');
+    expect(splitTimestamp(Buffer.from('no timestamp here')).ts).toBeNull();
+    expect(sinceParam('2026-12-01T16:45:29.828123456Z')).toBe(`${Date.UTC(2026, 11, 1, 16, 45, 29) / 1000}.828123456`);
+  });
+});

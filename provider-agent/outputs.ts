@@ -7,6 +7,9 @@ import * as tar from 'tar-stream';
 
 type TarHeader = Partial<tar.Header> & { name: string };
 import { maxResultBytes } from '../shared/blobs.ts';
+import type { ExecutionContext } from './runtime/executor.ts';
+
+export const defaultOutputsMaxBytes = 256 * 1024 * 1024;
 
 export interface PackedOutputs {
   file: string;
@@ -113,4 +116,29 @@ export async function readResult(outputsDir: string): Promise<ResultRead> {
   }
 }
 
-export { openAsBlob };
+
+/**
+ * What a run leaves in its outputs folder, made safe before its end is reported: result.json
+ * stored on the job, the folder packed (capped) and uploaded with the lease. A failure here is
+ * noted in the job's events and the agent's log; the run's own outcome stands.
+ */
+export async function saveOutputs(
+  ctx: Pick<ExecutionContext, 'onProgress' | 'uploadOutputs' | 'uploadResult'>,
+  outputsDir: string,
+  tarFile: string,
+  maxBytes: number,
+  warn: (msg: string, fields?: Record<string, unknown>) => void,
+): Promise<void> {
+  try {
+    const result = await readResult(outputsDir);
+    if (result && !result.ok) ctx.onProgress?.(`${result.why}: not stored on the job`);
+    if (result?.ok && ctx.uploadResult) await ctx.uploadResult(result.value);
+    const packed = await packOutputs(outputsDir, tarFile, maxBytes);
+    if (!packed) return;
+    if (packed.skipped) ctx.onProgress?.(`outputs over the ${maxBytes}-byte cap: ${packed.skipped} files left out`);
+    if (ctx.uploadOutputs) await ctx.uploadOutputs(await openAsBlob(packed.file));
+  } catch (err) {
+    ctx.onProgress?.(`outputs not saved: ${(err as Error).message}`);
+    warn('outputs not saved', { error: (err as Error).message });
+  }
+}

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Docker from 'dockerode';
 import type { LeaseGrant, ReportedUsage } from '../../shared/leases.ts';
 import { InputError, prepareInputs } from '../inputs.ts';
-import { openAsBlob, packOutputs, readResult } from '../outputs.ts';
+import { defaultOutputsMaxBytes, saveOutputs } from '../outputs.ts';
 import { containerName, containerSpec, labels, pullReference } from './docker-spec.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
@@ -300,7 +300,7 @@ export class DockerRuntime implements Executor {
       const usage = await sampler.stop();
       const end = await this.api.getContainer(info.Id).inspect();
       const result = this.outcome(grant, end, stoppedFor, usage);
-      await this.saveOutputs(grant, ctx, dir, outputsDir);
+      await saveOutputs(ctx, outputsDir, join(dir, 'outputs.tar'), this.o.outputsMaxBytes ?? defaultOutputsMaxBytes, (m, f) => this.o.log.warn(m, { jobId: grant.jobId, ...f }));
       await this.remove(info.Id, dir);
       return result;
     } finally {
@@ -429,24 +429,6 @@ export class DockerRuntime implements Executor {
         return usage;
       },
     };
-  }
-
-  /** /outputs packed and uploaded, result.json stored: before the run reports its end. */
-  private async saveOutputs(grant: LeaseGrant, ctx: ExecutionContext, dir: string, outputsDir: string): Promise<void> {
-    const cap = this.o.outputsMaxBytes ?? 256 * 1024 * 1024;
-    try {
-      const result = await readResult(outputsDir);
-      if (result && !result.ok) ctx.onProgress?.(`${result.why}: not stored on the job`);
-      if (result?.ok && ctx.uploadResult) await ctx.uploadResult(result.value);
-      const packed = await packOutputs(outputsDir, join(dir, 'outputs.tar'), cap);
-      if (!packed) return;
-      if (packed.skipped) ctx.onProgress?.(`outputs over the ${cap}-byte cap: ${packed.skipped} files left out`);
-      if (ctx.uploadOutputs) await ctx.uploadOutputs(await openAsBlob(packed.file));
-    } catch (err) {
-      const why = `outputs not saved: ${(err as Error).message}`;
-      ctx.onProgress?.(why);
-      this.o.log.warn('outputs not saved', { jobId: grant.jobId, error: (err as Error).message });
-    }
   }
 
   private async remove(id: string, dir: string): Promise<void> {

@@ -135,6 +135,9 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
     const command = (await page.textContent('[data-testid=join-command]'))!;
     expect(command).toMatch(new RegExp(`^gantry-agent join --coordinator ${h.url.replace(/[.]/g, '\\.')} --token \\S+$`));
     await shot(page, 'add-node', 'laptop');
+    await page.setViewportSize(sizes.phone);
+    await shot(page, 'add-node', 'phone');
+    await page.setViewportSize(sizes.laptop);
     agent = await scriptedAgent(h.url, command.split('--token ')[1]!);
     await page.waitForSelector('[data-testid=node] [data-testid=gpu-row]', { timeout: 15_000 });
     expect(await page.locator('[data-testid=node-name]').allTextContents()).toEqual(['rig-e2e']);
@@ -181,6 +184,9 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
     expect(await page.textContent('[data-testid=error-image]')).toBe('not a container image reference');
     expect(await page.textContent('[data-testid=error-command]')).toMatch(/at least 1|>=1/);
     await shot(page, 'submit-errors', 'laptop');
+    await page.setViewportSize(sizes.phone);
+    await shot(page, 'submit-errors', 'phone');
+    await page.setViewportSize(sizes.laptop);
     expect((await client.api.get<{ items: unknown[] }>('/v1/jobs')).items).toEqual([]);
 
     await page.fill('[data-testid=field-image]', 'busybox:latest');
@@ -189,6 +195,7 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
     await page.fill('[data-testid=field-gpuModel]', 'A5000');
     await page.click('[data-testid=dry-run-button]');
     await page.waitForSelector('[data-testid=dry-run] h2');
+    await shot(page, 'dry-run', 'laptop');
     expect(await page.textContent('[data-testid=dry-run] h2')).toBe('Fits: $0.75 per hour on the first offer');
     await page.click('[data-testid=submit]');
     await page.waitForURL(/#\/jobs\/job_/);
@@ -212,6 +219,8 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
     await page.goto(`${h.url}/#/usage`);
     await page.waitForSelector('[data-testid=spend-total]');
     await shot(page, 'usage', 'laptop');
+    await page.setViewportSize(sizes.phone);
+    await shot(page, 'usage', 'phone');
     expect(problems).toEqual([]);
     await close();
   });

@@ -41,8 +41,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     const started = performance.now();
     c.set('requestId', c.req.header('x-request-id')?.slice(0, 64) || randomUUID());
     c.set('log', deps.log);
-    await next();
+    // Set before the answer exists: set after, it would rebuild the response object.
     c.header('x-request-id', c.get('requestId'));
+    await next();
     if (deps.config.logRequests) {
       deps.log.info('request', {
         method: c.req.method,
@@ -72,6 +73,16 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
         throw new ApiError('unsupported_media_type', 'send the body as application/json');
       }
     }
+    // With a Content-Length (Node's parser never reads past it) the check needs no look at the
+    // body; only a chunked body goes through bodyLimit, which counts it as it streams in.
+    const length = c.req.header('content-length');
+    if (length !== undefined && c.req.header('transfer-encoding') === undefined) {
+      if (Number(length) > deps.config.bodyLimitBytes) {
+        throw new ApiError('payload_too_large', `the request body is over ${deps.config.bodyLimitBytes} bytes`);
+      }
+      return next();
+    }
+    if (c.req.method === 'GET' || c.req.method === 'HEAD') return next();
     return limit(c, next);
   });
 

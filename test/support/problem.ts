@@ -27,7 +27,9 @@ export async function expectProblem(res: Response, want: ExpectedProblem): Promi
     if (typeof want.detail === 'string') expect(body.detail).toContain(want.detail);
     else expect(body.detail).toMatch(want.detail);
   }
+  // The request id, also sent as a header, so a client can quote it and an operator find the log line.
   expect(body.instance).toEqual(expect.any(String));
+  expect(res.headers.get('x-request-id')).toBe(body.instance);
   if (want.errors) {
     const got = body.errors ?? [];
     for (const e of want.errors) {

@@ -105,7 +105,7 @@ describe('loadConfig', () => {
   });
 
   it('gives every failure as one line', () => {
-    for (const env of [{ PORT: 'abc' }, { GANTRY_PUBLIC_URL: 'nope' }, { GANTRY_BODY_LIMIT_BYTES: '-1' }]) {
+    for (const env of [{ PORT: 'abc' }, { GANTRY_PUBLIC_URL: 'nope' }, { GANTRY_BODY_LIMIT_BYTES: '-1' }] as Record<string, string>[]) {
       expect(failure(env)).not.toContain('\n');
     }
   });

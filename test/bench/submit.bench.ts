@@ -7,7 +7,11 @@
 import { randomBytes } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import postgres from 'postgres';
-import { spawnCoordinator } from '../support/coordinator-process.ts';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cleanEnv, repoRoot } from '../support/coordinator-process.ts';
 
 const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 50);
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
@@ -47,6 +51,42 @@ function post(agent: Agent, url: URL, path: string, key: string, payload: string
     req.on('error', reject);
     req.end(payload);
   });
+}
+
+/**
+ * The coordinator as `npm start` runs it, its stdout (the request log) going to a file as it
+ * would to a log collector: a pipe read by this busy process would hold the server up.
+ */
+function startCoordinatorProcess(env: Record<string, string>) {
+  const dir = mkdtempSync(join(tmpdir(), 'gantry-bench-'));
+  const logFile = join(dir, 'stdout.log');
+  const merged: Record<string, string> = { ...cleanEnv() };
+  for (const [k, v] of Object.entries(env)) if (v !== '') merged[k] = v;
+  // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile the coordinator.
+  const nodeArgs = process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'coordinator/main.ts'], {
+    cwd: repoRoot,
+    env: merged,
+    stdio: ['ignore', openSync(logFile, 'w'), 'inherit'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    async ready(): Promise<{ url: string; adminKey: string | null }> {
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const text = readFileSync(logFile, 'utf8');
+        const url = text.match(/^Gantry coordinator listening on (\S+)/m)?.[1];
+        if (url) return { url, adminKey: text.match(/^Admin API key: (\S+)$/m)?.[1] ?? null };
+        if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the coordinator did not start:\n${text}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
@@ -94,20 +134,19 @@ async function benchOne(db: string): Promise<boolean> {
       await admin.end({ timeout: 5 });
     };
   }
-  const coordinator = spawnCoordinator({
+  const coordinator = startCoordinatorProcess({
     PORT: '0',
     HOST: '127.0.0.1',
     DATABASE_URL: databaseUrl ?? '',
     GANTRY_DATA_DIR: 'memory://bench',
-    ...(process.env.BENCH_LOG_REQUESTS ? { GANTRY_LOG_REQUESTS: process.env.BENCH_LOG_REQUESTS } : {}),
-  },
-    [],
-    // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile the coordinator.
-    process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [],
-  );
+    // Settings worth trying under load pass through: GANTRY_DB_POOL_SIZE=20, GANTRY_LOG_REQUESTS=0.
+    ...Object.fromEntries(
+      ['GANTRY_DB_POOL_SIZE', 'GANTRY_LOG_REQUESTS'].flatMap((k) => (process.env[k] ? [[k, process.env[k]!]] : [])),
+    ),
+  });
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   try {
-    const { url: base, adminKey } = await coordinator.ready;
+    const { url: base, adminKey } = await coordinator.ready();
     const url = new URL(base);
     const account = JSON.parse(
       (await post(agent, url, '/v1/accounts', adminKey!, JSON.stringify({ name: 'bench', kind: 'client' }))).text,

@@ -24,7 +24,8 @@ export interface HeartbeatHook {
   onHeartbeat(
     tx: import('./db/open.ts').Tx,
     nodeId: string,
-    report: { jobs: { jobId: string; epoch: number }[] },
+    // draining: the node row's flag as the heartbeat just read it (the hook need not read it again).
+    report: { jobs: { jobId: string; epoch: number }[]; draining?: boolean },
     at: Date,
   ): Promise<HeartbeatExtras>;
 }

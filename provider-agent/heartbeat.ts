@@ -4,6 +4,8 @@ import type { HardwareReport, MetricsSample } from '../shared/hardware.ts';
 import type { LeaseRef } from '../shared/leases.ts';
 import { HeartbeatAnswer, type HeartbeatInput } from '../shared/nodes.ts';
 
+export type AnswerHandler = (answer: HeartbeatAnswer, sentAtMs: number) => void | Promise<void>;
+
 export type LinkState = 'starting' | 'connected' | 'unreachable' | 'refused';
 
 export interface HeartbeatOptions {
@@ -20,8 +22,11 @@ export interface HeartbeatOptions {
   initialHardware?: HardwareReport;
   /** The jobs this node holds, at the epoch it holds each with: the lease runner's answer. */
   heldJobs?: () => LeaseRef[];
-  /** Each heartbeat answer (renewed leases, cancellations): for the lease runner. */
-  onAnswer?: (answer: HeartbeatAnswer) => void | Promise<void>;
+  /**
+   * Each heartbeat answer (renewed leases, cancellations), with the local time the heartbeat
+   * left (renewed expiries count from then): for the lease runner.
+   */
+  onAnswer?: AnswerHandler;
   log: (line: string) => void;
   agentVersion?: string;
   random?: () => number;
@@ -58,7 +63,7 @@ export class HeartbeatLoop {
   private readonly maxBackoffMs: number;
   private readonly random: () => number;
   private heldJobs: () => LeaseRef[];
-  private answerHandler: ((answer: HeartbeatAnswer) => void | Promise<void>) | undefined;
+  private answerHandler: AnswerHandler | undefined;
 
   private state: LinkState = 'starting';
   private stateDetail = '';
@@ -97,7 +102,7 @@ export class HeartbeatLoop {
   }
 
   /** Who receives each heartbeat answer (the lease runner), when it is wired after construction. */
-  onAnswer(fn: (answer: HeartbeatAnswer) => void | Promise<void>): void {
+  onAnswer(fn: AnswerHandler): void {
     this.answerHandler = fn;
   }
 
@@ -195,6 +200,7 @@ export class HeartbeatLoop {
       ...(this.opts.agentVersion ? { agentVersion: this.opts.agentVersion } : {}),
     };
     this.inFlight = new AbortController();
+    const sentAtMs = Date.now();
     let answer: HeartbeatAnswer;
     try {
       const raw = await this.opts.client.request('POST', '/v1/agent/heartbeat', body, {
@@ -217,7 +223,7 @@ export class HeartbeatLoop {
     this.warnings = new Set(answer.warnings);
     this.connected();
     try {
-      await this.answerHandler?.(answer);
+      await this.answerHandler?.(answer, sentAtMs);
     } catch (err) {
       this.opts.log(`heartbeat answer handler failed: ${(err as Error).message}`);
     }

@@ -1,6 +1,6 @@
 import { eq } from 'drizzle-orm';
 import type { MiddlewareHandler } from 'hono';
-import { decodeJwt, decodeProtectedHeader, errors as joseErrors, importJWK, jwtVerify, type JWK } from 'jose';
+import { decodeJwt, decodeProtectedHeader, errors as joseErrors, importJWK, jwtVerify, type CryptoKey, type JWK } from 'jose';
 import { idPattern } from '../../shared/ids.ts';
 import { agentTokenMaxLifetimeSeconds } from '../../shared/nodes.ts';
 import type { Clock } from '../clock.ts';
@@ -13,6 +13,8 @@ import { ApiError } from '../http/problem.ts';
 /** Leeway for clocks that disagree a little between a provider's machine and the coordinator. */
 const clockSkewSeconds = 5;
 const nodeIdPattern = idPattern('node');
+/** How long a replica trusts a node's key without reading its row again (another replica may retire it). */
+const keyCacheMs = 5 * 60_000;
 
 const refuse = (why: string) => new ApiError('unauthenticated', why);
 
@@ -24,6 +26,9 @@ const refuse = (why: string) => new ApiError('unauthenticated', why);
  */
 export class AgentVerifier {
   private cache = new Map<string, { nodeId: string; expMs: number }>();
+  // Nodes' public keys, imported: a node's key never changes, so only retirement (forgetNode,
+  // and the TTL for other replicas' retirements) takes one out.
+  private keys = new Map<string, { key: CryptoKey; untilMs: number }>();
 
   constructor(
     private db: DbOrTx,
@@ -50,6 +55,7 @@ export class AgentVerifier {
 
   /** Drops what is cached for a node (it was retired): its next token is checked against the database. */
   forgetNode(nodeId: string): void {
+    this.keys.delete(nodeId);
     for (const [token, entry] of this.cache) if (entry.nodeId === nodeId) this.cache.delete(token);
   }
 
@@ -58,32 +64,47 @@ export class AgentVerifier {
   }
 
   private remember(token: string, entry: { nodeId: string; expMs: number }) {
-    if (this.cache.size >= this.maxCached) {
-      const oldest = this.cache.keys().next().value;
-      if (oldest !== undefined) this.cache.delete(oldest);
+    bounded(this.cache, this.maxCached).set(token, entry);
+  }
+
+  /** The node's public key: from memory, else from its row (an unknown or retired node has none). */
+  private async publicKey(nodeId: string, nowMs: number): Promise<CryptoKey> {
+    const known = this.keys.get(nodeId);
+    if (known && known.untilMs > nowMs) return known.key;
+    const [node] = await this.db
+      .select({ publicKey: nodes.publicKey, status: nodes.status })
+      .from(nodes)
+      .where(eq(nodes.id, nodeId));
+    if (!node) throw refuse('the agent token names an unknown node');
+    if (node.status === 'retired') throw refuse('this node was retired; join it again to serve');
+    let key: CryptoKey;
+    try {
+      key = (await importJWK(node.publicKey as JWK, 'EdDSA')) as CryptoKey;
+    } catch {
+      throw refuse("the node's stored key is not an Ed25519 public key");
     }
-    this.cache.set(token, entry);
+    bounded(this.keys, this.maxCached).set(nodeId, { key, untilMs: nowMs + keyCacheMs });
+    return key;
   }
 
   private async verifyFresh(token: string, now: Date): Promise<{ nodeId: string; expMs: number }> {
-    let sub: unknown;
+    let claims: { sub?: unknown; exp?: unknown };
     try {
       if (decodeProtectedHeader(token).alg !== 'EdDSA') throw refuse('agent tokens are signed with EdDSA only');
-      sub = decodeJwt(token).sub;
+      claims = decodeJwt(token);
     } catch (err) {
       if (err instanceof ApiError) throw err;
       throw refuse('the agent token is not a JWT');
     }
+    const sub = claims.sub;
     if (typeof sub !== 'string' || !nodeIdPattern.test(sub)) throw refuse('the agent token does not name a node');
-    const [node] = await this.db
-      .select({ publicKey: nodes.publicKey, status: nodes.status })
-      .from(nodes)
-      .where(eq(nodes.id, sub));
-    if (!node) throw refuse('the agent token names an unknown node');
-    if (node.status === 'retired') throw refuse('this node was retired; join it again to serve');
+    // Refused before any lookup or signature check: a backlog of stale tokens must stay cheap.
+    if (typeof claims.exp === 'number' && claims.exp + clockSkewSeconds < now.getTime() / 1000) {
+      throw refuse("the agent token expired (is this machine's clock right?)");
+    }
+    const key = await this.publicKey(sub, now.getTime());
     let payload;
     try {
-      const key = await importJWK(node.publicKey as JWK, 'EdDSA');
       ({ payload } = await jwtVerify(token, key, {
         algorithms: ['EdDSA'],
         audience: this.audience,
@@ -104,6 +125,15 @@ export class AgentVerifier {
     }
     return { nodeId: sub, expMs: exp * 1000 };
   }
+}
+
+/** The map, with its oldest entry dropped when it is full (Map keeps insertion order). */
+function bounded<K, V>(map: Map<K, V>, max: number): Map<K, V> {
+  if (map.size >= max) {
+    const oldest = map.keys().next();
+    if (!oldest.done) map.delete(oldest.value);
+  }
+  return map;
 }
 
 function describeJoseError(err: unknown): string {

@@ -10,6 +10,7 @@ import { ApiError } from '../http/problem.ts';
 import { topics } from '../signals.ts';
 import { consumeEnrollmentToken } from './enrollment-tokens.ts';
 import { requeueJobsOnGpus } from './requeue.ts';
+import { runStatement } from './statements.ts';
 
 type Deps = Pick<AppDeps, 'database' | 'log' | 'config' | 'signals' | 'heartbeatHook'>;
 type NodeRow = typeof nodes.$inferSelect;
@@ -17,11 +18,6 @@ type GpuRow = typeof gpus.$inferSelect;
 
 // Key space of the transaction locks taken on a GPU UUID while it is claimed (second key: hashtext(uuid)).
 const gpuClaimLockSpace = 7_301_101;
-
-/** Rows of a raw query inside a transaction, whichever driver ran it (postgres.js: an array; PGlite: { rows }). */
-function rowsOf<T>(result: unknown): T[] {
-  return (Array.isArray(result) ? result : (result as { rows: T[] }).rows) as T[];
-}
 
 function capacityOf(report: HardwareReport) {
   return {
@@ -201,6 +197,7 @@ async function applyHardware(deps: Deps, tx: Tx, node: NodeRow, report: Hardware
 
 interface BeatRow {
   prev_status: string;
+  draining: boolean;
   sampled: number;
   uuids: string[] | string | null;
 }
@@ -211,6 +208,40 @@ function textArray(v: BeatRow['uuids']): string[] {
   if (!v || v === '{}') return [];
   return v.replace(/^\{|\}$/g, '').split(',').map((s) => s.replace(/^"|"$/g, ''));
 }
+
+/**
+ * The hot path of a heartbeat, one statement: lock the node, mark it alive, store the latest
+ * figures on it and on its GPUs (rows whose figures did not change are not rewritten), and write
+ * the minute's sample only on the first heartbeat of a minute (upserted on (node_id, at), so two
+ * replicas racing write one row). PostgreSQL runs every data-modifying CTE once, referenced or not.
+ * $1 node id, $2 time, $3 the metrics sample (JSON), $4 agent version, $5 per-GPU figures (JSON).
+ */
+const heartbeatStatement = `
+  with prev as (
+    select id, status, last_heartbeat_at, metrics is null as unsampled
+    from nodes where id = $1::text and status <> 'retired' for update
+  ), n as (
+    update nodes set status = 'online', last_heartbeat_at = $2::text::timestamptz, metrics = $3::text::jsonb,
+      agent_version = coalesce($4::text, nodes.agent_version)
+    from prev where nodes.id = prev.id
+    returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled, nodes.draining
+  ), g as (
+    update gpus set utilization_pct = v.u, memory_used_mb = v.m, temperature_c = v.t, power_w = v.p
+    from jsonb_to_recordset($5::text::jsonb) as v(uuid text, u int, m int, t int, p int)
+    where gpus.node_id = $1::text and gpus.uuid = v.uuid and exists (select 1 from n)
+      and (gpus.utilization_pct, gpus.memory_used_mb, gpus.temperature_c, gpus.power_w) is distinct from (v.u, v.m, v.t, v.p)
+    returning 1
+  ), s as (
+    insert into node_metrics (node_id, at, sample)
+    select $1::text, date_trunc('minute', $2::text::timestamptz), $3::text::jsonb from n
+    where n.unsampled or date_trunc('minute', n.prev_at) <> date_trunc('minute', $2::text::timestamptz)
+    on conflict (node_id, at) do update set sample = excluded.sample
+    returning 1
+  )
+  select n.prev_status, n.draining,
+    (select count(*)::int from s) as sampled,
+    (select coalesce(array_agg(distinct uuid), '{}') from gpus where node_id = $1::text) as uuids
+  from n`;
 
 const intOrNull = (n: number | null | undefined) => (n === null || n === undefined ? null : Math.round(n));
 
@@ -239,40 +270,16 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
       if (!node || node.status === 'retired') throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
       change = await applyHardware(deps, tx, node, hb.hardware, at);
     }
-    // The hot path is one statement: lock the node, mark it alive, store the latest figures on it
-    // and on its GPUs (rows whose figures did not change are not rewritten), and write the minute's
-    // sample only on the first heartbeat of a minute. PostgreSQL runs every data-modifying CTE once,
-    // referenced or not.
-    const result = await tx.execute(sql`
-      with prev as (
-        select id, status, last_heartbeat_at, metrics is null as unsampled from nodes where id = ${nodeId} and status <> 'retired' for update
-      ), n as (
-        update nodes set status = 'online', last_heartbeat_at = ${atIso}::timestamptz, metrics = ${metricsJson}::jsonb,
-          agent_version = coalesce(${hb.agentVersion ?? null}::text, nodes.agent_version)
-        from prev where nodes.id = prev.id
-        returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled
-      ), g as (
-        update gpus set utilization_pct = v.u, memory_used_mb = v.m, temperature_c = v.t, power_w = v.p
-        from jsonb_to_recordset(${gpuJson}::jsonb) as v(uuid text, u int, m int, t int, p int)
-        where gpus.node_id = ${nodeId} and gpus.uuid = v.uuid and exists (select 1 from n)
-          and (gpus.utilization_pct, gpus.memory_used_mb, gpus.temperature_c, gpus.power_w)
-            is distinct from (v.u, v.m, v.t, v.p)
-        returning 1
-      ), s as (
-        insert into node_metrics (node_id, at, sample)
-        select ${nodeId}, date_trunc('minute', ${atIso}::timestamptz), ${metricsJson}::jsonb from n
-        where n.unsampled or date_trunc('minute', n.prev_at) <> date_trunc('minute', ${atIso}::timestamptz)
-        on conflict (node_id, at) do update set sample = excluded.sample
-        returning 1
-      )
-      select n.prev_status,
-        (select count(*)::int from s) as sampled,
-        (select coalesce(array_agg(distinct uuid), '{}') from gpus where node_id = ${nodeId}) as uuids
-      from n`);
-    const [row] = rowsOf<BeatRow>(result);
+    const [row] = await runStatement<BeatRow>(deps.database, tx, heartbeatStatement, [
+      nodeId,
+      atIso,
+      metricsJson,
+      hb.agentVersion ?? null,
+      gpuJson,
+    ]);
     if (!row) throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
     prevStatus = row.prev_status;
-    const extras = await deps.heartbeatHook.onHeartbeat(tx, nodeId, { jobs: hb.jobs }, at);
+    const extras = await deps.heartbeatHook.onHeartbeat(tx, nodeId, { jobs: hb.jobs, draining: row.draining }, at);
     const known = new Set(textArray(row.uuids));
     const sampled = new Set(hb.metrics.gpus.map((g) => g.id));
     const hardwareWanted = !hb.hardware && (known.size !== sampled.size || [...sampled].some((u) => !known.has(u)));

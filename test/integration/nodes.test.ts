@@ -287,7 +287,7 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
       const res = await a.heartbeat({ jobs: jobsHeld, metrics: metricsFor(a.hardware) });
       const answer = await res.json();
       expect(answer).toMatchObject({ nodeId: a.nodeId, status: 'online', leases: [], cancel: [{ jobId: 'job_0000000000000000000000', epoch: 3 }] });
-      expect(seen).toEqual([{ nodeId: a.nodeId, report: { jobs: jobsHeld }, sameTx: true }]);
+      expect(seen).toEqual([{ nodeId: a.nodeId, report: { jobs: jobsHeld, draining: false }, sameTx: true }]);
     } finally {
       h.coordinator.deps.heartbeatHook = original;
     }

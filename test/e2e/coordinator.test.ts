@@ -157,6 +157,26 @@ describe('PGlite data dir: first start, restart, a second coordinator, a lost ad
   });
 });
 
+describe('a killed coordinator', () => {
+  it('leaves a stale lock that the next start takes over, with the data intact', async () => {
+    const dataDir = newDir('killed');
+    const a = start({ GANTRY_DATA_DIR: dataDir });
+    const ra = await a.ready;
+    const { key, api } = await clientAccount(ra.url, ra.adminKey!);
+    const job = await api.post<{ id: string }>('/v1/jobs', hello);
+    a.child.kill('SIGKILL');
+    expect((await a.exited).signal).toBe('SIGKILL');
+    expect(readFileSync(join(dataDir, 'gantry.lock'), 'utf8')).toContain(String(a.child.pid));
+
+    const b = start({ GANTRY_DATA_DIR: dataDir });
+    const rb = await b.ready;
+    expect(rb.adminKey).toBeNull();
+    expect(readFileSync(join(dataDir, 'gantry.lock'), 'utf8')).toContain(String(b.child.pid));
+    const read = await new ApiClient({ baseUrl: rb.url, token: key }).get<{ id: string; status: string }>(`/v1/jobs/${job.id}`);
+    expect(read).toMatchObject({ id: job.id, status: 'queued' });
+  });
+});
+
 describe('SIGTERM', () => {
   it('drains an in-flight request, closes the database cleanly and exits 0', async () => {
     const dataDir = newDir('drain');

@@ -33,6 +33,7 @@ Options for join and run:
   --heartbeat-seconds <s>  time between heartbeats (default: 5)
   --hardware-seconds <s>   time between hardware inventories (default: 60)
   --insecure-http        allow plain http:// to a coordinator on another machine
+  --unsafe-process-runtime  without Docker: run jobs as plain processes, NOT isolated
 
 Options for install-service:
   --state-dir <dir>      as above

@@ -19,6 +19,10 @@ const RunSettings = z.object({
   /** How often the full inventory (nvidia-smi -q -x) runs again to catch hardware changes. */
   hardwareSeconds: seconds.min(1).max(86_400).default(60),
   insecureHttp: z.boolean().default(false),
+  /** Run jobs as plain processes (no Docker): runtime/process.ts, loudly unisolated. */
+  unsafeProcessRuntime: z.boolean().default(false),
+  /** Run nothing: the lease runner's test executor (tests only). */
+  testExecutor: z.boolean().default(false),
 });
 export type RunSettings = z.infer<typeof RunSettings>;
 
@@ -49,6 +53,8 @@ const runOptions = {
   'heartbeat-seconds': { type: 'string' },
   'hardware-seconds': { type: 'string' },
   'insecure-http': { type: 'boolean' },
+  'unsafe-process-runtime': { type: 'boolean' },
+  'test-executor': { type: 'boolean' },
 } as const;
 
 function parse<T extends z.ZodType>(schema: T, input: Record<string, unknown>, flagOf: (key: string) => string): z.infer<T> {
@@ -90,6 +96,8 @@ function runInput(v: Record<string, unknown>, env: Env) {
     heartbeatSeconds: v['heartbeat-seconds'] ?? env.GANTRY_AGENT_HEARTBEAT_SECONDS,
     hardwareSeconds: v['hardware-seconds'] ?? env.GANTRY_AGENT_HARDWARE_SECONDS,
     insecureHttp: v['insecure-http'] as boolean | undefined,
+    unsafeProcessRuntime: v['unsafe-process-runtime'] as boolean | undefined,
+    testExecutor: v['test-executor'] as boolean | undefined,
   };
 }
 

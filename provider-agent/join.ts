@@ -3,6 +3,7 @@ import { ApiClient, ApiRequestError, UnreachableError } from '../shared/client.t
 import type { HardwareReport } from '../shared/hardware.ts';
 import type { RegisteredNode, RegisterNode } from '../shared/nodes.ts';
 import { checkCoordinatorUrl, type JoinSettings } from './config.ts';
+import { noRuntimeAdvice } from './runtime/select.ts';
 import { AgentState, type NodeState } from './state.ts';
 
 export const agentVersion: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
@@ -45,6 +46,9 @@ export async function joinCoordinator(
 
   const hardware = await deps.detectHardware();
   for (const w of hardware.warnings) deps.say(`warning: ${w}\n`);
+  if (hardware.host.containerRuntime.kind !== 'docker' && !settings.unsafeProcessRuntime && !settings.testExecutor) {
+    deps.say(`warning: no Docker engine here, so this node cannot run jobs: ${noRuntimeAdvice}\n`);
+  }
   const key = await state.loadOrCreateKey();
   const client = new ApiClient({ baseUrl: settings.coordinatorUrl, timeoutMs: 30_000, ...(deps.fetch ? { fetch: deps.fetch } : {}) });
   const body: RegisterNode = {

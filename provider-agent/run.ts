@@ -5,6 +5,10 @@ import { checkCoordinatorUrl, type RunSettings } from './config.ts';
 import { detectHardware, sampleMetrics } from './hardware/index.ts';
 import { HeartbeatLoop } from './heartbeat.ts';
 import { agentVersion } from './join.ts';
+import { LeaseRunner } from './leases/runner.ts';
+import { httpLogTransport } from './logs/transport.ts';
+import { LogShipper } from './logs/shipper.ts';
+import { RuntimeUnavailableError, selectExecutor } from './runtime/select.ts';
 import { AgentState } from './state.ts';
 
 export class NotEnrolledError extends Error {}
@@ -38,14 +42,58 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     log,
   });
 
+  const runnerLog = {
+    info: (m: string, f?: Record<string, unknown>) => log(f ? `${m} ${JSON.stringify(f)}` : m),
+    warn: (m: string, f?: Record<string, unknown>) => log(`warning: ${f ? `${m} ${JSON.stringify(f)}` : m}`),
+    error: (m: string, f?: Record<string, unknown>) => log(`error: ${f ? `${m} ${JSON.stringify(f)}` : m}`),
+  };
+  // Docker by default; the process runtime only with --unsafe-process-runtime (runtime/select.ts).
+  // With neither, the node stays online (heartbeats, metrics) but takes no work, and says so.
+  const selected = await selectExecutor({
+    nodeId: node.nodeId,
+    stateDir: settings.stateDir,
+    unsafeProcessRuntime: settings.unsafeProcessRuntime,
+    testExecutor: settings.testExecutor,
+    log: runnerLog,
+    say: log,
+  }).catch((err) => {
+    if (!(err instanceof RuntimeUnavailableError)) throw err;
+    log(`warning: ${err.message}; until then this node takes no jobs`);
+    return null;
+  });
+  const runner = selected
+    ? new LeaseRunner({
+        client,
+        nodeId: node.nodeId,
+        issuer: node.coordinatorName,
+        executor: selected.executor,
+        log: runnerLog,
+        logSink: (grant) =>
+          new LogShipper({
+            transport: httpLogTransport(client, grant.jobId, grant.epoch),
+            capBytes: selected.settings.GANTRY_AGENT_LOG_CAP_BYTES,
+            warn: runnerLog.warn,
+          }),
+      })
+    : null;
+  // The renewed expiries count from when the heartbeat left, taken as the held jobs are read.
+  let heartbeatSentAt = Date.now();
+  loop.supplyHeldJobs(() => {
+    heartbeatSentAt = Date.now();
+    return runner?.heldJobs() ?? [];
+  });
+  loop.onAnswer((answer) => runner?.onHeartbeatAnswer(answer, heartbeatSentAt));
+
   log(`gantry-agent ${agentVersion} running as node ${node.nodeId} (${node.name}) for ${node.coordinatorUrl}, heartbeat every ${settings.heartbeatSeconds} s`);
   const stopped = new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   const ended = loop.start();
+  await runner?.start();
   const signal = await Promise.race([stopped, ended.then(() => 'loop ended')]);
   log(`stopping (${signal})`);
+  await runner?.stop();
   await loop.stop();
   return 0;
 }

@@ -1,0 +1,80 @@
+import { join } from 'node:path';
+import { z } from 'zod';
+import { defaultLogCapBytes } from '../logs/shipper.ts';
+import { DockerRuntime, probeDocker, type RuntimeLogger } from './docker.ts';
+import type { Executor } from './executor.ts';
+import { ProcessRuntime, processRuntimeWarning } from './process.ts';
+import { TestExecutor } from './test-executor.ts';
+
+type Env = Record<string, string | undefined>;
+const flag = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
+
+/** The runtime's settings, from GANTRY_AGENT_* variables (flags for the common ones live in config.ts). */
+const RuntimeEnv = z.object({
+  GANTRY_AGENT_WORK_DIR: z.string().min(1).optional(),
+  GANTRY_AGENT_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
+  GANTRY_AGENT_PIDS_LIMIT: z.coerce.number().int().min(16).max(4_194_304).optional(),
+  GANTRY_AGENT_LOG_CAP_BYTES: z.coerce.number().int().min(1024).default(defaultLogCapBytes),
+  GANTRY_AGENT_OUTPUTS_MAX_BYTES: z.coerce.number().int().min(0).default(256 * 1024 * 1024),
+  GANTRY_AGENT_KEEP_FAILED_CONTAINERS: flag.default(false),
+});
+export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string };
+
+export function runtimeSettings(stateDir: string, env: Env = process.env): RuntimeSettings {
+  const present = Object.fromEntries(Object.entries(env).filter(([k, v]) => k.startsWith('GANTRY_AGENT_') && v !== undefined && v !== ''));
+  const parsed = RuntimeEnv.safeParse(present);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new RuntimeUnavailableError(`invalid setting ${String(issue.path[0])}: ${issue.message}`);
+  }
+  return { ...parsed.data, workDir: parsed.data.GANTRY_AGENT_WORK_DIR ?? join(stateDir, 'work') };
+}
+
+/** No runtime can run jobs here: the agent says why and does not take work. */
+export class RuntimeUnavailableError extends Error {}
+
+export const noRuntimeAdvice =
+  'install Docker (the agent uses the engine at DOCKER_HOST or /var/run/docker.sock), or pass --unsafe-process-runtime to run jobs as plain, unisolated processes';
+
+/**
+ * The executor `gantry-agent run` hands its leases to: Docker by default; the process runtime
+ * only with --unsafe-process-runtime (said loudly); none otherwise, which is an error.
+ */
+export async function selectExecutor(opts: {
+  nodeId: string;
+  stateDir: string;
+  unsafeProcessRuntime: boolean;
+  testExecutor?: boolean;
+  log: RuntimeLogger;
+  say: (line: string) => void;
+  env?: Env;
+}): Promise<{ executor: Executor; settings: RuntimeSettings }> {
+  const settings = runtimeSettings(opts.stateDir, opts.env);
+  if (opts.testExecutor) {
+    opts.say('--test-executor: leases are completed by the test executor; nothing runs (tests only)');
+    return { executor: new TestExecutor({ nodeId: opts.nodeId }), settings };
+  }
+  if (opts.unsafeProcessRuntime) {
+    opts.say(processRuntimeWarning);
+    const executor = new ProcessRuntime({
+      workDir: settings.workDir,
+      log: opts.log,
+      stopGraceSeconds: settings.GANTRY_AGENT_STOP_GRACE_SECONDS,
+      outputsMaxBytes: settings.GANTRY_AGENT_OUTPUTS_MAX_BYTES,
+    });
+    return { executor, settings };
+  }
+  const probe = await probeDocker();
+  if (!probe.ok) throw new RuntimeUnavailableError(`this agent cannot run jobs: ${probe.why}; ${noRuntimeAdvice}`);
+  opts.say(`jobs run as containers on Docker ${probe.version} (API ${probe.apiVersion})`);
+  const executor = new DockerRuntime({
+    nodeId: opts.nodeId,
+    workDir: settings.workDir,
+    log: opts.log,
+    stopGraceSeconds: settings.GANTRY_AGENT_STOP_GRACE_SECONDS,
+    outputsMaxBytes: settings.GANTRY_AGENT_OUTPUTS_MAX_BYTES,
+    keepFailedContainers: settings.GANTRY_AGENT_KEEP_FAILED_CONTAINERS,
+    ...(settings.GANTRY_AGENT_PIDS_LIMIT ? { pidsLimit: settings.GANTRY_AGENT_PIDS_LIMIT } : {}),
+  });
+  return { executor, settings };
+}

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -116,6 +116,37 @@ for (const kind of ['pglite', 'postgres'] as DbKind[]) {
       expect((await again.exited).code).toBe(0);
     });
 
+    it("re-reports hardware that changed under it: the node's GPUs and capacity follow", async () => {
+      const stateDir = path.join(work, 'node-swap');
+      // This machine's nvidia-smi starts as the four-K80 fixture and then answers as the V100 one:
+      // the K80s gone, a V100 in their place. (Each test's machine has GPUs of its own.)
+      const swapping = await createFakeNvidiaSmi({ xml: 'tesla-k80-x4-azure-v10.xml' });
+      const v100 = await createFakeNvidiaSmi({ xml: 'tesla-v100-pcie-32gb-v11.xml' });
+      try {
+        const { token } = await newToken();
+        const joined = spawnAgent(['join', '--coordinator', c.url, '--token', token, '--state-dir', stateDir, '--name', 'swap', '--run', '--heartbeat-seconds', '0.5'], {
+          ...env,
+          PATH: `${swapping.path}${path.delimiter}${process.env.PATH}`,
+        });
+        agents.push(joined);
+        await joined.waitForLine(/connected to the coordinator/);
+        const nodeId = JSON.parse(await readFile(path.join(stateDir, 'node.json'), 'utf8')).nodeId as string;
+        const gpusOf = async () => (await provider.get<Node>(`/v1/nodes/${nodeId}`)).gpus.map((g) => g.model);
+        expect(await gpusOf()).toEqual(['Tesla K80', 'Tesla K80', 'Tesla K80', 'Tesla K80']);
+
+        await rename(path.join(v100.dir, 'config.json'), path.join(swapping.dir, 'config.json.new'));
+        await rename(path.join(swapping.dir, 'config.json.new'), path.join(swapping.dir, 'config.json'));
+        await joined.waitForLine(/hardware changed: 1 GPU, gone GPU-c3b26f7a-8dcb-619c-fa1b-8029265a4db0, .*, new GPU-e77ce5d8-8b63-c936-3c1b-839d45bcd0f2/);
+        await until('the V100 in place of the K80s', async () => (await gpusOf()).join() === 'Tesla V100-PCIE-32GB');
+        const node = await provider.get<Node>(`/v1/nodes/${nodeId}`);
+        expect(node.gpus.map((g) => [g.memoryMb, g.driverVersion, g.cudaVersion])).toEqual([[32_510, '460.39', '11.2']]);
+        await joined.kill('SIGTERM');
+      } finally {
+        await swapping.cleanup();
+        await v100.cleanup();
+      }
+    });
+
     it("refuses forged and expired agent tokens for the node, with problem+json", async () => {
       const stateDir = path.join(work, 'node-b');
       const { token } = await newToken();
@@ -149,7 +180,10 @@ for (const kind of ['pglite', 'postgres'] as DbKind[]) {
     });
 
     it('refuses a bad enrollment token or hardware report with problem+json, and stores nothing', async () => {
-      const report = JSON.parse((await runAgentCommand(['hardware', '--json'], env)).stdout.join('\n'));
+      const a10g = await createFakeNvidiaSmi({ xml: 'a10g-v11.xml' });
+      const report = JSON.parse(
+        (await runAgentCommand(['hardware', '--json'], { ...env, PATH: `${a10g.path}${path.delimiter}${process.env.PATH}` }).finally(() => a10g.cleanup())).stdout.join('\n'),
+      );
       const { token } = await newToken();
       const { publicJwk } = await newAgentKey();
       const register = (body: Record<string, unknown>) =>

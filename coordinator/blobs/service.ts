@@ -70,6 +70,15 @@ export async function missingInputs(db: DbOrTx, accountId: string, digests: read
   return digests.filter((d) => !have.has(d));
 }
 
+/** Refuses a job spec naming an input its owner has not uploaded (POST /v1/blobs first). */
+export async function requireInputsUploaded(db: DbOrTx, accountId: string, inputs: readonly { digest: string }[] | undefined) {
+  const digests = (inputs ?? []).map((i) => i.digest);
+  const missing = new Set(await missingInputs(db, accountId, digests));
+  if (!missing.size) return;
+  const errors = digests.flatMap((d, i) => (missing.has(d) ? [{ path: `inputs.${i}.digest`, message: 'no blob of yours has this digest: upload it with POST /v1/blobs first' }] : []));
+  throw new ApiError('validation', `${errors[0]!.path}: ${errors[0]!.message}`, errors);
+}
+
 /** The agent's tar of /outputs: stored as a blob of the job's owner and named on the job. */
 export async function storeJobOutputs(
   deps: BlobDeps,

@@ -4,6 +4,7 @@ import { Job, JobEvent, JobListQuery, JobSpec } from '../../shared/jobs.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
+import { requireInputsUploaded } from '../blobs/service.ts';
 import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJob } from '../jobs/lifecycle.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
@@ -37,6 +38,8 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const spec = c.req.valid('json');
       const key = c.req.valid('header')['idempotency-key'];
+      // Inputs are uploaded first: a job naming bytes its owner never uploaded could never run.
+      await requireInputsUploaded(db, c.get('principal').accountId, spec.inputs);
       const { job, replayed } = await submitJob(db, c.get('principal').accountId, spec, key, deps.clock.now());
       if (replayed) return c.json(toApiJob(job), 200);
       deps.signals.emit(topics.schedule);

@@ -1,5 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eq } from 'drizzle-orm';
+import { jobs } from '../../coordinator/db/schema/index.ts';
 import { changeStatus } from '../../coordinator/jobs/lifecycle.ts';
 import { createTestNode, leaseTo, type TestNode } from '../support/agent-fixture.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
@@ -81,7 +83,21 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
     const bytes = Buffer.from('input file\n');
     const { body: blob } = await upload(client.key, bytes);
     const { body: foreign } = await upload(other.key, Buffer.from('not yours'));
-    const jobId = await submitRunning({ inputs: [{ digest: blob.digest, path: 'a.txt' }, { digest: foreign.digest, path: 'b.txt' }] });
+    // A spec naming bytes its owner never uploaded is refused at submit, field by field.
+    const refused = await h.fetch('/v1/jobs', {
+      key: client.key,
+      ...postJson(spec({ inputs: [{ digest: blob.digest, path: 'a.txt' }, { digest: foreign.digest, path: 'b.txt' }] })),
+    });
+    expect(refused.status).toBe(400);
+    expect((await refused.json()).errors).toEqual([{ path: 'inputs.1.digest', message: expect.stringMatching(/upload it with POST \/v1\/blobs/) }]);
+    const jobId = await submitRunning({ inputs: [{ digest: blob.digest, path: 'a.txt' }] });
+    // A spec from before that check, naming another tenant's digest: the node still cannot read it.
+    const db = h.coordinator.deps.database.db;
+    const [row] = await db.select().from(jobs).where(eq(jobs.id, jobId));
+    await db
+      .update(jobs)
+      .set({ spec: { ...row!.spec, inputs: [...row!.spec.inputs!, { digest: foreign.digest, path: 'b.txt' }] } })
+      .where(eq(jobs.id, jobId));
     const ok = await node.fetch(`/v1/agent/jobs/${jobId}/inputs/${blob.digest}?epoch=1`);
     expect(ok.status).toBe(200);
     expect(await ok.text()).toBe('input file\n');

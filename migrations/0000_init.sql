@@ -54,6 +54,7 @@ CREATE TABLE "jobs" (
 	"price_gpu_hour_micros" bigint,
 	"price_cpu_hour_micros" bigint,
 	"pending_reason" text,
+	"queue_shape" text GENERATED ALWAYS AS (md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', ''))) STORED,
 	"cancel_requested_at" timestamp with time zone,
 	"idempotency_key" text,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
@@ -207,7 +208,9 @@ CREATE INDEX "job_events_job" ON "job_events" USING btree ("job_id","id");--> st
 CREATE UNIQUE INDEX "jobs_idempotency" ON "jobs" USING btree ("account_id","idempotency_key");--> statement-breakpoint
 CREATE INDEX "jobs_account_id" ON "jobs" USING btree ("account_id","id");--> statement-breakpoint
 CREATE INDEX "jobs_account_status_id" ON "jobs" USING btree ("account_id","status","id");--> statement-breakpoint
-CREATE INDEX "jobs_queue" ON "jobs" USING btree ("priority" DESC NULLS LAST,"created_at","id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
+CREATE INDEX "jobs_queue" ON "jobs" USING btree ((-"priority"),"created_at","id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
+CREATE INDEX "jobs_queue_shape" ON "jobs" USING btree ("queue_shape") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
+CREATE INDEX "jobs_queue_unexplained" ON "jobs" USING btree ("queue_shape") WHERE "jobs"."status" = 'queued' and "jobs"."pending_reason" is null;--> statement-breakpoint
 CREATE INDEX "jobs_node_live" ON "jobs" USING btree ("node_id") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
 CREATE INDEX "jobs_lease_expiry" ON "jobs" USING btree ("lease_expires_at") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
 CREATE INDEX "jobs_started_at" ON "jobs" USING btree ("started_at") WHERE "jobs"."started_at" is not null;--> statement-breakpoint

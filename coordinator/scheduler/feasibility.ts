@@ -117,6 +117,37 @@ export function matchingGpus(job: JobRequest, node: NodeView, models: ModelMatch
   return out;
 }
 
+/** How many of the node's free GPUs the job could take (matchingGpus without building the list). */
+export function countMatchingGpus(job: JobRequest, node: NodeView, models: ModelMatcher): number {
+  if (job.gpuModel === null && job.gpuMinMemoryMb === null && job.minCuda === null) return node.freeGpus.length;
+  let n = 0;
+  let lastModel = '';
+  let lastOk = false;
+  for (const g of node.freeGpus) {
+    if (job.gpuModel !== null) {
+      // A node's GPUs are mostly one model: ask the matcher once per run of equal names.
+      if (g.model !== lastModel) {
+        lastModel = g.model;
+        lastOk = models.matches(job.gpuModel, g.model);
+      }
+      if (!lastOk) continue;
+    }
+    if (job.gpuMinMemoryMb !== null && g.memoryMb < job.gpuMinMemoryMb) continue;
+    if (job.minCuda !== null && (g.cuda === null || g.cuda < job.minCuda)) continue;
+    n++;
+  }
+  return n;
+}
+
+/** The rules that do not depend on what is free: the node, provider, region and labels asked for. */
+export function fitsConstraints(job: JobRequest, node: NodeView): boolean {
+  if (job.nodeId !== null && node.id !== job.nodeId) return false;
+  if (job.providerId !== null && node.accountId !== job.providerId) return false;
+  if (job.region !== null && node.region !== job.region) return false;
+  if (job.labels !== null && !labelsMatch(job.labels, node.labels)) return false;
+  return true;
+}
+
 function labelsMatch(want: Record<string, string>, have: Record<string, string>): boolean {
   for (const k in want) if (have[k] !== want[k]) return false;
   return true;

@@ -47,6 +47,8 @@ export class SchedulerLoop {
   private offs: (() => void | Promise<void>)[] = [];
   private notifyPending = false;
   private lastFullPass = 0;
+  /** The reason this scheduler last wrote for each shape that fits nowhere. */
+  private reasons = new Map<string, string>();
   /** Totals since start, for logs and the benchmark. */
   readonly totals = { passes: 0, placed: 0, conflicts: 0, errors: 0 };
 
@@ -90,6 +92,10 @@ export class SchedulerLoop {
       leaseTtlSeconds: this.opts.leaseTtlSeconds,
       batchSize: this.opts.batchSize,
       onLeased: this.opts.onLeased,
+      reasons: this.reasons,
+      onBatch: (placed) => {
+        this.totals.placed += placed;
+      },
     });
   }
 
@@ -130,7 +136,6 @@ export class SchedulerLoop {
           if (full) this.lastFullPass = now;
           const r = await this.runPass(full);
           this.totals.passes++;
-          this.totals.placed += r.placed;
           this.totals.conflicts += r.conflicts;
         } catch (err) {
           this.totals.errors++;

@@ -8,8 +8,13 @@ import { gpus, jobs, nodes } from '../db/schema/index.ts';
 import { executeRows, leaseJobs, PlacementConflict, type Placement } from '../jobs/transitions.ts';
 import type { Logger } from '../log.ts';
 import {
+  countMatchingGpus,
   decide,
   describePending,
+  fitsConstraints,
+  matchingGpus,
+  priceMilliMicros,
+  withinPrice,
   ModelMatcher,
   parseCuda,
   type GpuView,
@@ -27,6 +32,8 @@ type Constraints = NonNullable<JobSpec['constraints']>;
 
 /** A queued job as the pass reads it. */
 export interface QueuedJob extends JobRequest {
+  /** jobs.queue_shape: equal for jobs that fit exactly the same nodes. */
+  shape: string;
   priority: number;
   createdAtMs: number;
   pendingReason: string | null;
@@ -41,8 +48,8 @@ export class PassState {
   /** Nodes with a free GPU at the start of the pass. */
   private gpuNodes: NodeView[] = [];
   private byRequestedModel = new Map<string, NodeView[]>();
-  /** Shapes that fit nowhere: a job asking the same cannot fit either (capacity only shrinks in a pass). */
-  private unplaceable = new Map<string, string>();
+  /** Shapes that fit nowhere, with why: a job asking the same cannot fit either (capacity only shrinks in a pass). */
+  readonly failed = new Map<string, string>();
 
   constructor(
     readonly nodes: NodeView[],
@@ -89,37 +96,53 @@ export class PassState {
   }
 
   /** Finds the best node for the job and takes its resources in memory; or says why none fits. */
-  place(job: JobRequest): PlanOutcome {
-    const shape = shapeKey(job);
-    const known = this.unplaceable.get(shape);
+  place(job: JobRequest & { shape?: string }): PlanOutcome {
+    const shape = job.shape ?? shapeKey(job);
+    const known = this.failed.get(shape);
     if (known !== undefined) return { placed: false, reason: known };
-    let best: Candidate | null = null;
-    let bestGpus: GpuView[] = [];
-    const counts: RejectionCounts = {};
-    for (const node of this.candidatesFor(job)) {
-      const d = decide(job, node, this.models);
-      if (!d.fits) {
-        counts[d.reason] = (counts[d.reason] ?? 0) + 1;
-        continue;
-      }
-      const c = candidate(node, d.priceMilliMicros, d.gpus.length, job.cpuMillis, job.memoryMb);
-      if (!best || compareCandidates(c, best) < 0) {
-        best = c;
-        bestGpus = d.gpus;
-      }
-    }
-    if (!best) {
-      const reason = describePending(job, counts, this.nodes.length);
-      this.unplaceable.set(shape, reason);
+    const node = this.best(job);
+    if (!node) {
+      const reason = describePending(job, this.diagnose(job), this.nodes.length);
+      this.failed.set(shape, reason);
       return { placed: false, reason };
     }
-    const node = best.node;
-    const taken = new Set(bestGpus.map((g) => g.id));
-    node.freeGpus = node.freeGpus.filter((g) => !taken.has(g.id));
+    const taken = job.gpuCount > 0 ? matchingGpus(job, node, this.models).slice(0, job.gpuCount) : [];
+    const ids = new Set(taken.map((g) => g.id));
+    node.freeGpus = node.freeGpus.filter((g) => !ids.has(g.id));
     node.freeCpuMillis -= job.cpuMillis;
     node.freeMemoryMb -= job.memoryMb;
     node.lastPlacedAtMs = this.now;
-    return { placed: true, node, gpus: bestGpus };
+    return { placed: true, node, gpus: taken };
+  }
+
+  /**
+   * The best node for the job, by scoring.ts's order, in one pass over the candidates that
+   * allocates nothing: the cheap checks first, and a node that cannot beat the best so far on
+   * price is not looked at further.
+   */
+  private best(job: JobRequest): NodeView | null {
+    let best: Candidate | null = null;
+    for (const node of this.candidatesFor(job)) {
+      if (node.freeCpuMillis < job.cpuMillis || node.freeMemoryMb < job.memoryMb || node.freeGpus.length < job.gpuCount) continue;
+      const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
+      if (!withinPrice(job, price)) continue;
+      if (best && price > best.priceMilliMicros) continue;
+      if (!fitsConstraints(job, node)) continue;
+      if (job.gpuCount > 0 && countMatchingGpus(job, node, this.models) < job.gpuCount) continue;
+      const c = candidate(node, price, job.gpuCount, job.cpuMillis, job.memoryMb);
+      if (!best || compareCandidates(c, best) < 0) best = c;
+    }
+    return best?.node ?? null;
+  }
+
+  /** For a job that fits nowhere: how many nodes broke each rule first (once per shape and pass). */
+  private diagnose(job: JobRequest): RejectionCounts {
+    const counts: RejectionCounts = {};
+    for (const node of this.candidatesFor(job)) {
+      const d = decide(job, node, this.models);
+      if (!d.fits) counts[d.reason] = (counts[d.reason] ?? 0) + 1;
+    }
+    return counts;
   }
 }
 
@@ -185,6 +208,7 @@ interface Cursor {
 
 type QueueRow = {
   id: string;
+  queue_shape: string;
   priority: number;
   created_at: string;
   created_ms: number;
@@ -203,26 +227,29 @@ type QueueRow = {
 /**
  * The next batch of the queue in priority-then-age order after `cursor`. With `bounds`, jobs that
  * cannot fit any node in this pass by size or by price alone are left in the database, unless
- * they have no reason yet (just submitted or re-queued): those always come, to get one.
+ * they have no reason yet (just submitted or re-queued): those come, to get one. Shapes already
+ * found to fit nowhere in this pass are left there too: their reason is written by shape.
  */
 export async function loadQueueBatch(
   db: DbOrTx,
   cursor: Cursor | null,
   limit: number,
   bounds: ReturnType<PassState['bounds']> | null,
+  skipShapes: ReadonlySet<string> = new Set(),
 ): Promise<{ jobs: QueuedJob[]; cursor: Cursor | null }> {
   const after: SQL = cursor
-    ? sql`and (priority < ${cursor.priority} or (priority = ${cursor.priority} and (created_at, id) > (${cursor.createdAt}::timestamptz, ${cursor.id})))`
+    ? sql`and (-priority, created_at, id) > (${-cursor.priority}::int, ${cursor.createdAt}::timestamptz, ${cursor.id}::text)`
     : sql``;
   const rows = await executeRows<QueueRow>(
     db,
-    sql`select id, priority, created_at::text as created_at, (extract(epoch from created_at) * 1000)::float8 as created_ms,
+    sql`select id, queue_shape, priority, created_at::text as created_at, (extract(epoch from created_at) * 1000)::float8 as created_ms,
           cpu_millis, memory_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda
         from ${jobs}
         where status = 'queued' ${after}
           ${bounds ? withinBounds(bounds) : sql``}
-        order by priority desc, created_at, id
+          ${skipShapes.size ? sql`and queue_shape not in (${sql.join([...skipShapes].map((x) => sql`${x}`), sql`, `)})` : sql``}
+        order by (-priority), created_at, id
         limit ${limit}`,
   );
   const last = rows[rows.length - 1];
@@ -243,6 +270,7 @@ function toQueuedJob(r: QueueRow): QueuedJob {
   const c = (typeof r.constraints === 'string' ? JSON.parse(r.constraints) : r.constraints) as Constraints | null;
   return {
     id: r.id,
+    shape: r.queue_shape,
     priority: Number(r.priority),
     createdAtMs: Number(r.created_ms),
     pendingReason: r.pending_reason,
@@ -276,6 +304,10 @@ export interface PassDeps {
    * the ones that cannot (the loop does this every few seconds, tests on every pass they run).
    */
   full?: boolean;
+  /** What this scheduler last wrote as each shape's reason (kept across passes by the loop). */
+  reasons?: Map<string, string>;
+  /** Called after each committed batch with how many it placed (the benchmark's counter). */
+  onBatch?: (placed: number) => void;
   /** Tests: called between planning a batch and committing it. */
   beforeCommit?: () => Promise<void> | void;
 }
@@ -303,20 +335,25 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   const { db } = deps.database;
   const result: PassResult = { placed: 0, unplaced: 0, batches: 0, conflicts: 0 };
   let state = await loadPassState(db, deps.clock.now().getTime());
+  /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */
+  const failed = new Map<string, string>();
   let cursor: Cursor | null = null;
+  const read = () => loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds(), new Set(failed.keys()));
   for (;;) {
-    let batch = await loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds());
+    let batch = await read();
     if (!batch.jobs.length) break;
     for (let attempt = 0; ; attempt++) {
+      const placements = plan(state, batch.jobs);
       const at = deps.clock.now();
-      const { placements, reasons } = plan(state, batch.jobs);
       try {
         if (deps.beforeCommit) await deps.beforeCommit();
-        await commitBatch(deps, placements, reasons, at);
+        await commitBatch(deps, placements, at);
+        for (const [shape, reason] of state.failed) failed.set(shape, reason);
         result.placed += placements.length;
         result.unplaced += batch.jobs.length - placements.length;
         result.batches++;
         if (placements.length) deps.onLeased?.([...new Set(placements.map((p) => p.nodeId))]);
+        deps.onBatch?.(placements.length);
         break;
       } catch (err) {
         if (!isRetryable(err) || attempt >= 4) throw err;
@@ -324,57 +361,75 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
         result.conflicts++;
         deps.log.info('placement batch conflicted; planning it again', { error: String((err as Error).message ?? err), attempt });
         state = await loadPassState(db, deps.clock.now().getTime());
-        batch = await loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds());
+        for (const [shape, reason] of failed) state.failed.set(shape, reason);
+        batch = await read();
         if (!batch.jobs.length) break;
       }
     }
     if (batch.jobs.length < deps.batchSize) break;
     cursor = batch.cursor;
   }
+  await explain(deps, state.failed);
   return result;
 }
 
-function plan(state: PassState, queue: QueuedJob[]): { placements: Placement[]; reasons: Map<string, string> } {
+function plan(state: PassState, queue: QueuedJob[]): Placement[] {
   const placements: Placement[] = [];
-  const reasons = new Map<string, string>();
   for (const job of queue) {
     const out = state.place(job);
-    if (out.placed) {
-      placements.push({
-        jobId: job.id,
-        nodeId: out.node.id,
-        gpuIds: out.gpus.map((g) => g.id),
-        leaseId: newId('lease'),
-        cpuMillis: job.cpuMillis,
-        memoryMb: job.memoryMb,
-        priceGpuHourMicros: out.node.priceGpuHourMicros,
-        priceCpuHourMicros: out.node.priceCpuHourMicros,
-      });
-    } else if (out.reason !== job.pendingReason) {
-      reasons.set(job.id, out.reason);
-    }
+    if (!out.placed) continue;
+    placements.push({
+      jobId: job.id,
+      nodeId: out.node.id,
+      gpuIds: out.gpus.map((g) => g.id),
+      leaseId: newId('lease'),
+      cpuMillis: job.cpuMillis,
+      memoryMb: job.memoryMb,
+      priceGpuHourMicros: out.node.priceGpuHourMicros,
+      priceCpuHourMicros: out.node.priceCpuHourMicros,
+    });
   }
-  return { placements, reasons };
+  return placements;
 }
 
-async function commitBatch(deps: PassDeps, placements: Placement[], reasons: Map<string, string>, at: Date): Promise<void> {
-  if (!placements.length && !reasons.size) return;
+async function commitBatch(deps: PassDeps, placements: Placement[], at: Date): Promise<void> {
+  if (!placements.length) return;
   const expiresAt = new Date(at.getTime() + deps.leaseTtlSeconds * 1000);
   await deps.database.db.transaction(async (tx) => {
     await leaseJobs(tx, placements, expiresAt, at);
-    if (reasons.size) {
-      const rows = [...reasons].map(([id, reason]) => sql`(${id}::text, ${reason}::text)`);
-      await tx.execute(
-        sql`update ${jobs} set pending_reason = v.reason from (values ${sql.join(rows, sql`, `)}) as v(id, reason)
-            where ${jobs}.id = v.id and ${jobs}.status = 'queued'`,
-      );
-    }
-    if (placements.length && deps.database.driver === 'postgres') {
+    if (deps.database.driver === 'postgres') {
       for (const chunk of chunks([...new Set(placements.map((p) => p.nodeId))], 200)) {
         await tx.execute(sql`select pg_notify(${leaseChannel}, ${chunk.join(',')})`);
       }
     }
   });
+}
+
+/**
+ * Writes why the jobs of each shape that fit nowhere wait, by shape rather than job by job:
+ * jobs without a reason yet always, and every job of a shape whose reason changed since this
+ * scheduler last wrote it (every shape on a full pass, to repair what another scheduler wrote).
+ */
+async function explain(deps: PassDeps, failed: Map<string, string>): Promise<void> {
+  if (!failed.size) return;
+  const memo = deps.reasons;
+  const all = [...failed];
+  const changed = deps.full || !memo ? all : all.filter(([shape, reason]) => memo.get(shape) !== reason);
+  const values = (entries: [string, string][]) => sql.join(entries.map(([shape, reason]) => sql`(${shape}::text, ${reason}::text)`), sql`, `);
+  const { db } = deps.database;
+  for (const part of chunks(all, 500)) {
+    await db.execute(sql`update ${jobs} set pending_reason = v.reason from (values ${values(part)}) as v(shape, reason)
+      where ${jobs}.status = 'queued' and ${jobs}.pending_reason is null and ${jobs}.queue_shape = v.shape`);
+  }
+  for (const part of chunks(changed, 500)) {
+    await db.execute(sql`update ${jobs} set pending_reason = v.reason from (values ${values(part)}) as v(shape, reason)
+      where ${jobs}.status = 'queued' and ${jobs}.queue_shape = v.shape and ${jobs}.pending_reason is distinct from v.reason`);
+  }
+  if (memo) {
+    for (const [shape, reason] of all) memo.set(shape, reason);
+    // Bounded: shapes come and go with the queue.
+    if (memo.size > 50_000) memo.clear();
+  }
 }
 
 function chunks<T>(items: T[], size: number): T[][] {

@@ -37,6 +37,11 @@ export const jobs = pgTable(
     priceGpuHourMicros: bigint('price_gpu_hour_micros', { mode: 'number' }),
     priceCpuHourMicros: bigint('price_cpu_hour_micros', { mode: 'number' }),
     pendingReason: text('pending_reason'),
+    // Everything that decides where a job can fit, hashed: the scheduler skips and explains a
+    // shape that fits nowhere once per pass, not once per job.
+    queueShape: text('queue_shape').generatedAlwaysAs(
+      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', ''))`,
+    ),
     cancelRequestedAt: at('cancel_requested_at'),
     idempotencyKey: text('idempotency_key'),
     createdAt: createdAt(),
@@ -60,9 +65,16 @@ export const jobs = pgTable(
     index('jobs_account_id').on(t.accountId, t.id),
     index('jobs_account_status_id').on(t.accountId, t.status, t.id),
     // The scheduler's queue: queued jobs by priority, then age.
+    // (-priority) so that one row comparison walks it from a cursor: (-priority, created_at, id) > (...).
     index('jobs_queue')
-      .on(t.priority.desc(), t.createdAt, t.id)
+      .on(sql`(-${t.priority})`, t.createdAt, t.id)
       .where(sql`${t.status} = 'queued'`),
+    index('jobs_queue_shape')
+      .on(t.queueShape)
+      .where(sql`${t.status} = 'queued'`),
+    index('jobs_queue_unexplained')
+      .on(t.queueShape)
+      .where(sql`${t.status} = 'queued' and ${t.pendingReason} is null`),
     index('jobs_node_live')
       .on(t.nodeId)
       .where(sql`${t.status} in ('leased', 'running')`),

@@ -300,7 +300,9 @@ export class DockerRuntime implements Executor {
       const usage = await sampler.stop();
       const end = await this.api.getContainer(info.Id).inspect();
       const result = this.outcome(grant, end, stoppedFor, usage);
-      await saveOutputs(ctx, outputsDir, join(dir, 'outputs.tar'), this.o.outputsMaxBytes ?? defaultOutputsMaxBytes, (m, f) => this.o.log.warn(m, { jobId: grant.jobId, ...f }));
+      // A lease that is gone takes nothing more from this run: the coordinator would refuse it.
+      const leaseGone = stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
+      if (!leaseGone) await saveOutputs(ctx, outputsDir, join(dir, 'outputs.tar'), this.o.outputsMaxBytes ?? defaultOutputsMaxBytes, (m, f) => this.o.log.warn(m, { jobId: grant.jobId, ...f }));
       await this.remove(info.Id, dir);
       return result;
     } finally {

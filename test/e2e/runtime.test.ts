@@ -220,6 +220,15 @@ describe.skipIf(!docker)('jobs run as containers through the Docker engine', () 
     expect(reasons).toMatch(/pulling image/);
     expect(reasons).toMatch(/pulled image .*sha256:[0-9a-f]{64}/);
 
+    // Pinned by digest: pulled by it, and run.
+    const digestRef = (await engine.getImage(registryImage).inspect()).RepoDigests.find((d) => d.startsWith(registryImage.split(':latest')[0]!))!;
+    expect(digestRef).toMatch(/@sha256:[0-9a-f]{64}$/);
+    await engine.getImage(registryImage).remove({ force: true }).catch(() => {});
+    await engine.getImage(digestRef).remove({ force: true }).catch(() => {});
+    const pinned = await submit(spec('echo pinned', { image: digestRef }));
+    expect(await ended(pinned.id)).toMatchObject({ status: 'succeeded' });
+    expect((await logs(pinned.id)).stdout).toEqual(['pinned']);
+
     const registry = registryImage.split('/')[0];
     const missing = await submit(spec('true', { image: `${registry}/gantry/does-not-exist:1.0`, maxAttempts: 3 }));
     const end = await ended(missing.id);

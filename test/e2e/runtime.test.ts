@@ -221,7 +221,8 @@ describe.skipIf(!docker)('jobs run as containers through the Docker engine', () 
     expect(reasons).toMatch(/pulled image .*sha256:[0-9a-f]{64}/);
 
     // Pinned by digest: pulled by it, and run.
-    const digestRef = (await engine.getImage(registryImage).inspect()).RepoDigests.find((d) => d.startsWith(registryImage.split(':latest')[0]!))!;
+    const repo = registryImage.replace(/:[^/:]+$/, '');
+    const digestRef = (await engine.getImage(registryImage).inspect()).RepoDigests.find((d) => d.startsWith(repo))!;
     expect(digestRef).toMatch(/@sha256:[0-9a-f]{64}$/);
     await engine.getImage(registryImage).remove({ force: true }).catch(() => {});
     await engine.getImage(digestRef).remove({ force: true }).catch(() => {});

@@ -192,6 +192,12 @@ CREATE TABLE "pool_history" (
 	"sample" jsonb NOT NULL
 );
 --> statement-breakpoint
+CREATE TABLE "queue_reasons" (
+	"shape" text PRIMARY KEY NOT NULL,
+	"reason" text NOT NULL,
+	"updated_at" timestamp with time zone DEFAULT now() NOT NULL
+);
+--> statement-breakpoint
 ALTER TABLE "api_keys" ADD CONSTRAINT "api_keys_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "job_events" ADD CONSTRAINT "job_events_job_id_jobs_id_fk" FOREIGN KEY ("job_id") REFERENCES "public"."jobs"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "jobs" ADD CONSTRAINT "jobs_account_id_accounts_id_fk" FOREIGN KEY ("account_id") REFERENCES "public"."accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
@@ -210,7 +216,6 @@ CREATE INDEX "jobs_account_id" ON "jobs" USING btree ("account_id","id");--> sta
 CREATE INDEX "jobs_account_status_id" ON "jobs" USING btree ("account_id","status","id");--> statement-breakpoint
 CREATE INDEX "jobs_queue" ON "jobs" USING btree ((-"priority"),"created_at","id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
 CREATE INDEX "jobs_queue_shape" ON "jobs" USING btree ("queue_shape") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
-CREATE INDEX "jobs_queue_unexplained" ON "jobs" USING btree ("queue_shape") WHERE "jobs"."status" = 'queued' and "jobs"."pending_reason" is null;--> statement-breakpoint
 CREATE INDEX "jobs_node_live" ON "jobs" USING btree ("node_id") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
 CREATE INDEX "jobs_lease_expiry" ON "jobs" USING btree ("lease_expires_at") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
 CREATE INDEX "jobs_started_at" ON "jobs" USING btree ("started_at") WHERE "jobs"."started_at" is not null;--> statement-breakpoint

@@ -4,7 +4,7 @@ import { newId } from '../../shared/ids.ts';
 import { type Job, type JobSpec, type JobStatus, isTerminal } from '../../shared/jobs.ts';
 import { toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
-import { jobEvents, jobs } from '../db/schema/index.ts';
+import { jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
 import { ApiError, notFound } from '../http/problem.ts';
 
 export type JobRow = typeof jobs.$inferSelect;
@@ -130,11 +130,17 @@ export async function submitJob(
 /** A job as its owner sees it; another tenant's job is not found. */
 export async function getOwnJob(db: DbOrTx, accountId: string, jobId: string): Promise<JobRow> {
   const [row] = await db
-    .select()
+    .select({ job: jobs, shapeReason: queueReasons.reason })
     .from(jobs)
+    .leftJoin(queueReasons, eq(queueReasons.shape, jobs.queueShape))
     .where(and(eq(jobs.id, jobId), eq(jobs.accountId, accountId)));
   if (!row) throw notFound('job');
-  return row;
+  return withShapeReason(row);
+}
+
+/** A queued job waits for the reason the scheduler keeps for its shape (queue_reasons), or its own. */
+function withShapeReason(r: { job: JobRow; shapeReason: string | null }): JobRow {
+  return r.job.status === 'queued' && r.shapeReason ? { ...r.job, pendingReason: r.shapeReason } : r.job;
 }
 
 export async function listJobs(
@@ -146,12 +152,13 @@ export async function listJobs(
   if (opts.status) where.push(eq(jobs.status, opts.status));
   if (opts.cursor) where.push(lt(jobs.id, opts.cursor));
   const rows = await db
-    .select()
+    .select({ job: jobs, shapeReason: queueReasons.reason })
     .from(jobs)
+    .leftJoin(queueReasons, eq(queueReasons.shape, jobs.queueShape))
     .where(and(...where))
     .orderBy(desc(jobs.id))
     .limit(opts.limit + 1);
-  const items = rows.slice(0, opts.limit);
+  const items = rows.slice(0, opts.limit).map(withShapeReason);
   return { items, nextCursor: rows.length > opts.limit ? items[items.length - 1]!.id : null };
 }
 

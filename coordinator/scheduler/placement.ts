@@ -4,7 +4,7 @@ import type { JobSpec } from '../../shared/jobs.ts';
 import type { Clock } from '../clock.ts';
 import type { Database, DbOrTx } from '../db/open.ts';
 import { toNumber } from '../db/open.ts';
-import { gpus, jobs, nodes } from '../db/schema/index.ts';
+import { gpus, jobs, nodes, queueReasons } from '../db/schema/index.ts';
 import { executeRows, leaseJobs, PlacementConflict, type Placement } from '../jobs/transitions.ts';
 import type { Logger } from '../log.ts';
 import {
@@ -227,8 +227,8 @@ type QueueRow = {
 /**
  * The next batch of the queue in priority-then-age order after `cursor`. With `bounds`, jobs that
  * cannot fit any node in this pass by size or by price alone are left in the database, unless
- * they have no reason yet (just submitted or re-queued): those come, to get one. Shapes already
- * found to fit nowhere in this pass are left there too: their reason is written by shape.
+ * their shape has no reason yet (a shape not seen before): those come, to get one. Shapes
+ * already found to fit nowhere in this pass are left there too.
  */
 export async function loadQueueBatch(
   db: DbOrTx,
@@ -260,7 +260,7 @@ export async function loadQueueBatch(
 }
 
 function withinBounds(b: ReturnType<PassState['bounds']>): SQL {
-  return sql`and (pending_reason is null or (
+  return sql`and (not exists (select 1 from ${queueReasons} r where r.shape = ${jobs}.queue_shape) or (
     gpu_count <= ${b.gpus} and cpu_millis <= ${b.cpuMillis} and memory_mb <= ${b.memoryMb}
     and (max_price_micros is null
       or max_price_micros::numeric * 1000 >= gpu_count::numeric * ${b.minPriceGpu} * 1000 + cpu_millis::numeric * ${b.minPriceCpu})))`;
@@ -369,7 +369,7 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
     if (batch.jobs.length < deps.batchSize) break;
     cursor = batch.cursor;
   }
-  await explain(deps, state.failed);
+  await explain(deps, state.failed, deps.clock.now());
   return result;
 }
 
@@ -406,29 +406,31 @@ async function commitBatch(deps: PassDeps, placements: Placement[], at: Date): P
 }
 
 /**
- * Writes why the jobs of each shape that fit nowhere wait, by shape rather than job by job:
- * jobs without a reason yet always, and every job of a shape whose reason changed since this
- * scheduler last wrote it (every shape on a full pass, to repair what another scheduler wrote).
+ * Writes why the jobs of each shape that fit nowhere wait: one queue_reasons row per shape, only
+ * where it changed since this scheduler last wrote it (every shape on a full pass, which also
+ * drops the rows of shapes no job waits with any more).
  */
-async function explain(deps: PassDeps, failed: Map<string, string>): Promise<void> {
-  if (!failed.size) return;
+async function explain(deps: PassDeps, failed: Map<string, string>, at: Date): Promise<void> {
   const memo = deps.reasons;
-  const all = [...failed];
-  const changed = deps.full || !memo ? all : all.filter(([shape, reason]) => memo.get(shape) !== reason);
-  const values = (entries: [string, string][]) => sql.join(entries.map(([shape, reason]) => sql`(${shape}::text, ${reason}::text)`), sql`, `);
+  const changed = [...failed].filter(([shape, reason]) => deps.full || !memo || memo.get(shape) !== reason);
   const { db } = deps.database;
-  for (const part of chunks(all, 500)) {
-    await db.execute(sql`update ${jobs} set pending_reason = v.reason from (values ${values(part)}) as v(shape, reason)
-      where ${jobs}.status = 'queued' and ${jobs}.pending_reason is null and ${jobs}.queue_shape = v.shape`);
-  }
   for (const part of chunks(changed, 500)) {
-    await db.execute(sql`update ${jobs} set pending_reason = v.reason from (values ${values(part)}) as v(shape, reason)
-      where ${jobs}.status = 'queued' and ${jobs}.queue_shape = v.shape and ${jobs}.pending_reason is distinct from v.reason`);
+    await db
+      .insert(queueReasons)
+      .values(part.map(([shape, reason]) => ({ shape, reason, updatedAt: at })))
+      .onConflictDoUpdate({
+        target: queueReasons.shape,
+        set: { reason: sql`excluded.reason`, updatedAt: sql`excluded.updated_at` },
+        setWhere: sql`${queueReasons.reason} is distinct from excluded.reason`,
+      });
   }
   if (memo) {
-    for (const [shape, reason] of all) memo.set(shape, reason);
-    // Bounded: shapes come and go with the queue.
+    for (const [shape, reason] of changed) memo.set(shape, reason);
     if (memo.size > 50_000) memo.clear();
+  }
+  if (deps.full) {
+    await db.execute(sql`delete from ${queueReasons} q
+      where not exists (select 1 from ${jobs} j where j.status = 'queued' and j.queue_shape = q.shape)`);
   }
 }
 

@@ -5,3 +5,4 @@ export * from './nodes.ts';
 export * from './leases.ts';
 export * from './logs.ts';
 export * from './pool.ts';
+export * from './queue.ts';

@@ -38,7 +38,7 @@ export const jobs = pgTable(
     priceCpuHourMicros: bigint('price_cpu_hour_micros', { mode: 'number' }),
     pendingReason: text('pending_reason'),
     // Everything that decides where a job can fit, hashed: the scheduler skips and explains a
-    // shape that fits nowhere once per pass, not once per job.
+    // shape that fits nowhere once per pass, not once per job (queue_reasons).
     queueShape: text('queue_shape').generatedAlwaysAs(
       sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', ''))`,
     ),
@@ -72,9 +72,6 @@ export const jobs = pgTable(
     index('jobs_queue_shape')
       .on(t.queueShape)
       .where(sql`${t.status} = 'queued'`),
-    index('jobs_queue_unexplained')
-      .on(t.queueShape)
-      .where(sql`${t.status} = 'queued' and ${t.pendingReason} is null`),
     index('jobs_node_live')
       .on(t.nodeId)
       .where(sql`${t.status} in ('leased', 'running')`),

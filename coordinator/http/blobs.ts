@@ -10,6 +10,8 @@ import { requireAgent } from '../nodes/agent-auth.ts';
 import type { AppEnv } from './env.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 
+/** Agent routes authenticate with the agent's own signed token, not an API key. */
+const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const bytes = { content: { 'application/octet-stream': { schema: z.string().openapi({ format: 'binary' }) } } };
 const DigestParam = z.object({ digest: BlobDigest });
@@ -70,7 +72,7 @@ export function blobRoutes(deps: AppDeps) {
       method: 'get',
       path: '/v1/agent/jobs/{id}/inputs/{digest}',
       summary: 'Agent: an input of a job this node holds at this epoch',
-      security: bearerAuth,
+      security: agentAuth,
       request: {
         params: z.object({ id: z.string().regex(idPattern('job'), 'not a job id'), digest: BlobDigest }),
         query: EpochQuery,

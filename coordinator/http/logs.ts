@@ -10,6 +10,8 @@ import { appendChunk, jobEndState, logTopic, readChunks, readOwnLog, recordProgr
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 
+/** Agent routes authenticate with the agent's own signed token, not an API key. */
+const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
 
@@ -32,7 +34,7 @@ export function logRoutes(deps: AppDeps) {
       method: 'post',
       path: '/v1/agent/jobs/{id}/logs',
       summary: "Agent: store one numbered chunk of a job's output (idempotent by seq)",
-      security: bearerAuth,
+      security: agentAuth,
       request: { params: JobIdParam, body: { required: true, ...json(LogChunk) } },
       responses: { 200: { description: 'Stored, or already stored', ...json(LogChunkAccepted) }, ...errorResponses },
     }),
@@ -50,7 +52,7 @@ export function logRoutes(deps: AppDeps) {
       method: 'post',
       path: '/v1/agent/jobs/{id}/progress',
       summary: "Agent: a progress note (an image pull) in the job's events",
-      security: bearerAuth,
+      security: agentAuth,
       request: { params: JobIdParam, body: { required: true, ...json(JobProgress) } },
       responses: { 204: { description: 'Recorded' }, ...errorResponses },
     }),

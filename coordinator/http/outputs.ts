@@ -9,6 +9,8 @@ import { requireAgent } from '../nodes/agent-auth.ts';
 import { blobResponse, checkDeclaredLength, EpochQuery } from './blobs.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 
+/** Agent routes authenticate with the agent's own signed token, not an API key. */
+const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
 const tar = { content: { 'application/x-tar': { schema: z.string().openapi({ format: 'binary' }) } } };
@@ -25,7 +27,7 @@ export function outputRoutes(deps: AppDeps) {
       method: 'post',
       path: '/v1/agent/jobs/{id}/outputs',
       summary: "Agent: the tar of the job's /outputs, as the raw body (size-capped)",
-      security: bearerAuth,
+      security: agentAuth,
       request: { params: JobIdParam, query: EpochQuery, body: { required: true, ...tar } },
       responses: { 201: { description: 'Stored', ...json(JobOutputsInfo) }, ...errorResponses },
     }),
@@ -48,7 +50,7 @@ export function outputRoutes(deps: AppDeps) {
       method: 'post',
       path: '/v1/agent/jobs/{id}/result',
       summary: "Agent: the job's /outputs/result.json, stored on the job",
-      security: bearerAuth,
+      security: agentAuth,
       request: { params: JobIdParam, body: { required: true, ...json(JobResultUpload) } },
       responses: { 204: { description: 'Stored' }, ...errorResponses },
     }),

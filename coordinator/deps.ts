@@ -18,11 +18,13 @@ export interface HeartbeatExtras {
 
 /**
  * The scheduler/lease side's part in a heartbeat, called by the nodes side after it stored the
- * heartbeat, in the same transaction. The default does nothing.
+ * heartbeat: in the same transaction when the node reports jobs (or hardware); for a node that
+ * holds none, after the heartbeat's single statement, with the database itself (nothing to
+ * renew, and BEGIN/COMMIT would triple an idle heartbeat's cost). The default does nothing.
  */
 export interface HeartbeatHook {
   onHeartbeat(
-    tx: import('./db/open.ts').Tx,
+    tx: import('./db/open.ts').DbOrTx,
     nodeId: string,
     // draining: the node row's flag as the heartbeat just read it (the hook need not read it again).
     report: { jobs: { jobId: string; epoch: number }[]; draining?: boolean },

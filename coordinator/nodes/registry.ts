@@ -3,7 +3,7 @@ import type { GpuDevice, HardwareReport } from '../../shared/hardware.ts';
 import { newId } from '../../shared/ids.ts';
 import { toMicros } from '../../shared/money.ts';
 import type { Heartbeat, HeartbeatAnswer, RegisterNode, RegisteredNode } from '../../shared/nodes.ts';
-import type { Tx } from '../db/open.ts';
+import type { DbOrTx, Tx } from '../db/open.ts';
 import { gpus, nodes } from '../db/schema/index.ts';
 import type { AppDeps } from '../deps.ts';
 import { ApiError } from '../http/problem.ts';
@@ -243,56 +243,69 @@ const heartbeatStatement = `
     (select coalesce(array_agg(distinct uuid), '{}') from gpus where node_id = $1::text) as uuids
   from n`;
 
+/**
+ * The same for a node that holds no job, as a statement of its own: its commit does not wait for
+ * the disk (a crash of PostgreSQL can lose the last few hundred ms of liveness and metrics, which
+ * the next heartbeats restate), so a connection is held for the statement and no fsync.
+ */
+const idleHeartbeatStatement = `${heartbeatStatement}, (select set_config('synchronous_commit', 'off', true)) as async_commit`;
+
 const intOrNull = (n: number | null | undefined) => (n === null || n === undefined ? null : Math.round(n));
 
 /**
- * One heartbeat, in one transaction: liveness, latest metrics on the node and its GPUs, one
- * node_metrics row per node per minute, the hardware when re-reported, and the lease side's
- * answer through the heartbeat hook.
+ * One heartbeat: liveness, latest metrics on the node and its GPUs, one node_metrics row per
+ * node per minute, the hardware when re-reported, and the lease side's answer through the
+ * heartbeat hook. A node that holds jobs or re-reports hardware gets one transaction for all of
+ * it; an idle one (most of a pool, most of the time) is one prepared statement and no
+ * transaction around it: BEGIN and COMMIT would triple its cost, and there is nothing to renew.
  */
 export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat, at: Date): Promise<HeartbeatAnswer> {
   const atIso = at.toISOString();
-  const metricsJson = JSON.stringify(hb.metrics);
-  const gpuJson = JSON.stringify(
-    hb.metrics.gpus.map((g) => ({
-      uuid: g.id,
-      u: intOrNull(g.utilizationPct),
-      m: intOrNull(g.memoryUsedMb),
-      t: intOrNull(g.temperatureC),
-      p: intOrNull(g.powerW),
-    })),
-  );
+  const params = [
+    nodeId,
+    atIso,
+    JSON.stringify(hb.metrics),
+    hb.agentVersion ?? null,
+    JSON.stringify(
+      hb.metrics.gpus.map((g) => ({
+        uuid: g.id,
+        u: intOrNull(g.utilizationPct),
+        m: intOrNull(g.memoryUsedMb),
+        t: intOrNull(g.temperatureC),
+        p: intOrNull(g.powerW),
+      })),
+    ),
+  ];
   let change: HardwareChange | null = null;
   let prevStatus = 'online';
-  const answer = await deps.database.db.transaction(async (tx) => {
-    if (hb.hardware) {
-      const [node] = await tx.select().from(nodes).where(eq(nodes.id, nodeId)).for('update');
-      if (!node || node.status === 'retired') throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
-      change = await applyHardware(deps, tx, node, hb.hardware, at);
-    }
-    const [row] = await runStatement<BeatRow>(deps.database, tx, heartbeatStatement, [
-      nodeId,
-      atIso,
-      metricsJson,
-      hb.agentVersion ?? null,
-      gpuJson,
-    ]);
+  const beat = async (q: DbOrTx, statement: string) => {
+    const [row] = await runStatement<BeatRow>(deps.database, q, statement, params);
     if (!row) throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
     prevStatus = row.prev_status;
-    const extras = await deps.heartbeatHook.onHeartbeat(tx, nodeId, { jobs: hb.jobs, draining: row.draining }, at);
+    const extras = await deps.heartbeatHook.onHeartbeat(q, nodeId, { jobs: hb.jobs, draining: row.draining }, at);
     const known = new Set(textArray(row.uuids));
     const sampled = new Set(hb.metrics.gpus.map((g) => g.id));
     const hardwareWanted = !hb.hardware && (known.size !== sampled.size || [...sampled].some((u) => !known.has(u)));
-    const c = change as HardwareChange | null;
     return {
       ...extras,
       nodeId,
       status: 'online' as const,
       receivedAt: atIso,
       hardwareWanted,
-      warnings: c?.refused ?? [],
+      warnings: (change as HardwareChange | null)?.refused ?? [],
     };
-  });
+  };
+  const answer =
+    !hb.hardware && hb.jobs.length === 0
+      ? await beat(deps.database.db, idleHeartbeatStatement)
+      : await deps.database.db.transaction(async (tx) => {
+          if (hb.hardware) {
+            const [node] = await tx.select().from(nodes).where(eq(nodes.id, nodeId)).for('update');
+            if (!node || node.status === 'retired') throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
+            change = await applyHardware(deps, tx, node, hb.hardware, at);
+          }
+          return beat(tx, heartbeatStatement);
+        });
   const c = change as HardwareChange | null;
   if (c && (c.added.length || c.removed.length || c.changed.length || c.refused.length)) {
     deps.log.info('node hardware changed', { nodeId, added: c.added, removed: c.removed, changed: c.changed, requeued: c.requeued });

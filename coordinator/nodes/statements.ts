@@ -1,4 +1,4 @@
-import type { Database, Tx } from '../db/open.ts';
+import type { Database, DbOrTx } from '../db/open.ts';
 
 // The heartbeat's statement runs 2,000 times a second at 10,000 nodes: its text is built once,
 // and on PostgreSQL it is a prepared statement (postgres.js prepares it once per connection),
@@ -12,9 +12,9 @@ interface PgliteClient {
   query(text: string, params: unknown[]): Promise<{ rows: unknown[] }>;
 }
 
-/** Runs fixed SQL text with positional parameters ($1, $2, …) on the transaction's own connection. */
-export async function runStatement<T>(database: Pick<Database, 'driver'>, tx: Tx, text: string, params: (string | number | null)[]): Promise<T[]> {
-  // drizzle keeps the driver's transaction client on its session (drizzle-orm 0.45, both drivers).
+/** Runs fixed SQL text with positional parameters ($1, $2, …): in the transaction, on its connection, or on its own. */
+export async function runStatement<T>(database: Pick<Database, 'driver'>, tx: DbOrTx, text: string, params: (string | number | null)[]): Promise<T[]> {
+  // drizzle keeps the driver's client (the transaction's, in one) on its session (drizzle-orm 0.45, both drivers).
   const client = (tx as unknown as { session: { client: unknown } }).session.client;
   if (database.driver === 'postgres') return (await (client as PostgresJsClient).unsafe(text, params, { prepare: true })) as T[];
   return (await (client as PgliteClient).query(text, params)).rows as T[];

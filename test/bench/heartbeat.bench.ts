@@ -38,6 +38,16 @@ try {
   process.exit(0);
 }
 const databaseUrl = adminUrl.replace(/\/[^/]*$/, `/${dbName}`);
+// Stopped early (timeout, Ctrl-C): the coordinator and the scratch database go too.
+let cleanup = async () => {};
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+cleanup = async () => {
+  await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
+};
 
 interface SimNode {
   id: string;
@@ -105,6 +115,10 @@ const coordinator = spawnCoordinator({
   // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile the coordinator.
   process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [],
 );
+cleanup = async () => {
+  await coordinator.stop(2_000).catch(() => {});
+  await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
+};
 const { url: base } = await coordinator.ready;
 const target = new URL(base);
 const pid = coordinator.child.pid!;
@@ -209,7 +223,9 @@ async function closedLoop(concurrency: number, until: (sentSoFar: number) => boo
 
 const cold = await closedLoop(64, (i) => i < nodeCount);
 const capacityEnd = performance.now() + Number(process.env.BENCH_CAPACITY_S ?? 8) * 1000;
+const capCpu0 = [cpuTicks(pid), postgresTicks(), process.cpuUsage()] as const;
 const capacity = await closedLoop(64, () => performance.now() < capacityEnd);
+const capCpu = [(cpuTicks(pid) - capCpu0[0]) / 100, (postgresTicks() - capCpu0[1]) / 100, process.cpuUsage(capCpu0[2])] as const;
 
 const latencies: number[] = [];
 const slowest = new Map<number, number>();
@@ -296,6 +312,10 @@ console.log(`heartbeat_gpus: ${nodeCount * gpusPerNode} gpus`);
 console.log(`heartbeat_seed: ${seedSeconds.toFixed(1)} s`);
 console.log(`heartbeat_cold_start: ${cold.s.toFixed(1)} s (first heartbeat of every node, 64 at a time)`);
 console.log(`heartbeat_capacity: ${(capacity.n / capacity.s).toFixed(0)} heartbeats/s (back to back, 64 connections)`);
+console.log(
+  `heartbeat_capacity_cpu_per_heartbeat: coordinator ${((capCpu[0] / capacity.n) * 1e6).toFixed(0)} us, postgres ${((capCpu[1] / capacity.n) * 1e6).toFixed(0)} us, load generator ${(((capCpu[2].user + capCpu[2].system) / capacity.n)).toFixed(0)} us`,
+);
+console.log(`heartbeat_capacity_cpu: coordinator ${((capCpu[0] / capacity.s) * 100).toFixed(0)} %, postgres ${((capCpu[1] / capacity.s) * 100).toFixed(0)} % of one core`);
 console.log(`heartbeat_target_rate: ${targetRate.toFixed(0)} heartbeats/s`);
 console.log(`heartbeat_achieved_rate: ${(latencies.length / measuredS).toFixed(0)} heartbeats/s`);
 console.log(`heartbeat_p50: ${pct(50).toFixed(1)} ms`);

@@ -76,13 +76,9 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
           }),
       })
     : null;
-  // The renewed expiries count from when the heartbeat left, taken as the held jobs are read.
-  let heartbeatSentAt = Date.now();
-  loop.supplyHeldJobs(() => {
-    heartbeatSentAt = Date.now();
-    return runner?.heldJobs() ?? [];
-  });
-  loop.onAnswer((answer) => runner?.onHeartbeatAnswer(answer, heartbeatSentAt));
+  // The renewed expiries count from when the heartbeat left: the loop says when that was.
+  loop.supplyHeldJobs(() => runner?.heldJobs() ?? []);
+  loop.onAnswer((answer, sentAtMs) => runner?.onHeartbeatAnswer(answer, sentAtMs));
 
   log(`gantry-agent ${agentVersion} running as node ${node.nodeId} (${node.name}) for ${node.coordinatorUrl}, heartbeat every ${settings.heartbeatSeconds} s`);
   const stopped = new Promise<string>((resolve) => {

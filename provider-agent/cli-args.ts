@@ -38,7 +38,7 @@ Options for join and run:
 Options for install-service:
   --state-dir <dir>      as above
   --unit-path <path>     where the unit goes (default: /etc/systemd/system/gantry-agent.service)
-  --user <user>          the user it runs as (default: you)
+  --user <user>          the user it runs as (default: you; under sudo, who ran sudo)
 `;
 
 /** A command line that does not parse: print it with the usage, exit 2. */

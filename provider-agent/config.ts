@@ -147,7 +147,8 @@ export function parseServiceArgs(argv: string[], env: Env = process.env): Servic
     {
       stateDir: resolveStateDir(v['state-dir'] as string | undefined, env),
       unitPath: v['unit-path'] ?? env.GANTRY_AGENT_UNIT_PATH,
-      user: v.user,
+      // Under sudo, the service runs as whoever ran sudo, not as root.
+      user: v.user ?? env.SUDO_USER,
     },
     flagOf,
   );

@@ -84,7 +84,7 @@ describe('PGlite data dir: first start, restart, a second coordinator, a lost ad
     const p = start({ GANTRY_DATA_DIR: dataDir });
     const ready = await p.ready;
     expect(ready.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    expect(p.stdout[0]).toContain(`PGlite in ${dataDir}`);
+    expect(p.stdout.find((l) => l.startsWith('Gantry coordinator'))).toContain(`PGlite in ${dataDir}`);
     const keyLines = p.stdout.filter((l) => l.startsWith('Admin API key: '));
     expect(keyLines).toHaveLength(1);
     expect(keyLines[0]).toMatch(/^Admin API key: gk_[0-9a-z]{12}_[A-Za-z0-9_-]{43}$/);
@@ -245,7 +245,7 @@ describe('HTTPS', () => {
     const p = start({ GANTRY_DATA_DIR: 'memory://', GANTRY_TLS_CERT: cert, GANTRY_TLS_KEY: keyFile });
     const ready = await p.ready;
     expect(ready.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
-    expect(p.stdout[0]).toMatch(/public URL https:\/\//);
+    expect(p.stdout.find((l) => l.startsWith('Gantry coordinator'))).toMatch(/public URL https:\/\//);
     const url = new URL(ready.url);
     const agent = new HttpsAgent({ ca: readFileSync(cert) });
     const get = (path: string, opts: { agent?: HttpsAgent; headers?: Record<string, string> } = {}) =>
@@ -348,7 +348,7 @@ describe.skipIf(postgresSkip)('PostgreSQL: two coordinators started at the same 
       const a = start(env);
       const b = start(env);
       const [ra, rb] = await Promise.all([a.ready, b.ready]);
-      expect(a.stdout[0]).toContain('database: PostgreSQL');
+      expect(a.stdout.find((l) => l.startsWith('Gantry coordinator'))).toContain('database: PostgreSQL');
       const keys = [ra.adminKey, rb.adminKey].filter((k): k is string => k !== null);
       expect(keys).toHaveLength(1);
       const admins = await db<{ n: number }[]>`select count(*)::int as n from accounts where is_admin`;

@@ -195,6 +195,7 @@ CREATE TABLE "pool_history" (
 CREATE TABLE "queue_reasons" (
 	"shape" text PRIMARY KEY NOT NULL,
 	"reason" text NOT NULL,
+	"request" jsonb NOT NULL,
 	"updated_at" timestamp with time zone DEFAULT now() NOT NULL
 );
 --> statement-breakpoint
@@ -214,7 +215,7 @@ CREATE INDEX "job_events_job" ON "job_events" USING btree ("job_id","id");--> st
 CREATE UNIQUE INDEX "jobs_idempotency" ON "jobs" USING btree ("account_id","idempotency_key");--> statement-breakpoint
 CREATE INDEX "jobs_account_id" ON "jobs" USING btree ("account_id","id");--> statement-breakpoint
 CREATE INDEX "jobs_account_status_id" ON "jobs" USING btree ("account_id","status","id");--> statement-breakpoint
-CREATE INDEX "jobs_queue" ON "jobs" USING btree ((-"priority"),"created_at","id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
+CREATE INDEX "jobs_queue" ON "jobs" USING btree ((-"priority"),"id") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
 CREATE INDEX "jobs_queue_shape" ON "jobs" USING btree ("queue_shape") WHERE "jobs"."status" = 'queued';--> statement-breakpoint
 CREATE INDEX "jobs_node_live" ON "jobs" USING btree ("node_id") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint
 CREATE INDEX "jobs_lease_expiry" ON "jobs" USING btree ("lease_expires_at") WHERE "jobs"."status" in ('leased', 'running');--> statement-breakpoint

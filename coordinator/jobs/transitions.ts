@@ -49,12 +49,6 @@ export class PlacementConflict extends Error {}
 /** A timestamp parameter both drivers read the same (postgres.js under drizzle takes no Date in raw SQL). */
 export const ts = (d: Date) => sql`${d.toISOString()}::timestamptz`;
 
-const values = (rows: ReturnType<typeof sql>[][]) =>
-  sql.join(
-    rows.map((r) => sql`(${sql.join(r, sql`, `)})`),
-    sql`, `,
-  );
-
 /**
  * Commits a batch of placements in the caller's transaction, or throws PlacementConflict when
  * anything moved under the plan (a job no longer queued, a GPU taken or gone, a node gone offline,
@@ -63,73 +57,61 @@ const values = (rows: ReturnType<typeof sql>[][]) =>
  */
 export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date, at: Date): Promise<Map<string, number>> {
   if (!batch.length) return new Map();
+  // Each statement takes its rows as one JSON parameter (jsonb_to_recordset): thousands of rows
+  // cost one bind, not thousands of parameters.
+  const json = (rows: unknown[]) => sql`${JSON.stringify(rows)}::jsonb`;
   // Nodes first (the lock order), each with the sum of what the batch takes from it.
-  const perNode = new Map<string, { cpu: number; mem: number; pg: number; pc: number }>();
+  const perNode = new Map<string, { id: string; cpu: number; mem: number; pg: number; pc: number }>();
   for (const p of batch) {
-    const n = perNode.get(p.nodeId) ?? { cpu: 0, mem: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
+    const n = perNode.get(p.nodeId) ?? { id: p.nodeId, cpu: 0, mem: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
     n.cpu += p.cpuMillis;
     n.mem += p.memoryMb;
     perNode.set(p.nodeId, n);
   }
-  const nodeIds = [...perNode.keys()].sort();
-  const nodeRows = nodeIds.map((id) => {
-    const n = perNode.get(id)!;
-    return [sql`${id}::text`, sql`${n.cpu}::int`, sql`${n.mem}::int`, sql`${n.pg}::bigint`, sql`${n.pc}::bigint`];
-  });
+  const nodeRows = [...perNode.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   const updatedNodes = await rows(
     tx,
     sql`update ${nodes} set
           allocated_cpu_millis = ${nodes}.allocated_cpu_millis + v.cpu,
           allocated_memory_mb = ${nodes}.allocated_memory_mb + v.mem,
           last_placed_at = ${ts(at)}
-        from (values ${values(nodeRows)}) as v(id, cpu, mem, pg, pc)
+        from jsonb_to_recordset(${json(nodeRows)}) as v(id text, cpu int, mem int, pg bigint, pc bigint)
         where ${nodes}.id = v.id and ${nodes}.status = 'online' and not ${nodes}.draining
           and ${nodes}.price_gpu_hour_micros = v.pg and ${nodes}.price_cpu_hour_micros = v.pc
         returning ${nodes}.id`,
   );
-  if (updatedNodes.length !== nodeIds.length) throw new PlacementConflict('a node went offline, started draining or changed its prices');
+  if (updatedNodes.length !== nodeRows.length) throw new PlacementConflict('a node went offline, started draining or changed its prices');
 
-  const gpuRows = batch.flatMap((p) => p.gpuIds.map((g) => [sql`${p.nodeId}::text`, sql`${g}::text`, sql`${p.jobId}::text`]));
+  const gpuRows = batch.flatMap((p) => p.gpuIds.map((g) => ({ n: p.nodeId, g, j: p.jobId })));
   if (gpuRows.length) {
     const taken = await rows(
       tx,
-      sql`update ${gpus} set job_id = v.job_id
-          from (values ${values(gpuRows)}) as v(node_id, id, job_id)
-          where ${gpus}.node_id = v.node_id and ${gpus}.id = v.id and ${gpus}.job_id is null
+      sql`update ${gpus} set job_id = v.j
+          from jsonb_to_recordset(${json(gpuRows)}) as v(n text, g text, j text)
+          where ${gpus}.node_id = v.n and ${gpus}.id = v.g and ${gpus}.job_id is null
           returning ${gpus}.id`,
     );
     if (taken.length !== gpuRows.length) throw new PlacementConflict('a GPU was taken or is gone');
   }
 
-  const jobRows = batch.map((p) => [
-    sql`${p.jobId}::text`,
-    sql`${p.nodeId}::text`,
-    sql`${JSON.stringify(p.gpuIds)}::jsonb`,
-    sql`${p.leaseId}::text`,
-    sql`${p.priceGpuHourMicros}::bigint`,
-    sql`${p.priceCpuHourMicros}::bigint`,
-  ]);
-  const leased = await rows<{ id: string; lease_epoch: unknown; status: string }>(
+  const jobRows = batch.map((p) => ({ id: p.jobId, n: p.nodeId, g: p.gpuIds, l: p.leaseId, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros }));
+  const leased = await rows<{ id: string; lease_epoch: unknown }>(
     tx,
     sql`update ${jobs} set
-          status = 'leased', node_id = v.node_id, gpu_ids = v.gpu_ids, lease_id = v.lease_id,
+          status = 'leased', node_id = v.n, gpu_ids = v.g, lease_id = v.l,
           lease_epoch = ${jobs}.lease_epoch + 1, lease_expires_at = ${ts(expiresAt)}, lease_token_expires_at = null,
           attempts = ${jobs}.attempts + 1, price_gpu_hour_micros = v.pg, price_cpu_hour_micros = v.pc,
           leased_at = ${ts(at)}, started_at = null, pending_reason = null, updated_at = ${ts(at)}
-        from (values ${values(jobRows)}) as v(id, node_id, gpu_ids, lease_id, pg, pc)
+        from jsonb_to_recordset(${json(jobRows)}) as v(id text, n text, g jsonb, l text, pg bigint, pc bigint)
         where ${jobs}.id = v.id and ${jobs}.status = 'queued'
         returning ${jobs}.id, ${jobs}.lease_epoch`,
   );
   if (leased.length !== batch.length) throw new PlacementConflict('a job left the queue (cancelled, or placed by another scheduler)');
 
-  await tx.insert(jobEvents).values(
-    batch.map((p) => ({
-      jobId: p.jobId,
-      fromStatus: 'queued',
-      toStatus: 'leased',
-      reason: `leased to ${p.nodeId}${p.gpuIds.length ? ` (GPUs ${p.gpuIds.join(', ')})` : ''}`,
-      at,
-    })),
+  const events = batch.map((p) => ({ j: p.jobId, r: `leased to ${p.nodeId}${p.gpuIds.length ? ` (GPUs ${p.gpuIds.join(', ')})` : ''}` }));
+  await tx.execute(
+    sql`insert into ${jobEvents} (job_id, from_status, to_status, reason, created_at)
+        select v.j, 'queued', 'leased', v.r, ${ts(at)} from jsonb_to_recordset(${json(events)}) as v(j text, r text)`,
   );
   return new Map(leased.map((r) => [r.id, Number(r.lease_epoch)]));
 }

@@ -4,10 +4,13 @@ import type { Database } from '../db/open.ts';
 import { lockKeys } from '../db/migrate.ts';
 import type { Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
-import { schedulePass, type PassResult } from './placement.ts';
+import { schedulePass, type PassResult, type PassState } from './placement.ts';
+
+/** How long passes may place on one reading of the nodes: capacity freed meanwhile shows after at most this. */
+const snapshotMaxAgeMs = 2000;
 
 /** How often a pass reads the whole queue to refresh the reasons of jobs that cannot fit. */
-const fullPassEveryMs = 10_000;
+const fullPassEveryMs = 60_000;
 
 /** Channel that carries "run a pass" to the active scheduler on another replica. */
 export const scheduleChannel = 'gantry_schedule';
@@ -47,6 +50,10 @@ export class SchedulerLoop {
   private offs: (() => void | Promise<void>)[] = [];
   private notifyPending = false;
   private lastFullPass = 0;
+  /** The node snapshot passes reuse for a moment (see PassDeps.snapshot). */
+  private snapshot: { state: PassState | null; maxAgeMs: number } = { state: null, maxAgeMs: snapshotMaxAgeMs };
+  private recheck: NodeJS.Timeout | null = null;
+  private refresh = { lastAt: 0, everyMs: 2000 };
   /** The reason this scheduler last wrote for each shape that fits nowhere. */
   private reasons = new Map<string, string>();
   /** Totals since start, for logs and the benchmark. */
@@ -93,6 +100,8 @@ export class SchedulerLoop {
       batchSize: this.opts.batchSize,
       onLeased: this.opts.onLeased,
       reasons: this.reasons,
+      snapshot: this.snapshot,
+      refresh: this.refresh,
       onBatch: (placed) => {
         this.totals.placed += placed;
       },
@@ -108,6 +117,7 @@ export class SchedulerLoop {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     if (this.electionTimer) clearTimeout(this.electionTimer);
+    if (this.recheck) clearTimeout(this.recheck);
     for (const off of this.offs.splice(0)) await off();
     await this.running?.catch(() => {});
     await this.resign();
@@ -136,6 +146,22 @@ export class SchedulerLoop {
           if (full) this.lastFullPass = now;
           const r = await this.runPass(full);
           this.totals.passes++;
+          // A pass on a kept snapshot could not see capacity freed meanwhile (nor the jobs its
+          // bounds left out): another look once the snapshot is read again. While jobs wait,
+          // their reasons are worked out again every few seconds.
+          const now2 = Date.now();
+          const next = r.snapshotAgeMs
+            ? snapshotMaxAgeMs - r.snapshotAgeMs
+            : this.reasons.size
+              ? this.refresh.lastAt + this.refresh.everyMs - now2
+              : null;
+          if (next !== null && !this.recheck) {
+            this.recheck = setTimeout(() => {
+              this.recheck = null;
+              this.wake();
+            }, Math.max(10, next));
+            this.recheck.unref?.();
+          }
           this.totals.conflicts += r.conflicts;
         } catch (err) {
           this.totals.errors++;

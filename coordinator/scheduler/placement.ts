@@ -5,7 +5,7 @@ import type { Clock } from '../clock.ts';
 import type { Database, DbOrTx } from '../db/open.ts';
 import { toNumber } from '../db/open.ts';
 import { gpus, jobs, nodes, queueReasons } from '../db/schema/index.ts';
-import { executeRows, leaseJobs, PlacementConflict, type Placement } from '../jobs/transitions.ts';
+import { executeRows, leaseJobs, PlacementConflict, ts, type Placement } from '../jobs/transitions.ts';
 import type { Logger } from '../log.ts';
 import {
   countMatchingGpus,
@@ -50,15 +50,27 @@ export class PassState {
   private byRequestedModel = new Map<string, NodeView[]>();
   /** Shapes that fit nowhere, with why: a job asking the same cannot fit either (capacity only shrinks in a pass). */
   readonly failed = new Map<string, string>();
+  /** What each failed shape asks for (one of its jobs), for queue_reasons. */
+  readonly requests = new Map<string, JobRequest>();
 
   constructor(
     readonly nodes: NodeView[],
     private now: number,
+    /** When it was read from the database (ms). */
+    readonly loadedAt = now,
   ) {
     for (const n of nodes) {
       this.byId.set(n.id, n);
       if (n.freeGpus.length) this.gpuNodes.push(n);
     }
+  }
+
+  /** Starts another pass on this (kept) state: what fit nowhere last time may fit now. */
+  beginPass(now: number): this {
+    this.failed.clear();
+    this.requests.clear();
+    this.now = now;
+    return this;
   }
 
   /** Upper bounds on what any node has free: a job above them cannot fit anywhere in this pass. */
@@ -104,6 +116,7 @@ export class PassState {
     if (!node) {
       const reason = describePending(job, this.diagnose(job), this.nodes.length);
       this.failed.set(shape, reason);
+      this.requests.set(shape, job);
       return { placed: false, reason };
     }
     const taken = job.gpuCount > 0 ? matchingGpus(job, node, this.models).slice(0, job.gpuCount) : [];
@@ -133,6 +146,12 @@ export class PassState {
       if (!best || compareCandidates(c, best) < 0) best = c;
     }
     return best?.node ?? null;
+  }
+
+  /** Why a job asking this would wait now, without placing anything. */
+  explainRequest(job: JobRequest): string | null {
+    if (this.best(job)) return null;
+    return describePending(job, this.diagnose(job), this.nodes.length);
   }
 
   /** For a job that fits nowhere: how many nodes broke each rule first (once per shape and pass). */
@@ -172,12 +191,14 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
         from ${nodes} where status = 'online' and not draining`,
   );
-  const gpuRows = await executeRows<{ node_id: string; id: string; index: number; model: string; memory_mb: number; cuda_version: string | null }>(
+  // Free GPUs one text per node (fields split by \x1f, GPUs by \x1e): a tenth of the rows to
+  // parse when the pool is idle and every GPU is free.
+  const gpuRows = await executeRows<{ node_id: string; free: string }>(
     db,
-    sql`select g.node_id, g.id, g.index, g.model, g.memory_mb, g.cuda_version
+    sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
         where g.job_id is null and n.status = 'online' and not n.draining
-        order by g.node_id, g.index`,
+        group by g.node_id`,
   );
   const views = new Map<string, NodeView>();
   for (const r of nodeRows) {
@@ -194,15 +215,22 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
       lastPlacedAtMs: r.last_placed_ms === null ? 0 : Number(r.last_placed_ms),
     });
   }
-  for (const g of gpuRows) {
-    views.get(g.node_id)?.freeGpus.push({ id: g.id, index: Number(g.index), model: g.model, memoryMb: Number(g.memory_mb), cuda: parseCuda(g.cuda_version) });
+  const cuda = new Map<string, number | null>();
+  for (const r of gpuRows) {
+    const view = views.get(r.node_id);
+    if (!view) continue;
+    for (const g of r.free.split('\x1e')) {
+      const [id, index, model, memoryMb, cudaVersion] = g.split('\x1f') as [string, string, string, string, string];
+      let c = cuda.get(cudaVersion);
+      if (c === undefined) cuda.set(cudaVersion, (c = parseCuda(cudaVersion)));
+      view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c });
+    }
   }
   return new PassState([...views.values()], now);
 }
 
 interface Cursor {
   priority: number;
-  createdAt: string;
   id: string;
 }
 
@@ -210,7 +238,6 @@ type QueueRow = {
   id: string;
   queue_shape: string;
   priority: number;
-  created_at: string;
   created_ms: number;
   cpu_millis: number;
   memory_mb: number;
@@ -238,24 +265,24 @@ export async function loadQueueBatch(
   skipShapes: ReadonlySet<string> = new Set(),
 ): Promise<{ jobs: QueuedJob[]; cursor: Cursor | null }> {
   const after: SQL = cursor
-    ? sql`and (-priority, created_at, id) > (${-cursor.priority}::int, ${cursor.createdAt}::timestamptz, ${cursor.id}::text)`
+    ? sql`and (-priority, id) > (${-cursor.priority}::int, ${cursor.id}::text)`
     : sql``;
   const rows = await executeRows<QueueRow>(
     db,
-    sql`select id, queue_shape, priority, created_at::text as created_at, (extract(epoch from created_at) * 1000)::float8 as created_ms,
+    sql`select id, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
           cpu_millis, memory_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda
         from ${jobs}
         where status = 'queued' ${after}
           ${bounds ? withinBounds(bounds) : sql``}
           ${skipShapes.size ? sql`and queue_shape not in (${sql.join([...skipShapes].map((x) => sql`${x}`), sql`, `)})` : sql``}
-        order by (-priority), created_at, id
+        order by (-priority), id
         limit ${limit}`,
   );
   const last = rows[rows.length - 1];
   return {
     jobs: rows.map(toQueuedJob),
-    cursor: last ? { priority: Number(last.priority), createdAt: last.created_at, id: last.id } : null,
+    cursor: last ? { priority: Number(last.priority), id: last.id } : null,
   };
 }
 
@@ -304,6 +331,15 @@ export interface PassDeps {
    * the ones that cannot (the loop does this every few seconds, tests on every pass they run).
    */
   full?: boolean;
+  /**
+   * The node snapshot kept between passes by the loop: reused while younger than maxAgeMs, since
+   * every write is guarded anyway (a stale snapshot can only miss capacity freed meanwhile, or
+   * conflict and be read again). Passes come back to back under load; reading 10,000 nodes for
+   * each would be most of their cost.
+   */
+  snapshot?: { state: PassState | null; maxAgeMs: number };
+  /** Re-explain the shapes a pass did not read, on a fresh snapshot, at most this often. */
+  refresh?: { lastAt: number; everyMs: number };
   /** What this scheduler last wrote as each shape's reason (kept across passes by the loop). */
   reasons?: Map<string, string>;
   /** Called after each committed batch with how many it placed (the benchmark's counter). */
@@ -313,6 +349,8 @@ export interface PassDeps {
 }
 
 export interface PassResult {
+  /** How old the node snapshot the pass placed on was (0: read for it). */
+  snapshotAgeMs?: number;
   placed: number;
   unplaced: number;
   batches: number;
@@ -334,7 +372,12 @@ function isRetryable(err: unknown): boolean {
 export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   const { db } = deps.database;
   const result: PassResult = { placed: 0, unplaced: 0, batches: 0, conflicts: 0 };
-  let state = await loadPassState(db, deps.clock.now().getTime());
+  const now = deps.clock.now().getTime();
+  const kept = deps.snapshot;
+  const reuse = !deps.full && kept?.state && now - kept.state.loadedAt < kept.maxAgeMs;
+  let state = reuse ? kept!.state!.beginPass(now) : await loadPassState(db, now);
+  if (kept) kept.state = state;
+  result.snapshotAgeMs = now - state.loadedAt;
   /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */
   const failed = new Map<string, string>();
   let cursor: Cursor | null = null;
@@ -361,6 +404,7 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
         result.conflicts++;
         deps.log.info('placement batch conflicted; planning it again', { error: String((err as Error).message ?? err), attempt });
         state = await loadPassState(db, deps.clock.now().getTime());
+        if (kept) kept.state = state;
         for (const [shape, reason] of failed) state.failed.set(shape, reason);
         batch = await read();
         if (!batch.jobs.length) break;
@@ -369,7 +413,12 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
     if (batch.jobs.length < deps.batchSize) break;
     cursor = batch.cursor;
   }
-  await explain(deps, state.failed, deps.clock.now());
+  const at = deps.clock.now();
+  await explain(deps, state, at);
+  if (deps.refresh && (deps.full || !reuse) && at.getTime() - deps.refresh.lastAt >= deps.refresh.everyMs) {
+    deps.refresh.lastAt = at.getTime();
+    await refreshReasons(deps, state, at);
+  }
   return result;
 }
 
@@ -410,17 +459,17 @@ async function commitBatch(deps: PassDeps, placements: Placement[], at: Date): P
  * where it changed since this scheduler last wrote it (every shape on a full pass, which also
  * drops the rows of shapes no job waits with any more).
  */
-async function explain(deps: PassDeps, failed: Map<string, string>, at: Date): Promise<void> {
+async function explain(deps: PassDeps, state: PassState, at: Date): Promise<void> {
   const memo = deps.reasons;
-  const changed = [...failed].filter(([shape, reason]) => deps.full || !memo || memo.get(shape) !== reason);
+  const changed = [...state.failed].filter(([shape, reason]) => deps.full || !memo || memo.get(shape) !== reason);
   const { db } = deps.database;
   for (const part of chunks(changed, 500)) {
     await db
       .insert(queueReasons)
-      .values(part.map(([shape, reason]) => ({ shape, reason, updatedAt: at })))
+      .values(part.map(([shape, reason]) => ({ shape, reason, request: requestJson(state.requests.get(shape)), updatedAt: at })))
       .onConflictDoUpdate({
         target: queueReasons.shape,
-        set: { reason: sql`excluded.reason`, updatedAt: sql`excluded.updated_at` },
+        set: { reason: sql`excluded.reason`, request: sql`excluded.request`, updatedAt: sql`excluded.updated_at` },
         setWhere: sql`${queueReasons.reason} is distinct from excluded.reason`,
       });
   }
@@ -432,6 +481,58 @@ async function explain(deps: PassDeps, failed: Map<string, string>, at: Date): P
     await db.execute(sql`delete from ${queueReasons} q
       where not exists (select 1 from ${jobs} j where j.status = 'queued' and j.queue_shape = q.shape)`);
   }
+}
+
+const requestJson = (r: JobRequest | undefined): Record<string, unknown> => {
+  if (!r) return {};
+  const { id: _id, ...rest } = r as JobRequest & { shape?: string; priority?: number; createdAtMs?: number; pendingReason?: string | null };
+  const { shape: _s, priority: _p, createdAtMs: _c, pendingReason: _r, ...request } = rest as Record<string, unknown>;
+  return request;
+};
+
+/** Most shapes whose reason one refresh works out again. */
+const refreshLimit = 100;
+
+/**
+ * Works out again why the shapes this pass did not read wait (the queue's bounds left their jobs
+ * in the database), from what queue_reasons says they ask for: nodes that came, went or changed
+ * price show in their reasons without a read of their jobs. Oldest first, a bounded number a time.
+ */
+export async function refreshReasons(deps: Pick<PassDeps, 'database' | 'reasons'>, state: PassState, at: Date): Promise<number> {
+  if (!(await deps.database.db.select({ s: queueReasons.shape }).from(queueReasons).limit(1)).length) return 0;
+  const { db } = deps.database;
+  const rows = await db.select().from(queueReasons).orderBy(queueReasons.updatedAt).limit(refreshLimit);
+  // Shapes no job waits with any more go first (cheap: the queue's shape index).
+  const gone = await executeRows<{ shape: string }>(
+    db,
+    sql`delete from ${queueReasons} q where q.shape in (${sql.join(rows.map((r) => sql`${r.shape}`), sql`, `)})
+        and not exists (select 1 from ${jobs} j where j.status = 'queued' and j.queue_shape = q.shape) returning q.shape`,
+  );
+  const goneSet = new Set(gone.map((g) => g.shape));
+  for (const shape of goneSet) deps.reasons?.delete(shape);
+  const updates: { shape: string; reason: string }[] = [];
+  const touched: string[] = [];
+  for (const row of rows) {
+    if (state.failed.has(row.shape) || goneSet.has(row.shape)) continue;
+    const request = { id: row.shape, ...(row.request as object) } as JobRequest;
+    if (typeof request.gpuCount !== 'number') continue;
+    const reason = state.explainRequest(request);
+    // One that fits now is placed by the next pass (its jobs pass the bounds): nothing to write.
+    if (reason === null) continue;
+    if (reason !== row.reason) updates.push({ shape: row.shape, reason });
+    else touched.push(row.shape);
+  }
+  for (const part of chunks(updates, 500)) {
+    await db.execute(sql`update ${queueReasons} set reason = v.reason, updated_at = ${ts(at)}
+      from jsonb_to_recordset(${JSON.stringify(part)}::jsonb) as v(shape text, reason text) where ${queueReasons}.shape = v.shape`);
+  }
+  // Unchanged ones go to the back of the line, so that every shape gets its turn.
+  for (const part of chunks(touched, 1000)) {
+    await db.execute(sql`update ${queueReasons} set updated_at = ${ts(at)}
+      where shape in (${sql.join(part.map((x) => sql`${x}`), sql`, `)})`);
+  }
+  for (const u of updates) deps.reasons?.set(u.shape, u.reason);
+  return updates.length;
 }
 
 function chunks<T>(items: T[], size: number): T[][] {

@@ -64,10 +64,10 @@ export const jobs = pgTable(
     uniqueIndex('jobs_idempotency').on(t.accountId, t.idempotencyKey),
     index('jobs_account_id').on(t.accountId, t.id),
     index('jobs_account_status_id').on(t.accountId, t.status, t.id),
-    // The scheduler's queue: queued jobs by priority, then age.
-    // (-priority) so that one row comparison walks it from a cursor: (-priority, created_at, id) > (...).
+    // The scheduler's queue: queued jobs by priority, then age (ids are time-ordered), as
+    // (-priority, id) so that one row comparison walks it from a cursor.
     index('jobs_queue')
-      .on(sql`(-${t.priority})`, t.createdAt, t.id)
+      .on(sql`(-${t.priority})`, t.id)
       .where(sql`${t.status} = 'queued'`),
     index('jobs_queue_shape')
       .on(t.queueShape)

@@ -1,4 +1,4 @@
-import { pgTable, text } from 'drizzle-orm/pg-core';
+import { jsonb, pgTable, text } from 'drizzle-orm/pg-core';
 import { at } from './columns.ts';
 
 /**
@@ -9,5 +9,8 @@ import { at } from './columns.ts';
 export const queueReasons = pgTable('queue_reasons', {
   shape: text('shape').primaryKey(),
   reason: text('reason').notNull(),
+  // What the shape asks for (scheduler/feasibility.ts JobRequest): its reason can be worked out
+  // again as nodes come and go, without reading its jobs.
+  request: jsonb('request').$type<Record<string, unknown>>().notNull(),
   updatedAt: at('updated_at').notNull().defaultNow(),
 });

@@ -1,7 +1,7 @@
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { LeaseGrant, LeaseHeartbeatExtras, LeaseRenewal, LeaseRef } from '../../shared/leases.ts';
 import type { Clock } from '../clock.ts';
-import type { Database, DbOrTx, Tx } from '../db/open.ts';
+import type { Database, DbOrTx } from '../db/open.ts';
 import { gpus, jobs, nodes } from '../db/schema/index.ts';
 import type { HeartbeatHook } from '../deps.ts';
 import { executeRows, liveOnNode, liveStatuses, ts } from '../jobs/transitions.ts';
@@ -106,12 +106,14 @@ export class LeaseService implements HeartbeatHook {
    * only where the one handed out nears its end; names the cancelled jobs it must stop, the ones
    * it holds at a stale epoch, and whether the node is draining.
    */
-  async onHeartbeat(tx: Tx, nodeId: string, report: { jobs: LeaseRef[] }, at: Date): Promise<LeaseHeartbeatExtras & Record<string, unknown>> {
-    return this.renew(tx, nodeId, report.jobs, at);
+  async onHeartbeat(tx: DbOrTx, nodeId: string, report: { jobs: LeaseRef[]; draining?: boolean }, at: Date): Promise<LeaseHeartbeatExtras & Record<string, unknown>> {
+    return this.renew(tx, nodeId, report.jobs, at, report.draining);
   }
 
-  async renew(tx: DbOrTx, nodeId: string, reported: LeaseRef[], at: Date): Promise<LeaseHeartbeatExtras> {
-    const [node] = await tx.select({ draining: nodes.draining }).from(nodes).where(eq(nodes.id, nodeId));
+  /** An idle node's heartbeat (no job, the drain flag given) costs no query here. */
+  async renew(tx: DbOrTx, nodeId: string, reported: LeaseRef[], at: Date, knownDraining?: boolean): Promise<LeaseHeartbeatExtras> {
+    const node =
+      knownDraining === undefined ? (await tx.select({ draining: nodes.draining }).from(nodes).where(eq(nodes.id, nodeId)))[0] : { draining: knownDraining };
     const held = reported.length
       ? await tx
           .select({

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { asc, eq, gt, sql } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import { randomUUID } from 'node:crypto';
 import type { Clock } from '../../coordinator/clock.ts';
 import type { Database } from '../../coordinator/db/open.ts';
-import { gpus, jobEvents, jobs, nodes } from '../../coordinator/db/schema/index.ts';
+import { jobEvents, jobs, nodes } from '../../coordinator/db/schema/index.ts';
 import { cancelJob, submitJob } from '../../coordinator/jobs/lifecycle.ts';
 import { finishJob, markRunning } from '../../coordinator/jobs/transitions.ts';
 import { SigningKeys } from '../../coordinator/leases/keys.ts';
@@ -18,12 +18,13 @@ import { schedulePass } from '../../coordinator/scheduler/placement.ts';
 import { loadConfig } from '../../coordinator/config.ts';
 import { Signals } from '../../coordinator/signals.ts';
 import { ApiError } from '../../coordinator/http/problem.ts';
-import { JobSpec, isTerminal, type JobStatus } from '../../shared/jobs.ts';
+import { JobSpec } from '../../shared/jobs.ts';
 import type { HardwareReport } from '../../shared/hardware.ts';
 import type { LeaseRef } from '../../shared/leases.ts';
 import { accounts } from '../../coordinator/db/schema/index.ts';
 import { newId } from '../../shared/ids.ts';
 import { createTestDatabase, dbKind, type TestDatabase } from '../support/database.ts';
+import { InvariantChecker } from '../support/invariants.ts';
 
 // A few thousand random steps through the real domain code on one database (submits, cancels,
 // scheduler passes, deliveries, reports good and stale, heartbeats, GPUs vanishing, nodes going
@@ -235,12 +236,13 @@ describe.skipIf(dbKind !== 'pglite')(`randomized lease lifecycle (seed ${seed}, 
       return actions[actions.length - 1]!;
     };
 
+    const invariants = new InvariantChecker();
     for (let step = 0; step < steps; step++) {
       const [, name, act] = choose();
       counts[name] = (counts[name] ?? 0) + 1;
       try {
         await act();
-        await checkInvariants(database);
+        await invariants.check(database.db);
       } catch (err) {
         throw new Error(`step ${step} (${name}), seed ${seed}: ${(err as Error).stack ?? err}`);
       }
@@ -254,72 +256,3 @@ describe.skipIf(dbKind !== 'pglite')(`randomized lease lifecycle (seed ${seed}, 
   }, 600_000);
 });
 
-const live = new Set<JobStatus>(['leased', 'running']);
-
-/** Replayed so far (events are append-only): each check reads only the new ones. */
-const replay = new Map<string, JobStatus | null>();
-let lastEventId = 0;
-
-async function checkInvariants(database: Database) {
-  const { db } = database;
-  const allJobs = await db
-    .select({ id: jobs.id, status: jobs.status, nodeId: jobs.nodeId, gpuIds: jobs.gpuIds, cpu: jobs.cpuMillis, mem: jobs.memoryMb, epoch: jobs.leaseEpoch, attempts: jobs.attempts, max: jobs.maxAttempts })
-    .from(jobs);
-  const allGpus = await db.select({ nodeId: gpus.nodeId, id: gpus.id, jobId: gpus.jobId }).from(gpus);
-  const allNodes = await db.select().from(nodes);
-  const events = await db
-    .select({ id: jobEvents.id, jobId: jobEvents.jobId, from: jobEvents.fromStatus, to: jobEvents.toStatus })
-    .from(jobEvents)
-    .where(gt(jobEvents.id, lastEventId))
-    .orderBy(asc(jobEvents.id));
-
-  const byJob = new Map(allJobs.map((j) => [j.id, j]));
-  // No GPU in two live jobs; each held GPU row names a live job that lists it, on that job's node.
-  const claimed = new Map<string, string>();
-  for (const j of allJobs) {
-    if (live.has(j.status)) {
-      expect(j.nodeId, `live job ${j.id} has a node`).not.toBeNull();
-      for (const g of j.gpuIds ?? []) {
-        const key = `${j.nodeId}/${g}`;
-        expect(claimed.get(key), `GPU ${key} in two live jobs`).toBeUndefined();
-        claimed.set(key, j.id);
-      }
-    }
-    // Every job in exactly one state, and its fields agree with it.
-    if (j.status === 'queued') {
-      expect(j.nodeId, `queued job ${j.id} is on no node`).toBeNull();
-      expect(j.attempts).toBeLessThan(j.max);
-    }
-    expect(j.attempts).toBeLessThanOrEqual(j.max);
-  }
-  for (const g of allGpus) {
-    if (g.jobId === null) continue;
-    const j = byJob.get(g.jobId);
-    expect(j && live.has(j.status), `GPU ${g.id} held by ${g.jobId}, which is ${j?.status}`).toBe(true);
-    expect(j!.nodeId).toBe(g.nodeId);
-    expect(claimed.get(`${g.nodeId}/${g.id}`)).toBe(g.jobId);
-  }
-  for (const [key, jobId] of claimed) {
-    const [nodeId, id] = key.split('/') as [string, string];
-    const row = allGpus.find((g) => g.nodeId === nodeId && g.id === id);
-    // A vanished GPU takes its job back in the same transaction: a live job's GPUs all exist.
-    expect(row?.jobId, `live job ${jobId} lists GPU ${key}`).toBe(jobId);
-  }
-  // Allocations equal the sum of the live jobs' resources and never exceed capacity.
-  for (const n of allNodes) {
-    const mine = allJobs.filter((j) => j.nodeId === n.id && live.has(j.status));
-    expect(n.allocatedCpuMillis, `node ${n.id} CPU allocation`).toBe(mine.reduce((s, j) => s + j.cpu, 0));
-    expect(n.allocatedMemoryMb, `node ${n.id} memory allocation`).toBe(mine.reduce((s, j) => s + j.mem, 0));
-    expect(n.allocatedCpuMillis).toBeLessThanOrEqual(n.cpuMillis);
-    expect(n.allocatedMemoryMb).toBeLessThanOrEqual(n.memoryMb);
-  }
-  // The events replay to each job's state.
-  for (const e of events) {
-    lastEventId = e.id;
-    const prev = replay.has(e.jobId) ? replay.get(e.jobId)! : null;
-    expect(e.from, `event of ${e.jobId} from ${e.from} after ${prev}`).toBe(prev);
-    if (prev !== null && isTerminal(prev)) expect(e.to, `${e.jobId} left terminal ${prev}`).toBe(prev);
-    replay.set(e.jobId, e.to as JobStatus);
-  }
-  for (const j of allJobs) expect(replay.get(j.id), `events of ${j.id} replay to ${j.status}`).toBe(j.status);
-}

@@ -7,7 +7,7 @@ import { PoolHistoryWriter } from '../../coordinator/pool/history.ts';
 import { PoolStats } from '../../coordinator/pool/stats.ts';
 import { silentLogger } from '../../coordinator/log.ts';
 import { lockKeys } from '../../coordinator/db/migrate.ts';
-import { dbKind, dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { dbSkipReason, itOn, startHarness, type Harness } from '../support/harness.ts';
 import { a100, gpusOf, h100, seedNode } from '../support/pool-seed.ts';
 
 // Asks no scheduler could ever place (no such GPU, more memory than any node), so they stay queued.
@@ -189,7 +189,7 @@ describe.skipIf(dbSkipReason)('pool history', () => {
     }
   });
 
-  it.skipIf(dbKind !== 'postgres')('writes nothing while another coordinator holds the history lock', async () => {
+  itOn('postgres')('writes nothing while another coordinator holds the history lock', async () => {
     const other = postgres(h.testDb.url!, { max: 1, onnotice: () => {} });
     try {
       await other.begin(async (tx) => {

@@ -1,3 +1,4 @@
+import { it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
 import { migrate } from '../../coordinator/db/migrate.ts';
@@ -76,4 +77,12 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       await admin.end({ timeout: 5 });
     },
   };
+}
+
+/**
+ * `it` for a test that means something on one database only (an advisory lock, a second
+ * connection): registered in that database's run alone, so the other run shows no skip.
+ */
+export function itOn(kind: 'pglite' | 'postgres'): typeof it {
+  return (kind === dbKind ? it : () => {}) as typeof it;
 }

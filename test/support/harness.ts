@@ -5,7 +5,7 @@ import { silentLogger } from '../../coordinator/log.ts';
 import { startCoordinator, type Coordinator } from '../../coordinator/server.ts';
 import { createTestDatabase, type TestDatabase } from './database.ts';
 
-export { dbKind, dbSkipReason } from './database.ts';
+export { dbKind, dbSkipReason, itOn } from './database.ts';
 
 export interface Harness {
   url: string;

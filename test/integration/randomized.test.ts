@@ -236,7 +236,7 @@ describe.skipIf(dbKind !== 'pglite')(`randomized lease lifecycle (seed ${seed}, 
       return actions[actions.length - 1]!;
     };
 
-    const invariants = new InvariantChecker();
+    const invariants = new InvariantChecker({ incremental: true });
     for (let step = 0; step < steps; step++) {
       const [, name, act] = choose();
       counts[name] = (counts[name] ?? 0) + 1;

@@ -14,7 +14,13 @@ export default defineConfig({
       },
       {
         extends: true,
-        test: { name: 'postgres', include: ['test/integration/**/*.test.ts'], env: { GANTRY_TEST_DB: 'postgres' } },
+        test: {
+          name: 'postgres',
+          include: ['test/integration/**/*.test.ts'],
+          // The randomized lease test drives one in-process database step by step: PGlite, as its issue asks.
+          exclude: ['test/integration/randomized.test.ts'],
+          env: { GANTRY_TEST_DB: 'postgres' },
+        },
       },
       { extends: true, test: { name: 'e2e', include: ['test/e2e/**/*.test.ts'] } },
     ],

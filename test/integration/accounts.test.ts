@@ -8,7 +8,7 @@ import { silentLogger } from '../../coordinator/log.ts';
 import { startCoordinator } from '../../coordinator/server.ts';
 import { ApiClient } from '../../shared/client.ts';
 import { snapshot } from '../support/db-snapshot.ts';
-import { dbKind, dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { dbSkipReason, itOn, startHarness, type Harness } from '../support/harness.ts';
 import { expectProblem } from '../support/problem.ts';
 
 const hello = { name: 'hello', image: 'busybox:latest', command: ['echo', 'hi'], resources: { cpu: 1, memoryMb: 128, gpus: 0 } };
@@ -162,7 +162,7 @@ describe.skipIf(dbSkipReason)('accounts and API keys', () => {
     expect((await alice.api.raw('GET', '/v1/jobs')).status).toBe(200);
   });
 
-  it.skipIf(dbKind !== 'postgres')('a key revoked on one replica stops working on another', async () => {
+  itOn('postgres')('a key revoked on one replica stops working on another', async () => {
     // A second coordinator on the same PostgreSQL database, with its own pool and key cache.
     const database = await openDatabase({ databaseUrl: h.testDb.url!, poolSize: 2 });
     const replica = await startCoordinator({

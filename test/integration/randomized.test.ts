@@ -23,7 +23,7 @@ import type { HardwareReport } from '../../shared/hardware.ts';
 import type { LeaseRef } from '../../shared/leases.ts';
 import { accounts } from '../../coordinator/db/schema/index.ts';
 import { newId } from '../../shared/ids.ts';
-import { createTestDatabase, dbKind, type TestDatabase } from '../support/database.ts';
+import { createTestDatabase, type TestDatabase } from '../support/database.ts';
 import { InvariantChecker } from '../support/invariants.ts';
 
 // A few thousand random steps through the real domain code on one database (submits, cancels,
@@ -65,7 +65,7 @@ interface SimNode {
   old: LeaseRef[];
 }
 
-describe.skipIf(dbKind !== 'pglite')(`randomized lease lifecycle (seed ${seed}, ${steps} steps)`, () => {
+describe(`randomized lease lifecycle (seed ${seed}, ${steps} steps)`, () => {
   let testDb: TestDatabase;
   let database: Database;
   const clock = new TestClock(Date.parse('2030-01-01T00:00:00Z'));

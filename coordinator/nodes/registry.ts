@@ -212,7 +212,7 @@ function textArray(v: BeatRow['uuids']): string[] {
 /**
  * The hot path of a heartbeat, one statement: lock the node, mark it alive, store the latest
  * figures on it and on its GPUs (rows whose figures did not change are not rewritten), and write
- * the minute's sample only on the first heartbeat of a minute (upserted on (node_id, at), so two
+ * the minute's sample only on the first heartbeat of the node's minute (upserted on (node_id, at), so two
  * replicas racing write one row). PostgreSQL runs every data-modifying CTE once, referenced or not.
  * $1 node id, $2 time, $3 the metrics sample (JSON), $4 agent version, $5 per-GPU figures (JSON).
  */
@@ -234,7 +234,10 @@ const heartbeatStatement = `
   ), s as (
     insert into node_metrics (node_id, at, sample)
     select $1::text, date_trunc('minute', $2::text::timestamptz), $3::text::jsonb from n
-    where n.unsampled or date_trunc('minute', n.prev_at) <> date_trunc('minute', $2::text::timestamptz)
+    -- Each node's minute starts at its own second (from its id), so 10,000 nodes do not all
+    -- write their sample in the first seconds of the same minute.
+    where n.unsampled or date_trunc('minute', n.prev_at - make_interval(secs => abs(hashtext($1::text)) % 60))
+      <> date_trunc('minute', $2::text::timestamptz - make_interval(secs => abs(hashtext($1::text)) % 60))
     on conflict (node_id, at) do update set sample = excluded.sample
     returning 1
   )

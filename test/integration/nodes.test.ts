@@ -95,8 +95,9 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
     expect(samples.length).toBeLessThanOrEqual(2);
     for (const s of samples) expect(s.at.getUTCSeconds()).toBe(0);
 
-    // The next minute gets its own sample, upserted once however many heartbeats it has.
-    const next = new Date(Math.ceil((Date.now() + 1) / 60_000) * 60_000 + 5_000);
+    // A minute later the node gets its next sample (each node's minute starts at its own second,
+    // so writes spread out), stored under its wall-clock minute and upserted once.
+    const next = new Date(Math.ceil((Date.now() + 1) / 60_000) * 60_000 + 65_000);
     for (let i = 0; i < 3; i++) {
       await ingestHeartbeat(h.coordinator.deps, a.nodeId, { jobs: [], metrics: metricsFor(a.hardware, 10 + i) }, new Date(next.getTime() + i * 5_000));
     }

@@ -117,6 +117,7 @@ CREATE TABLE "nodes" (
 	"name" text NOT NULL,
 	"status" text NOT NULL,
 	"draining" boolean DEFAULT false NOT NULL,
+	"takes_work" boolean DEFAULT true NOT NULL,
 	"labels" jsonb DEFAULT '{}'::jsonb NOT NULL,
 	"region" text,
 	"public_key" jsonb NOT NULL,

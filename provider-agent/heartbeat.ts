@@ -63,6 +63,7 @@ export class HeartbeatLoop {
   private readonly maxBackoffMs: number;
   private readonly random: () => number;
   private heldJobs: () => LeaseRef[];
+  private takesWork: () => boolean = () => true;
   private answerHandler: AnswerHandler | undefined;
 
   private state: LinkState = 'starting';
@@ -99,6 +100,11 @@ export class HeartbeatLoop {
   /** Where the held jobs come from (the lease runner), when it is wired after construction. */
   supplyHeldJobs(fn: () => LeaseRef[]): void {
     this.heldJobs = fn;
+  }
+
+  /** Whether this agent can run jobs (it has a runtime): sent with every heartbeat. */
+  supplyTakesWork(fn: () => boolean): void {
+    this.takesWork = fn;
   }
 
   /** Who receives each heartbeat answer (the lease runner), when it is wired after construction. */
@@ -198,6 +204,7 @@ export class HeartbeatLoop {
       metrics,
       ...(hardware ? { hardware } : {}),
       ...(this.opts.agentVersion ? { agentVersion: this.opts.agentVersion } : {}),
+      takesWork: this.takesWork(),
     };
     this.inFlight = new AbortController();
     const sentAtMs = Date.now();

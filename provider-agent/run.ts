@@ -78,6 +78,8 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     : null;
   // The renewed expiries count from when the heartbeat left: the loop says when that was.
   loop.supplyHeldJobs(() => runner?.heldJobs() ?? []);
+  // Without a runtime the node stays online for its metrics, but the scheduler places nothing on it.
+  loop.supplyTakesWork(() => runner !== null);
   loop.onAnswer((answer, sentAtMs) => runner?.onHeartbeatAnswer(answer, sentAtMs));
 
   log(`gantry-agent ${agentVersion} running as node ${node.nodeId} (${node.name}) for ${node.coordinatorUrl}, heartbeat every ${settings.heartbeatSeconds} s`);

@@ -93,6 +93,8 @@ export const Heartbeat = z
     /** Sent when the hardware changed since the last one the coordinator took (and at the first heartbeat). */
     hardware: HardwareReport.optional(),
     agentVersion: AgentVersion.optional(),
+    /** False when the agent has no runtime to run jobs with: the node gets no leases. Absent: unchanged. */
+    takesWork: z.boolean().optional(),
   })
   .strict();
 export type Heartbeat = z.infer<typeof Heartbeat>;

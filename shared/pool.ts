@@ -195,6 +195,7 @@ export type Offers = z.infer<typeof Offers>;
 export const constraintNames = [
   'offline',
   'draining',
+  'no_runtime',
   'node',
   'provider',
   'region',

@@ -214,7 +214,8 @@ function textArray(v: BeatRow['uuids']): string[] {
  * figures on it and on its GPUs (rows whose figures did not change are not rewritten), and write
  * the minute's sample only on the first heartbeat of the node's minute (upserted on (node_id, at), so two
  * replicas racing write one row). PostgreSQL runs every data-modifying CTE once, referenced or not.
- * $1 node id, $2 time, $3 the metrics sample (JSON), $4 agent version, $5 per-GPU figures (JSON).
+ * $1 node id, $2 time, $3 the metrics sample (JSON), $4 agent version, $5 per-GPU figures (JSON),
+ * $6 whether the agent takes work ('true'/'false', null: unchanged).
  */
 const heartbeatStatement = `
   with prev as (
@@ -222,7 +223,7 @@ const heartbeatStatement = `
     from nodes where id = $1::text and status <> 'retired' for update
   ), n as (
     update nodes set status = 'online', last_heartbeat_at = $2::text::timestamptz, metrics = $3::text::jsonb,
-      agent_version = coalesce($4::text, nodes.agent_version)
+      agent_version = coalesce($4::text, nodes.agent_version), takes_work = coalesce($6::text::boolean, nodes.takes_work)
     from prev where nodes.id = prev.id
     returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled, nodes.draining
   ), g as (
@@ -278,6 +279,7 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
         p: intOrNull(g.powerW),
       })),
     ),
+    hb.takesWork === undefined ? null : String(hb.takesWork),
   ];
   let change: HardwareChange | null = null;
   let prevStatus = 'online';

@@ -158,7 +158,7 @@ export async function findOffers(database: Database, a: Ask, limit: number): Pro
     n.memory_mb - n.allocated_memory_mb as memory_free_mb, n.price_gpu_hour_micros as price_gpu,
     n.price_cpu_hour_micros as price_cpu, ${priceOf(a)} as price, n.jobs_succeeded, n.jobs_failed, n.lease_expiries,
     n.last_heartbeat_at`;
-  const live = sql`n.status = 'online' and not n.draining`;
+  const live = sql`n.status = 'online' and not n.draining and n.takes_work`;
   const match = sql`${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}`;
   if (a.gpus === 0) {
     const rows = await database.rows<OfferRow>(sql`
@@ -204,6 +204,8 @@ function detailOf(c: ConstraintName, a: Ask, nodes: number, cheapestMicros: numb
       return `${those} offline`;
     case 'draining':
       return `${those} draining (taking no new work)`;
+    case 'no_runtime':
+      return `${those} whose agent has no runtime to run jobs with (no Docker)`;
     case 'node':
       return `${those} not the node the job names (${a.nodeId})`;
     case 'provider':
@@ -265,6 +267,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
       select ${priceMilliOf(a)} as price, case
         when n.status <> 'online' then 'offline'
         when n.draining then 'draining'
+        when not n.takes_work then 'no_runtime'
         ${whens(nodeTests(a))}
         ${gpuCase}
         ${whens(capacityTests(a))}
@@ -276,7 +279,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
   let feasible = 0;
   const ruledOut: RuledOut[] = [];
   const order = new Map<string, number>(
-    ['offline', 'draining', 'node', 'provider', 'region', 'labels', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'price'].map(
+    ['offline', 'draining', 'no_runtime', 'node', 'provider', 'region', 'labels', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'price'].map(
       (c, i) => [c, i],
     ),
   );

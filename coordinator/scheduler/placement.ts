@@ -189,7 +189,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     sql`select id, account_id, labels, region, price_gpu_hour_micros as pg, price_cpu_hour_micros as pc,
           cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
-        from ${nodes} where status = 'online' and not draining`,
+        from ${nodes} where status = 'online' and not draining and takes_work`,
   );
   // Free GPUs one text per node (fields split by \x1f, GPUs by \x1e): a tenth of the rows to
   // parse when the pool is idle and every GPU is free.
@@ -197,7 +197,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     db,
     sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
-        where g.job_id is null and n.status = 'online' and not n.draining
+        where g.job_id is null and n.status = 'online' and not n.draining and n.takes_work
         group by g.node_id`,
   );
   const views = new Map<string, NodeView>();

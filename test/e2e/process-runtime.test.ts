@@ -7,6 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
+import type { DryRun } from '../../shared/pool.ts';
 import { spawnAgent, startLocalCoordinator, type AgentProcess, type LocalCoordinator } from '../support/agent-process.ts';
 
 async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
@@ -49,11 +50,24 @@ describe('gantry-agent without Docker', () => {
     return { agent, nodeId: /as node (node_\w+)/.exec(line)![1]! };
   };
 
-  it('says at join and at run that it cannot run jobs, and stays online', async () => {
-    const { agent } = await join('no-runtime', []);
+  it('says at join and at run that it cannot run jobs, stays online, and is given none', async () => {
+    const { agent, nodeId } = await join('no-runtime', []);
     await agent.waitForLine(/no Docker engine here, so this node cannot run jobs: install Docker .* or pass --unsafe-process-runtime/);
     await agent.waitForLine(/this agent cannot run jobs: no Docker engine answers .*; until then this node takes no jobs/);
     await agent.waitForLine(/connected to the coordinator/);
+    const spec = { name: 'nowhere', image: 'busybox:latest', command: ['true'], resources: { cpu: 0.5, memoryMb: 64 }, constraints: { nodeId } };
+    const dry = await client.post<DryRun>('/v1/jobs/dry-run', spec);
+    expect(dry.fits).toBe(false);
+    expect(dry.ruledOut.map((r) => r.constraint)).toContain('no_runtime');
+    // Submitted anyway, it waits with its reason instead of being leased to a node that cannot run it.
+    const job = await client.post<Job>('/v1/jobs', spec);
+    await until('the job to get its reason', async () => (await client.get<Job>(`/v1/jobs/${job.id}`)).pendingReason);
+    // That nothing happens can only be watched for a while: past the scheduler's 2 s node
+    // snapshot, after which a waiting job gets another pass on fresh figures.
+    for (const end = Date.now() + 4_000; Date.now() < end; await new Promise((r) => setTimeout(r, 250))) {
+      expect(await client.get<Job>(`/v1/jobs/${job.id}`)).toMatchObject({ status: 'queued', attempts: 0, nodeId: null });
+    }
+    await client.post(`/v1/jobs/${job.id}/cancel`);
   });
 
   it('with --unsafe-process-runtime warns loudly and runs a job as a process, with the same reporting', async () => {

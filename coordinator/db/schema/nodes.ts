@@ -13,6 +13,9 @@ export const nodes = pgTable(
     name: text('name').notNull(),
     status: text('status', { enum: ['online', 'offline', 'retired'] }).notNull(),
     draining: boolean('draining').notNull().default(false),
+    // False while the node's agent has no runtime to run jobs with (no Docker, no process
+    // runtime): it stays online with its metrics, and nothing is placed on it.
+    takesWork: boolean('takes_work').notNull().default(true),
     labels: jsonb('labels').$type<Record<string, string>>().notNull().default({}),
     region: text('region'),
     // The agent's Ed25519 public key (JWK): the coordinator keeps no agent secret.

@@ -10,6 +10,7 @@ import type { EnrollmentToken, Node } from '../../shared/nodes.ts';
 import { newAgentKey, signAgentToken } from '../support/agent-identity.ts';
 import { postgresSkipReason, runAgentCommand, spawnAgent, startLocalCoordinator, type AgentProcess, type DbKind, type LocalCoordinator } from '../support/agent-process.ts';
 import { createFakeNvidiaSmi, type FakeNvidiaSmi } from '../support/fake-nvidia-smi.ts';
+import { until } from '../support/until.ts';
 
 // The agent as its own process against the real coordinator on a loopback port, with a fake
 // nvidia-smi on PATH serving rtx-a5000-x2-v13.xml (two RTX A5000).
@@ -18,15 +19,6 @@ const fixtureGpus = [
   { uuid: 'GPU-12345678-aaaa-bbbb-cccc-0123456789cd', memoryUsedMb: 17_253, temperatureC: 15 },
 ];
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const pgSkip = await postgresSkipReason();
 if (pgSkip) console.warn(`agent e2e on PostgreSQL skipped: ${pgSkip}`);

@@ -13,6 +13,7 @@ import { migrationsFolder } from '../../coordinator/db/migrate.ts';
 import { ApiClient } from '../../shared/client.ts';
 import { cleanEnv, repoRoot, spawnCoordinator, type CoordinatorProcess } from '../support/coordinator-process.ts';
 import { postgresAdminUrl } from '../support/database.ts';
+import { until } from '../support/until.ts';
 
 const hello = { name: 'hello', image: 'busybox:latest', command: ['echo', 'hi'], resources: { cpu: 1, memoryMb: 128, gpus: 0 } };
 const stackTrace = /^\s+at .+:\d+:\d+\)?$/m;
@@ -41,15 +42,6 @@ async function clientAccount(url: string, adminKey: string) {
 }
 
 /** Polls until probe() holds or the deadline passes. */
-async function until<T>(what: string, probe: () => T | undefined | null | false | Promise<T | undefined | null | false>, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const nonEmpty = (lines: string[]) => lines.filter((l) => l.trim() !== '');
 

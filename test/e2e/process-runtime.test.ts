@@ -9,16 +9,8 @@ import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
 import type { DryRun } from '../../shared/pool.ts';
 import { spawnAgent, startLocalCoordinator, type AgentProcess, type LocalCoordinator } from '../support/agent-process.ts';
+import { until } from '../support/until.ts';
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 describe('gantry-agent without Docker', () => {
   let c: LocalCoordinator;

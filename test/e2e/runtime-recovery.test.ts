@@ -10,19 +10,11 @@ import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
 import { spawnAgent, startLocalCoordinator, type AgentProcess, type LocalCoordinator } from '../support/agent-process.ts';
 import { dockerOptions, dockerTestImage, requireDockerOrSkip } from '../support/docker-env.ts';
+import { until } from '../support/until.ts';
 
 const docker = await requireDockerOrSkip();
 const engine = new Docker(dockerOptions(30_000));
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 describe.skipIf(!docker)('containers left behind by an agent whose lease lapsed', () => {
   let c: LocalCoordinator;

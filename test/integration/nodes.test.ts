@@ -10,6 +10,7 @@ import type { HardwareReport } from '../../shared/hardware.ts';
 import type { EnrollmentToken, HeartbeatAnswer, Node, NodeMetricsSeries, RegisteredNode } from '../../shared/nodes.ts';
 import { a5000Machine, metricsFor, newAgentKey, signAgentToken } from '../support/agent-identity.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { until } from '../support/until.ts';
 
 let machines = 0;
 
@@ -55,15 +56,6 @@ const refusal = async (p: Promise<unknown>) => {
   return err as ApiRequestError;
 };
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
   let h: Harness;

@@ -9,6 +9,18 @@ import type { SigningKeys } from './keys.ts';
 import type { LeaseNotifier } from './notifier.ts';
 import { leaseClaims, signLease, tokenNeedsRenewal } from './tokens.ts';
 
+/** What a lease token is made from: read for a new grant and for a renewal alike. */
+const leaseColumns = {
+  id: jobs.id,
+  leaseId: jobs.leaseId,
+  leaseEpoch: jobs.leaseEpoch,
+  gpuIds: jobs.gpuIds,
+  cpuMillis: jobs.cpuMillis,
+  memoryMb: jobs.memoryMb,
+  specDigest: jobs.specDigest,
+  leaseExpiresAt: jobs.leaseExpiresAt,
+};
+
 type LeaseRow = Pick<
   typeof jobs.$inferSelect,
   'id' | 'leaseId' | 'leaseEpoch' | 'gpuIds' | 'cpuMillis' | 'memoryMb' | 'specDigest' | 'leaseExpiresAt'
@@ -53,14 +65,7 @@ export class LeaseService implements HeartbeatHook {
     const { db } = this.database;
     const rows = await db
       .select({
-        id: jobs.id,
-        leaseId: jobs.leaseId,
-        leaseEpoch: jobs.leaseEpoch,
-        gpuIds: jobs.gpuIds,
-        cpuMillis: jobs.cpuMillis,
-        memoryMb: jobs.memoryMb,
-        specDigest: jobs.specDigest,
-        leaseExpiresAt: jobs.leaseExpiresAt,
+        ...leaseColumns,
         spec: jobs.spec,
       })
       .from(jobs)
@@ -117,14 +122,7 @@ export class LeaseService implements HeartbeatHook {
     const held = reported.length
       ? await tx
           .select({
-            id: jobs.id,
-            leaseId: jobs.leaseId,
-            leaseEpoch: jobs.leaseEpoch,
-            gpuIds: jobs.gpuIds,
-            cpuMillis: jobs.cpuMillis,
-            memoryMb: jobs.memoryMb,
-            specDigest: jobs.specDigest,
-            leaseExpiresAt: jobs.leaseExpiresAt,
+            ...leaseColumns,
             leaseTokenExpiresAt: jobs.leaseTokenExpiresAt,
             cancelRequestedAt: jobs.cancelRequestedAt,
           })

@@ -8,7 +8,8 @@ import { enrollmentTokens } from '../../coordinator/db/schema/index.ts';
 import { ApiClient } from '../../shared/client.ts';
 import type { EnrollmentToken, Node } from '../../shared/nodes.ts';
 import { newAgentKey, signAgentToken } from '../support/agent-identity.ts';
-import { postgresSkipReason, runAgentCommand, spawnAgent, startLocalCoordinator, type AgentProcess, type DbKind, type LocalCoordinator } from '../support/agent-process.ts';
+import { runAgentCommand, spawnAgent, startLocalCoordinator, type AgentProcess, type DbKind, type LocalCoordinator } from '../support/agent-process.ts';
+import { postgresSkipReason } from '../support/database.ts';
 import { createFakeNvidiaSmi, type FakeNvidiaSmi } from '../support/fake-nvidia-smi.ts';
 import { until } from '../support/until.ts';
 
@@ -20,8 +21,7 @@ const fixtureGpus = [
 ];
 
 
-const pgSkip = await postgresSkipReason();
-if (pgSkip) console.warn(`agent e2e on PostgreSQL skipped: ${pgSkip}`);
+const pgSkip = await postgresSkipReason('agent e2e on PostgreSQL');
 
 for (const kind of ['pglite', 'postgres'] as DbKind[]) {
   describe.skipIf(kind === 'postgres' && pgSkip)(`gantry-agent against a coordinator on ${kind}`, () => {

@@ -12,7 +12,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { migrationsFolder } from '../../coordinator/db/migrate.ts';
 import { ApiClient } from '../../shared/client.ts';
 import { cleanEnv, repoRoot, spawnCoordinator, type CoordinatorProcess } from '../support/coordinator-process.ts';
-import { postgresAdminUrl } from '../support/database.ts';
+import { postgresAdminUrl, postgresSkipReason } from '../support/database.ts';
 import { until } from '../support/until.ts';
 
 const hello = { name: 'hello', image: 'busybox:latest', command: ['echo', 'hi'], resources: { cpu: 1, memoryMb: 128, gpus: 0 } };
@@ -312,21 +312,7 @@ describe('request log', () => {
   });
 });
 
-/** Why PostgreSQL cannot be used here, or null. GANTRY_REQUIRE_POSTGRES=1 (CI) makes it a failure. */
-const postgresSkip: string | null = await (async () => {
-  const sql = postgres(postgresAdminUrl, { max: 1, connect_timeout: 3, onnotice: () => {} });
-  try {
-    await sql`select 1`;
-    return null;
-  } catch (err) {
-    const why = `PostgreSQL is not reachable (${(err as Error).message})`;
-    if (process.env.GANTRY_REQUIRE_POSTGRES === '1') throw new Error(`${why}, and GANTRY_REQUIRE_POSTGRES=1 says these tests must run`);
-    console.warn(`postgres e2e tests skipped: ${why}`);
-    return why;
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => {});
-  }
-})();
+const postgresSkip = await postgresSkipReason('postgres e2e tests');
 
 describe.skipIf(postgresSkip)('PostgreSQL: two coordinators started at the same moment on one fresh database', () => {
   it('both come up, exactly one admin account exists, and both serve the same data', async () => {

@@ -14,9 +14,9 @@ import { newId } from '../../shared/ids.ts';
 import type { Job, JobEvent } from '../../shared/jobs.ts';
 import type { EnrollmentToken } from '../../shared/nodes.ts';
 import { signAgentToken } from '../support/agent-identity.ts';
-import { postgresSkipReason, spawnAgent, type AgentProcess } from '../support/agent-process.ts';
+import { spawnAgent, type AgentProcess } from '../support/agent-process.ts';
 import { spawnCoordinator, type CoordinatorProcess } from '../support/coordinator-process.ts';
-import { postgresAdminUrl } from '../support/database.ts';
+import { postgresAdminUrl, postgresSkipReason } from '../support/database.ts';
 import { createFakeNvidiaSmi, type FakeNvidiaSmi } from '../support/fake-nvidia-smi.ts';
 import { InvariantChecker } from '../support/invariants.ts';
 
@@ -229,8 +229,7 @@ describe('scheduler end to end: coordinator and agents as processes (PGlite)', (
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: kills in the middle of placements, and two coordinators taking turns.
 
-const pgSkip = await postgresSkipReason();
-if (pgSkip) console.warn(`scheduler e2e on PostgreSQL skipped: ${pgSkip}`);
+const pgSkip = await postgresSkipReason('scheduler e2e on PostgreSQL');
 
 describe.skipIf(pgSkip)('scheduler end to end on PostgreSQL: coordinators killed mid-batch and in turn', () => {
   let dbName: string;

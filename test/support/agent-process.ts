@@ -12,6 +12,7 @@ import { startCoordinator, type Coordinator } from '../../coordinator/server.ts'
 import { ApiClient } from '../../shared/client.ts';
 import { repoRoot } from './coordinator-process.ts';
 import { postgresAdminUrl } from './database.ts';
+import { lineCollector } from './lines.ts';
 
 export interface AgentProcess {
   child: ChildProcess;
@@ -32,25 +33,13 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}): Ag
   const stdout: string[] = [];
   const stderr: string[] = [];
   const waiters = new Set<{ re: RegExp; resolve: (l: string) => void }>();
-  const splitter = (into: string[], onLine?: (l: string) => void) => {
-    let rest = '';
-    return (chunk: Buffer) => {
-      rest += chunk.toString('utf8');
-      const parts = rest.split('\n');
-      rest = parts.pop()!;
-      for (const l of parts) {
-        into.push(l);
-        onLine?.(l);
-      }
-    };
-  };
   child.stdout!.on(
     'data',
-    splitter(stdout, (l) => {
+    lineCollector(stdout, (l) => {
       for (const w of waiters) if (w.re.test(l)) (waiters.delete(w), w.resolve(l));
     }),
   );
-  child.stderr!.on('data', splitter(stderr));
+  child.stderr!.on('data', lineCollector(stderr));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
@@ -94,21 +83,6 @@ export async function runAgentCommand(args: string[], env: Record<string, string
 }
 
 export type DbKind = 'pglite' | 'postgres';
-
-/** Why PostgreSQL tests cannot run here, or null; GANTRY_REQUIRE_POSTGRES=1 makes a missing server fatal. */
-export async function postgresSkipReason(): Promise<string | null> {
-  const sql = postgres(postgresAdminUrl, { max: 1, connect_timeout: 3, onnotice: () => {} });
-  try {
-    await sql`select 1`;
-    return null;
-  } catch (err) {
-    const why = `PostgreSQL is not reachable (${(err as Error).message})`;
-    if (process.env.GANTRY_REQUIRE_POSTGRES === '1') throw new Error(`${why}, and GANTRY_REQUIRE_POSTGRES=1 says these tests must run`);
-    return why;
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => {});
-  }
-}
 
 export interface LocalCoordinator {
   coordinator: Coordinator;

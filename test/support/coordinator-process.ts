@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { lineCollector } from './lines.ts';
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -43,21 +44,9 @@ export function spawnCoordinator(env: Record<string, string>, args: string[] = [
   const stdout: string[] = [];
   const stderr: string[] = [];
   const waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
-  const lines = (into: string[], onLine?: (l: string) => void) => {
-    let rest = '';
-    return (chunk: Buffer) => {
-      rest += chunk.toString('utf8');
-      const parts = rest.split('\n');
-      rest = parts.pop()!;
-      for (const l of parts) {
-        into.push(l);
-        onLine?.(l);
-      }
-    };
-  };
   child.stdout!.on(
     'data',
-    lines(stdout, (l) => {
+    lineCollector(stdout, (l) => {
       for (const w of [...waiters]) {
         if (w.re.test(l)) {
           waiters.splice(waiters.indexOf(w), 1);
@@ -66,7 +55,7 @@ export function spawnCoordinator(env: Record<string, string>, args: string[] = [
       }
     }),
   );
-  child.stderr!.on('data', lines(stderr));
+  child.stderr!.on('data', lineCollector(stderr));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );

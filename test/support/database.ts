@@ -8,31 +8,27 @@ import { openDatabase, type Database } from '../../coordinator/db/open.ts';
 export const dbKind: 'pglite' | 'postgres' = process.env.GANTRY_TEST_DB === 'postgres' ? 'postgres' : 'pglite';
 export const postgresAdminUrl = process.env.GANTRY_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
-async function whyNoPostgres(): Promise<string | null> {
+/**
+ * Why PostgreSQL tests cannot run here, or null when they can. CI sets GANTRY_REQUIRE_POSTGRES=1,
+ * which turns a missing server into a failure instead of a skip.
+ */
+export async function postgresSkipReason(what = 'postgres tests'): Promise<string | null> {
   const sql = postgres(postgresAdminUrl, { max: 1, connect_timeout: 3, onnotice: () => {} });
   try {
     await sql`select 1`;
     return null;
   } catch (err) {
-    return `PostgreSQL at ${postgresAdminUrl.replace(/\/\/[^@]*@/, '//')} is not reachable (${(err as Error).message})`;
+    const why = `PostgreSQL at ${postgresAdminUrl.replace(/\/\/[^@]*@/, '//')} is not reachable (${(err as Error).message})`;
+    if (process.env.GANTRY_REQUIRE_POSTGRES === '1') throw new Error(`${why}, and GANTRY_REQUIRE_POSTGRES=1 says these tests must run`);
+    console.warn(`${what} skipped: ${why}`);
+    return why;
   } finally {
     await sql.end({ timeout: 1 }).catch(() => {});
   }
 }
 
-/**
- * Why this file's database tests cannot run, or null when they can. CI sets
- * GANTRY_REQUIRE_POSTGRES=1, which turns a missing server into a failure instead of a skip.
- */
-export const dbSkipReason: string | null = await (async () => {
-  if (dbKind !== 'postgres') return null;
-  const why = await whyNoPostgres();
-  if (why && process.env.GANTRY_REQUIRE_POSTGRES === '1') {
-    throw new Error(`${why}, and GANTRY_REQUIRE_POSTGRES=1 says these tests must run`);
-  }
-  if (why) console.warn(`postgres tests skipped: ${why}`);
-  return why;
-})();
+/** Why this file's database tests cannot run, or null when they can. */
+export const dbSkipReason: string | null = dbKind === 'postgres' ? await postgresSkipReason() : null;
 
 let pgliteTemplate: Promise<Blob> | null = null;
 

@@ -3,6 +3,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { ZodError } from 'zod';
 import { type ErrorCode, type FieldError, type Problem, fieldErrors, problemTypePrefix } from '../../shared/errors.ts';
+import { isDatabaseUnavailable } from '../db/availability.ts';
 import type { AppEnv } from './env.ts';
 
 /** The one error class of the coordinator: domain code throws it, onError renders it. */
@@ -60,7 +61,7 @@ const titles: Record<ErrorCode, string> = {
   unavailable: 'Service unavailable',
 };
 
-export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: string, errors?: FieldError[]): Response {
+export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: string, errors?: FieldError[], retryAfterSeconds?: number): Response {
   const status = statusOf(code);
   const body: Problem = {
     type: `${problemTypePrefix}${code}`,
@@ -72,6 +73,8 @@ export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: str
     ...(errors && errors.length ? { errors } : {}),
   };
   if (code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer');
+  // A 503 is temporary: say when to come back (a database outage: a few seconds; otherwise at once).
+  if (code === 'unavailable') c.header('Retry-After', String(retryAfterSeconds ?? 1));
   // The body was refused unread: end the connection, so that its unread rest is not taken for
   // the next request and the client does not reuse a socket the server is about to drop.
   if (code === 'payload_too_large' || code === 'unsupported_media_type') c.header('Connection', 'close');
@@ -85,6 +88,9 @@ export function validationProblem(c: Context<AppEnv>, target: string, error: Zod
   return problemResponse(c, 'validation', detail, errors);
 }
 
+/** What a 503 for a database outage asks clients to wait before they try again. */
+const databaseRetryAfterSeconds = 5;
+
 /** onError for the whole app: every failure leaves as problem+json; a 500 says nothing more. */
 export function renderError(err: Error, c: Context<AppEnv>): Response {
   if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors);
@@ -97,6 +103,10 @@ export function renderError(err: Error, c: Context<AppEnv>): Response {
     if (err.status === 400) return problemResponse(c, 'validation', err.message || 'bad request');
     if (err.status === 401) return problemResponse(c, 'unauthenticated', err.message || 'authentication required');
     if (err.status === 404) return problemResponse(c, 'not_found', 'not found');
+  }
+  if (isDatabaseUnavailable(err)) {
+    c.get('log')?.warn('request failed: database unavailable', { requestId: c.get('requestId'), error: String((err as Error)?.message ?? err) });
+    return problemResponse(c, 'unavailable', 'the database is unavailable; try again shortly', undefined, databaseRetryAfterSeconds);
   }
   c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: String(err?.stack ?? err) });
   return problemResponse(c, 'internal', `internal error (request ${c.get('requestId')})`);

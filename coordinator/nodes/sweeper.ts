@@ -30,7 +30,7 @@ const pruneEveryMs = 10 * 60_000;
  * The nodes' periodic chores, on every coordinator (both are idempotent, so replicas need no
  * election): the offline sweep about twice per TTL, and metrics pruning every ten minutes.
  */
-export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'clock' | 'log' | 'config'>): { stop(): Promise<void> } {
+export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'availability' | 'clock' | 'log' | 'config'>): { stop(): Promise<void> } {
   const { db } = deps.database;
   const sweepEveryMs = Math.min(5_000, Math.max(250, (deps.config.nodeTtlSeconds * 1000) / 2));
   let lastPrune = 0;
@@ -39,8 +39,12 @@ export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'clock' | 'log
 
   const tick = async () => {
     const now = deps.clock.now();
+    // Heartbeats missed while the database (or this coordinator) was away are no node's fault:
+    // a node goes offline only for a TTL of silence while both were there.
+    const judgedFrom = deps.availability.upSince.getTime();
+    const judging = deps.availability.available && now.getTime() - judgedFrom >= deps.config.nodeTtlSeconds * 1000;
     try {
-      for (const node of await markOfflineNodes(db, now, deps.config.nodeTtlSeconds)) {
+      for (const node of judging ? await markOfflineNodes(db, now, deps.config.nodeTtlSeconds) : []) {
         deps.log.info('node offline', { nodeId: node.id, accountId: node.accountId, ttlSeconds: deps.config.nodeTtlSeconds });
       }
       if (now.getTime() - lastPrune >= pruneEveryMs) {

@@ -49,6 +49,7 @@ describe('configuration', () => {
   it.each([
     [{ PORT: 'abc' }, /^gantry-coordinator: invalid setting PORT="abc": must be a number$/],
     [{ DATABASE_URL: 'mysql://root:pw@db/x' }, /^gantry-coordinator: invalid setting DATABASE_URL: must start with postgres:\/\/$/],
+    [{ GANTRY_LEASE_TTL_SECONDS: '10' }, /^gantry-coordinator: invalid setting GANTRY_LEASE_TTL_SECONDS="10": must be 15 or more \(seconds\)$/],
   ])('a bad value stops the start with one line naming the setting: %j', async (env, line) => {
     const p = start(env);
     const { code } = await p.exited;

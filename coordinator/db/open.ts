@@ -63,7 +63,7 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
   let unlock = () => {};
   if (!inMemory) {
     mkdirSync(dataDir, { recursive: true });
-    unlock = lockDataDir(dataDir);
+    unlock = await lockDataDir(dataDir);
   }
   let client: PGlite;
   try {

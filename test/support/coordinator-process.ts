@@ -1,4 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lineCollector } from './lines.ts';
 
@@ -18,6 +19,11 @@ export interface CoordinatorProcess {
   waitForLine(re: RegExp, timeoutMs?: number): Promise<string>;
   /** SIGTERM, then SIGKILL after the grace; resolves when it is gone. */
   stop(graceMs?: number): Promise<void>;
+}
+
+/** Whether a process holds the PGlite data dir's lock (the kernel's flock on gantry.lock), as a second coordinator would find. */
+export function dataDirLockHeld(dataDir: string): boolean {
+  return spawnSync('flock', ['--exclusive', '--nonblock', join(dataDir, 'gantry.lock'), 'true']).status !== 0;
 }
 
 /** The caller's environment without the coordinator's own settings, so a run sees only what it is given. */

@@ -182,6 +182,8 @@ export class LeaseRunner {
       } catch (err) {
         if (this.stopping.signal.aborted) break;
         this.o.log.warn('work poll failed', { error: String((err as Error)?.message ?? err) });
+        // A 503 with Retry-After (the coordinator's database is away): back when it says, not later.
+        if (err instanceof ApiRequestError && err.retryAfterSeconds !== null) backoff = Math.min(backoff, Math.max(500, err.retryAfterSeconds * 1000));
         await sleep(backoff * (0.5 + Math.random()), this.stopping.signal);
         backoff = Math.min(15_000, backoff * 2);
       }

@@ -38,11 +38,14 @@ export function cleanEnv(): Record<string, string> {
 /**
  * `gantry-coordinator <args>` as its own process (node --import tsx, so that killing it kills
  * the server, not a wrapper), with `env` as its settings; a value of '' leaves one unset.
+ * `launcher`: a command that runs the node process (e.g. unshare, to make it PID 1).
  */
-export function spawnCoordinator(env: Record<string, string>, args: string[] = [], nodeArgs: string[] = []): CoordinatorProcess {
+export function spawnCoordinator(env: Record<string, string>, args: string[] = [], nodeArgs: string[] = [], launcher: string[] = []): CoordinatorProcess {
   const merged: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...cleanEnv(), ...env })) if (v !== undefined && v !== '') merged[k] = v;
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'coordinator/main.ts', ...args], {
+  const argv = [process.execPath, ...nodeArgs, '--import', 'tsx', 'coordinator/main.ts', ...args];
+  const command = [...launcher, ...argv];
+  const child = spawn(command[0]!, command.slice(1), {
     cwd: repoRoot,
     env: merged,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,6 +1,7 @@
 import type postgres from 'postgres';
 import type { Clock } from '../clock.ts';
 import type { Database } from '../db/open.ts';
+import { isDatabaseUnavailable } from '../db/availability.ts';
 import { lockKeys } from '../db/migrate.ts';
 import type { Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
@@ -180,6 +181,13 @@ export class SchedulerLoop {
         } catch (err) {
           this.totals.errors++;
           if (this.stopped) break;
+          if (isDatabaseUnavailable(err) && this.opts.database.driver === 'postgres') {
+            // The database went away: its lock may have gone with it. No pass until the election
+            // (within a second) finds this session still holding it, or takes it anew.
+            this.opts.log.warn('lost the scheduler lock', { error: `a pass failed: ${String((err as Error)?.message ?? err)}` });
+            this.leader = false;
+            break;
+          }
           this.opts.log.error('scheduler pass failed', { error: String((err as Error)?.stack ?? err) });
           // Do not spin on a failing database: the tick brings the next pass.
           break;

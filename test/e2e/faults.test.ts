@@ -89,7 +89,14 @@ describe.skipIf(pgSkip)('PostgreSQL outages under load: two coordinators ride th
   let runsFile: string;
 
   const rows = <T>(query: ReturnType<typeof sql>) => database.rows<T>(query);
-  const readiness = (url: string) => fetch(`${url}/readyz`).then((r) => r.status, () => 0);
+  const readiness = (url: string) => fetch(`${url}/readyz`, { signal: AbortSignal.timeout(5000) }).then((r) => r.status, (e: Error) => e.name);
+  /** Waits until every coordinator's /readyz answers `status`; the failure names what they last said. */
+  const readyzSays = async (status: number, what: string) => {
+    let last: (number | string)[] = [];
+    await until(what, async () => (last = await Promise.all(urls.map(readiness))).every((s) => s === status), 15_000).catch((err: Error) => {
+      throw new Error(`${err.message}: /readyz said ${last.join(', ')}`);
+    });
+  };
   const logLines = (c: CoordinatorProcess, msg: string) => c.stdout.filter((l) => l.includes(`"msg":"${msg}"`)).length;
   /** The first placement committed at or after `since`, in ms after it. */
   const firstPlacementAfter = (since: number) =>
@@ -185,16 +192,18 @@ describe.skipIf(pgSkip)('PostgreSQL outages under load: two coordinators ride th
     const refusedBefore = load.unavailable.length;
     const stoppedAt = Date.now();
     server.stop();
-    await until('both coordinators to say they are not ready', async () => (await Promise.all(urls.map(readiness))).every((s) => s === 503), 10_000);
+    await readyzSays(503, 'both coordinators to say they are not ready');
     await until('a submit to be refused with 503', () => load.unavailable.length > refusedBefore, 10_000);
     // The active scheduler's session died with the database: it gave up the lock.
-    await until('the scheduler to stand down', () => coordinators.some((c, i) => logLines(c, 'lost the scheduler lock') > lostBefore[i]!), 10_000);
+    await until('the scheduler to stand down', () => coordinators.some((c, i) => logLines(c, 'lost the scheduler lock') > lostBefore[i]!), 10_000).catch((err: Error) => {
+      throw new Error(`${err.message}; the coordinators said:\n${coordinators.map((c) => c.stdout.slice(-12).join('\n')).join('\n---\n')}`);
+    });
     // The outage itself lasts 30 s (what is checked meanwhile is above).
     await new Promise((r) => setTimeout(r, Math.max(0, stoppedAt + 30_000 - Date.now())));
     server.start();
     const back = Date.now();
     expect(await firstPlacementAfter(back)).toBeLessThan(5000);
-    await until('both coordinators to be ready again', async () => (await Promise.all(urls.map(readiness))).every((s) => s === 200), 10_000);
+    await readyzSays(200, 'both coordinators to be ready again');
     expect(coordinators.some((c, i) => logLines(c, 'this coordinator is the active scheduler') > electedBefore[i]!)).toBe(true);
 
     const refusals = load.unavailable.slice(refusedBefore);

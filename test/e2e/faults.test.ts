@@ -90,11 +90,17 @@ describe.skipIf(pgSkip)('PostgreSQL outages under load: two coordinators ride th
 
   const rows = <T>(query: ReturnType<typeof sql>) => database.rows<T>(query);
   const readiness = (url: string) => fetch(`${url}/readyz`, { signal: AbortSignal.timeout(5000) }).then((r) => r.status, (e: Error) => e.name);
+  /** What the coordinators that exited said on stderr (none should have). */
+  const exits = () =>
+    coordinators
+      .filter((c) => c.child.exitCode !== null || c.child.signalCode !== null)
+      .map((c) => `\ncoordinator exited (${c.child.exitCode ?? c.child.signalCode}): ${c.stderr.slice(-30).join('\n')}`)
+      .join('');
   /** Waits until every coordinator's /readyz answers `status`; the failure names what they last said. */
   const readyzSays = async (status: number, what: string) => {
     let last: (number | string)[] = [];
     await until(what, async () => (last = await Promise.all(urls.map(readiness))).every((s) => s === status), 15_000).catch((err: Error) => {
-      throw new Error(`${err.message}: /readyz said ${last.join(', ')}`);
+      throw new Error(`${err.message}: /readyz said ${last.join(', ')}${exits()}`);
     });
   };
   const logLines = (c: CoordinatorProcess, msg: string) => c.stdout.filter((l) => l.includes(`"msg":"${msg}"`)).length;
@@ -182,7 +188,7 @@ describe.skipIf(pgSkip)('PostgreSQL outages under load: two coordinators ride th
     server.restart();
     const back = Date.now();
     expect(await firstPlacementAfter(back)).toBeLessThan(5000);
-    for (const c of coordinators) expect(c.child.exitCode ?? c.child.signalCode).toBeNull();
+    expect(exits()).toBe('');
     await invariants.check(database.db);
   }, 60_000);
 
@@ -196,7 +202,7 @@ describe.skipIf(pgSkip)('PostgreSQL outages under load: two coordinators ride th
     await until('a submit to be refused with 503', () => load.unavailable.length > refusedBefore, 10_000);
     // The active scheduler's session died with the database: it gave up the lock.
     await until('the scheduler to stand down', () => coordinators.some((c, i) => logLines(c, 'lost the scheduler lock') > lostBefore[i]!), 10_000).catch((err: Error) => {
-      throw new Error(`${err.message}; the coordinators said:\n${coordinators.map((c) => c.stdout.slice(-12).join('\n')).join('\n---\n')}`);
+      throw new Error(`${err.message}; the coordinators said:\n${coordinators.map((c) => c.stdout.slice(-12).join('\n')).join('\n---\n')}${exits()}`);
     });
     // The outage itself lasts 30 s (what is checked meanwhile is above).
     await new Promise((r) => setTimeout(r, Math.max(0, stoppedAt + 30_000 - Date.now())));

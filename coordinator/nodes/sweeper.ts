@@ -24,6 +24,20 @@ export async function pruneNodeMetrics(db: DbOrTx, at: Date): Promise<number> {
   return toNumber(rows[0]?.n);
 }
 
+/**
+ * The offline sweep as a coordinator runs it: heartbeats missed while the database (or this
+ * coordinator) was away are no node's fault, so a node goes offline only for a TTL of silence
+ * while both were there: nothing while the database is away, nor within a TTL of its return.
+ */
+export async function sweepOfflineNodes(
+  deps: Pick<AppDeps, 'database' | 'availability' | 'config'>,
+  now: Date,
+): Promise<{ id: string; accountId: string }[]> {
+  const ttlMs = deps.config.nodeTtlSeconds * 1000;
+  if (!deps.availability.available || now.getTime() - deps.availability.upSince.getTime() < ttlMs) return [];
+  return markOfflineNodes(deps.database.db, now, deps.config.nodeTtlSeconds);
+}
+
 const pruneEveryMs = 10 * 60_000;
 
 /**
@@ -39,12 +53,8 @@ export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'availability'
 
   const tick = async () => {
     const now = deps.clock.now();
-    // Heartbeats missed while the database (or this coordinator) was away are no node's fault:
-    // a node goes offline only for a TTL of silence while both were there.
-    const judgedFrom = deps.availability.upSince.getTime();
-    const judging = deps.availability.available && now.getTime() - judgedFrom >= deps.config.nodeTtlSeconds * 1000;
     try {
-      for (const node of judging ? await markOfflineNodes(db, now, deps.config.nodeTtlSeconds) : []) {
+      for (const node of await sweepOfflineNodes(deps, now)) {
         deps.log.info('node offline', { nodeId: node.id, accountId: node.accountId, ttlSeconds: deps.config.nodeTtlSeconds });
       }
       if (now.getTime() - lastPrune >= pruneEveryMs) {

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type Postgres from 'postgres';
 import { guardConnectionSource, postgres } from '../../coordinator/db/postgres-driver.ts';
 import { dbSkipReason, itOn, postgresAdminUrl } from '../support/database.ts';
@@ -50,7 +50,7 @@ describe.skipIf(dbSkipReason)('postgres.js with the write guard', () => {
     expect(await code(sql`select 1`)).toBe('ok');
   });
 
-  itOn('postgres')('refuses a driver whose source it does not know, rather than run it unguarded', () => {
+  it('refuses a driver whose source it does not know, rather than run it unguarded', () => {
     expect(() => guardConnectionSource('function nextWrite(fn) { socket.write(chunk, fn) }')).toThrow(/porsager\/postgres#1208/);
   });
 });

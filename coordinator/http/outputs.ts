@@ -3,6 +3,7 @@ import { JobOutputsInfo, JobResultUpload, maxResultBytes } from '../../shared/bl
 import { idPattern } from '../../shared/ids.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import { openJobOutputs, storeJobOutputs, storeJobResult } from '../blobs/service.ts';
+import { requirePlainTar } from '../blobs/plain-tar.ts';
 import { fromWebStream } from '../blobs/store.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
@@ -26,7 +27,7 @@ export function outputRoutes(deps: AppDeps) {
     createRoute({
       method: 'post',
       path: '/v1/agent/jobs/{id}/outputs',
-      summary: "Agent: the tar of the job's /outputs, as the raw body (size-capped)",
+      summary: "Agent: the tar of the job's /outputs, as the raw body (a plain tar, size-capped; a compressed one is 415)",
       security: agentAuth,
       request: { params: JobIdParam, query: EpochQuery, body: { required: true, ...tar } },
       responses: { 201: { description: 'Stored', ...json(JobOutputsInfo) }, ...errorResponses },
@@ -38,7 +39,7 @@ export function outputRoutes(deps: AppDeps) {
         c.get('nodeId'),
         c.req.valid('param').id,
         c.req.valid('query').epoch,
-        fromWebStream(c.req.raw.body),
+        requirePlainTar(fromWebStream(c.req.raw.body)),
         deps.config.outputsMaxBytes,
       );
       return c.json(stored, 201);

@@ -78,7 +78,7 @@ export const outputs: Command = {
     } catch (err) {
       if (err instanceof ExtractLimitError) {
         const limit = err.limit === 'bytes' ? `more than ${formatSizeMb(maxSizeMb)} (--max-size)` : `more than ${maxEntries} entries (--max-files)`;
-        throw new CliError(`the outputs of ${id} hold ${limit}: stopped after ${err.so.files} files (${err.so.bytes} bytes) in ${target}`);
+        throw new CliError(`the outputs of ${id} hold ${limit}: stopped after ${err.so.files} file${err.so.files === 1 ? '' : 's'} (${err.so.bytes} bytes) in ${target}`);
       }
       throw new CliError(`the outputs of ${id} are not a readable archive (${(err as Error).message})`);
     }

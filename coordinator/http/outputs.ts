@@ -8,10 +8,8 @@ import { fromWebStream } from '../blobs/store.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { blobResponse, checkDeclaredLength, EpochQuery } from './blobs.ts';
-import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
 
-/** Agent routes authenticate with the agent's own signed token, not an API key. */
-const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
 const tar = { content: { 'application/x-tar': { schema: z.string().openapi({ format: 'binary' }) } } };

@@ -39,3 +39,5 @@ export const errorResponses = {
 } as const;
 
 export const bearerAuth = [{ bearerAuth: [] }];
+/** Agent routes: the agent's own signed token, not an API key. */
+export const agentAuth = [{ agentToken: [] }];

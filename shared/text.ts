@@ -10,27 +10,35 @@ const unstorable = new RegExp(`\\u0000|${loneSurrogate}`);
 /** What stands in for a character taken out of a node's text. */
 export const replacementChar = '\uFFFD';
 
+const unstorableEach = new RegExp(unstorable.source, 'g');
+
 export const hasUnstorable = (text: string) => unstorable.test(text);
 
 /**
  * The first string (or object key) under value holding a NUL or a lone surrogate, as a dotted
- * path ('' for value itself), or null when there is none.
+ * path ('' for value itself), or null when there is none. Every validated request body goes
+ * through here: nothing is allocated unless something is found.
  */
-export function findUnstorable(value: unknown, path: string[] = []): string | null {
-  if (typeof value === 'string') return hasUnstorable(value) ? path.join('.') : null;
+export function findUnstorable(value: unknown): string | null {
+  const found = unstorableAt(value);
+  return found === null ? null : found.reverse().join('.');
+}
+
+/** The path to the first unstorable string, innermost segment first. */
+function unstorableAt(value: unknown): string[] | null {
+  if (typeof value === 'string') return hasUnstorable(value) ? [] : null;
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const found = findUnstorable(value[i], [...path, String(i)]);
-      if (found !== null) return found;
+      const found = unstorableAt(value[i]);
+      if (found !== null) return [...found, String(i)];
     }
     return null;
   }
   if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
-    for (const [k, v] of Object.entries(value)) {
-      const at = [...path, k.replace(new RegExp(`\\u0000|${loneSurrogate}`, 'g'), replacementChar)];
-      if (hasUnstorable(k)) return at.join('.');
-      const found = findUnstorable(v, at);
-      if (found !== null) return found;
+    for (const k in value) {
+      if (hasUnstorable(k)) return [k.replace(unstorableEach, replacementChar)];
+      const found = unstorableAt((value as Record<string, unknown>)[k]);
+      if (found !== null) return [...found, k];
     }
   }
   return null;

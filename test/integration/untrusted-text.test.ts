@@ -3,7 +3,9 @@
 // agent drops a report answered 4xx, and the job would run again).
 import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nodes } from '../../coordinator/db/schema/index.ts';
+import { accounts, nodes } from '../../coordinator/db/schema/index.ts';
+import { describeFailure } from '../../coordinator/log.ts';
+import { newId } from '../../shared/ids.ts';
 import type { Job, JobEvent } from '../../shared/jobs.ts';
 import type { LogPage } from '../../shared/logs.ts';
 import { createTestNode, leaseTo, type TestNode } from '../support/agent-fixture.ts';
@@ -73,5 +75,19 @@ describe.skipIf(dbSkipReason)('untrusted text', () => {
     expect(page.items.map((b) => b.text).join('')).toBe(
       'boom\u001b]0;owned\ufffd\u001b[2J\u001b[31mred\u001b[0m\ufffd\ufffdx\ufffd\ufffd31m\ttab\rcr nl\n\ufffd\n',
     );
+  });
+
+  it('logs a failed query without its parameters or the values the database quotes', async () => {
+    const marker = `secret${Date.now()}`;
+    const err = await h.coordinator.deps.database.db
+      .insert(accounts)
+      .values({ id: newId('account'), name: `${marker}\u0000`, kind: 'client' })
+      .catch((e: unknown) => e as Error);
+    // The error as the driver gives it quotes the value; the line a log may hold does not.
+    expect(`${(err as Error).stack}`).toContain(marker);
+    const line = describeFailure(err);
+    expect(line).not.toContain(marker);
+    expect(line).toMatch(/^\w+: a query failed: \S/);
+    expect(line).toMatch(/\n\s+at /);
   });
 });

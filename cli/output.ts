@@ -50,10 +50,11 @@ export class Painter {
 // Every string that came from elsewhere (a node's error, log or name, a coordinator's message)
 // passes through printable() before a terminal shows it: an escape sequence could retitle the
 // window, rewrite the screen or hide a line. Escape sequences (ECMA-48: CSI, the OSC/DCS/APC
-// string kinds, two-byte ESC ones) are dropped; other control characters become "?". A job's
-// log keeps its colours (SGR) and its tabs, carriage returns and newlines.
+// string kinds, up to their end or the line's, two-byte ESC ones) are dropped; other control
+// characters become "?". A job's log keeps its colours (SGR) and its tabs, carriage returns
+// and newlines.
 // eslint-disable-next-line no-control-regex
-const unprintable = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][\s\S]*?(?:\x07|\x1b\\|$)|\x1b[ -/]*[0-~]|[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const unprintable = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\n]*?(?:\x07|\x1b\\|(?=\n)|$)|\x1b[ -/]*[0-~]|[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 // eslint-disable-next-line no-control-regex
 const sgr = /^\x1b\[[0-9;:]*m$/;
 

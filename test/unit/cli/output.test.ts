@@ -39,6 +39,8 @@ describe('tables', () => {
     expect(printable(hostile)).toBe('ared?b?c?link???2J?evil?');
     // Only SGR survives in a log: whatever else is left has no ESC in it.
     expect(printable(hostile, 'log').replace(/\x1b\[[0-9;]*m/g, '')).not.toMatch(/[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]/);
+    // A string never ended hides the rest of its line, not the lines after it.
+    expect(printable('a\x1b]0;never ended\nnext line\n', 'log')).toBe('a\nnext line\n');
   });
 
   it('paints only when colour is on, and measures widths without the escape codes', () => {

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eq, sql } from 'drizzle-orm';
@@ -591,6 +592,18 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
     it('cannot reach the terminal through archive names, nor fill the disk past the caps', async () => {
       const job = await h.client(client.key).post<Job>('/v1/jobs', { name: 'out-hostile', image: 'busybox', command: ['true'], resources: { cpu: 1, memoryMb: 64 } });
       await leaseTo(h, job.id, node.nodeId, 'running');
+      // A gzip bomb (64 MiB of zeros in about 64 KiB) is not taken at all.
+      const zeros = tar.pack();
+      zeros.entry({ name: 'zeros.bin' }, Buffer.alloc(64 << 20));
+      zeros.finalize();
+      const zeroParts: Buffer[] = [];
+      for await (const c of zeros) zeroParts.push(Buffer.from(c as Uint8Array));
+      const bomb = gzipSync(Buffer.concat(zeroParts));
+      const refused = await node.fetch(`/v1/agent/jobs/${job.id}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(bomb), headers: { 'content-type': 'application/x-tar' } });
+      expect(refused.status).toBe(415);
+      const none = await gantry(['outputs', job.id, '-o', join(home, 'no-outputs')]);
+      expect(none.code).toBe(1);
+      expect(none.stderr).toMatch(/not found/);
       const pack = tar.pack();
       pack.entry({ name: 'ok.txt' }, 'fine');
       pack.entry({ name: `\u001b]0;owned\u0007\u001b[2J/../../escape.txt` }, 'no');

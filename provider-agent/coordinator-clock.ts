@@ -6,8 +6,10 @@
  * A `Date` header has whole seconds: the coordinator's time when it answered lay in [D, D + 1 s),
  * and our time then lay between sending and receiving. Each answer so bounds the offset
  * (coordinator minus local) from both sides; the recent bounds together narrow it to about the
- * shortest round trip, and the estimate is the middle. A clock step (bounds that no longer
- * overlap) starts the estimate again from the newest answer.
+ * shortest round trip, and the estimate is the middle. A long-poll answer alone bounds it only
+ * loosely from above (the poll waited), but it was written as it left: then the estimate is at
+ * most a second above the lower bound, which errs towards ending leases early, never late. A
+ * clock step (bounds that no longer overlap) starts the estimate again from the newest answer.
  */
 export class CoordinatorClock {
   private samples: { low: number; high: number }[] = [];
@@ -42,7 +44,7 @@ export class CoordinatorClock {
   get offsetMs(): number {
     if (!this.samples.length) return 0;
     const { low, high } = this.bounds();
-    return Math.round((low + high) / 2);
+    return Math.round(Math.min((low + high) / 2, low + 1000));
   }
 
   /** The coordinator's time now, as best known here. */

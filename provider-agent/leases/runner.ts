@@ -330,9 +330,10 @@ export class LeaseRunner {
     // may run elsewhere by now, and the end is not the job's own.
     if (!stop && run.endedPastLease) stop = 'lease-expired';
     if (stop === 'shutdown' || stop === 'lease-lost' || stop === 'lease-expired') {
-      await sink.close().catch((err) => this.o.log.warn('log shipping did not finish', { ...fields, error: String(err) }));
       // Not ours to report: the coordinator took the lease back, or it lapses and the job runs again elsewhere.
       this.o.log.info('job stopped without a report', { ...fields, why: stop });
+      // What output is left goes while it can (the coordinator may be away: at most the shipper's deadline).
+      await sink.close().catch((err) => this.o.log.warn('log shipping did not finish', { ...fields, error: String(err) }));
       return;
     }
     run.phase = 'reporting';

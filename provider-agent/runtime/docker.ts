@@ -1,4 +1,4 @@
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import Docker from 'dockerode';
 import type { LeaseGrant, LeaseRef, ReportedUsage } from '../../shared/leases.ts';
@@ -9,7 +9,7 @@ import { dockerOptionsFromEnv } from './docker-options.ts';
 import { containerName, containerSpec, labels, pullReference } from './docker-spec.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
-import { startWatchdog, type DeadlineFile } from './watchdog.ts';
+import { startWatchdog, stoppedByWatchdog, type DeadlineFile } from './watchdog.ts';
 
 export interface RuntimeLogger {
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -552,6 +552,8 @@ export class DockerRuntime implements Executor {
       } catch {
         grant = null;
       }
+      // Its watchdog stopped it at its lease's end while no agent ran: that end is not the job's own, it is not resumed.
+      if (await stat(join(this.jobDir(jobId, epoch), stoppedByWatchdog)).then(() => true, () => false)) grant = null;
       runs.push({ jobId, epoch, grant, running: c.State === 'running' });
     }
     return runs;

@@ -7,7 +7,7 @@
 // The agent writes the lease's end (local ms) into the deadline file at every renewal. Once the
 // time passes that end by the margin (the agent, when alive, stops the job at the end itself),
 // the watchdog stops the container (SIGTERM, SIGKILL after the grace), notes it beside the
-// deadline file, and exits. It exits as well when the deadline file is removed (the run is over)
+// deadline file (a restarted agent does not resume such a container), and exits. It exits as well when the deadline file is removed (the run is over)
 // or the container is gone or has ended.
 import { spawn } from 'node:child_process';
 import { appendFile, readFile, writeFile } from 'node:fs/promises';
@@ -22,6 +22,9 @@ export interface DeadlineFile {
 }
 
 const watchdogEntry = fileURLToPath(import.meta.url);
+
+/** The file a watchdog leaves beside the deadline file when it stopped the container. */
+export const stoppedByWatchdog = 'stopped-by-watchdog';
 
 /**
  * Starts a watchdog for a container, detached from the agent (own session and process group:
@@ -83,12 +86,13 @@ async function watch(containerId: string, deadlineFile: string, graceSeconds: nu
     }
     if (known !== null && Date.now() >= known + marginMs) {
       await note(`the lease ended at ${new Date(known).toISOString()} without a renewal: stopping container ${containerId}`);
+      // Marked first: an agent that starts meanwhile must not take the container's end for the job's own.
+      await writeFile(join(dirname(deadlineFile), stoppedByWatchdog), new Date().toISOString()).catch(() => {});
       try {
         await container.stop({ t: graceSeconds });
       } catch (err) {
         if (statusOf(err) !== 304 && statusOf(err) !== 404) await container.kill().catch(() => {});
       }
-      await writeFile(join(dirname(deadlineFile), 'stopped-by-watchdog'), new Date().toISOString()).catch(() => {});
       return;
     }
     await sleep(known === null ? 1000 : Math.max(50, Math.min(1000, known + marginMs - Date.now())));

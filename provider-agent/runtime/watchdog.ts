@@ -7,8 +7,8 @@
 // The agent writes the lease's end (local ms) into the deadline file at every renewal. Once the
 // time passes that end by the margin (the agent, when alive, stops the job at the end itself),
 // the watchdog stops the container (SIGTERM, SIGKILL after the grace), notes it beside the
-// deadline file (a restarted agent does not resume such a container), and exits. It exits as well when the deadline file is removed (the run is over)
-// or the container is gone or has ended.
+// deadline file (a restarted agent does not resume such a container), and exits. It exits as
+// well when the deadline file is removed (the run is over) or the container is gone or has ended.
 import { spawn } from 'node:child_process';
 import { appendFile, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

@@ -476,6 +476,11 @@ export class LeaseRunner {
       return;
     }
     for (const rec of found) {
+      if (rec.stoppedAtLeaseEnd) {
+        this.o.log.info('discarding a run whose lease is gone (stopped at its lease end while no agent ran)', { jobId: rec.jobId, epoch: rec.epoch });
+        void this.o.executor.discard?.(rec).catch(() => {});
+        continue;
+      }
       // A run whose end is kept already: what is left of it goes.
       const reported = this.deliveries.get(rec.jobId)?.stored.epoch === rec.epoch;
       if (reported || !rec.grant || rec.grant.jobId !== rec.jobId || rec.grant.epoch !== rec.epoch) {

@@ -552,9 +552,8 @@ export class DockerRuntime implements Executor {
       } catch {
         grant = null;
       }
-      // Its watchdog stopped it at its lease's end while no agent ran: that end is not the job's own, it is not resumed.
-      if (await stat(join(this.jobDir(jobId, epoch), stoppedByWatchdog)).then(() => true, () => false)) grant = null;
-      runs.push({ jobId, epoch, grant, running: c.State === 'running' });
+      const stoppedAtLeaseEnd = await stat(join(this.jobDir(jobId, epoch), stoppedByWatchdog)).then(() => true, () => false);
+      runs.push({ jobId, epoch, grant, running: c.State === 'running', ...(stoppedAtLeaseEnd ? { stoppedAtLeaseEnd } : {}) });
     }
     return runs;
   }

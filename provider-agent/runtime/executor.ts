@@ -34,6 +34,8 @@ export interface RecoveredRun {
   grant: LeaseGrant | null;
   /** Whether the job's process is still running (false: it ended while the agent was away). */
   running: boolean;
+  /** Stopped at its lease's end while no agent ran (its watchdog did): its end is not the job's own, it is never resumed. */
+  stoppedAtLeaseEnd?: boolean;
 }
 
 /** Why the runner aborted a run: what ctx.signal.reason holds. */

@@ -93,6 +93,9 @@ const sleep = (ms: number, signal?: AbortSignal) =>
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 
+/** A lease as `jobId.epoch`: the form of the long-poll's `have`. */
+const leaseKey = (l: { jobId: string; epoch: number }) => `${l.jobId}.${l.epoch}`;
+
 /** The wait before try `attempt` + 1 (0-based) of a call to the coordinator: doubling from 500 ms up to `capMs`, with jitter. */
 const retryDelay = (attempt: number, capMs: number) => Math.min(capMs, 500 * 2 ** Math.min(attempt, 16)) * (0.5 + Math.random());
 
@@ -111,6 +114,7 @@ const isGone = (err: unknown) => err instanceof ApiRequestError && (err.status =
  */
 export class LeaseRunner {
   private runs = new Map<string, Run>();
+  /** By `jobId.epoch`: a job may hold a new lease here while the end of its old one is still to be delivered. */
   private deliveries = new Map<string, Delivery>();
   private stopping = new AbortController();
   private polling: Promise<void> | null = null;
@@ -135,8 +139,8 @@ export class LeaseRunner {
    */
   heldJobs(): LeaseRef[] {
     const held = new Map<string, LeaseRef>();
-    for (const r of this.runs.values()) if (r.phase !== 'verifying') held.set(r.grant.jobId, { jobId: r.grant.jobId, epoch: r.grant.epoch });
-    for (const d of this.deliveries.values()) held.set(d.stored.jobId, { jobId: d.stored.jobId, epoch: d.stored.epoch });
+    for (const r of this.runs.values()) if (r.phase !== 'verifying') held.set(leaseKey(r.grant), { jobId: r.grant.jobId, epoch: r.grant.epoch });
+    for (const [key, d] of this.deliveries) held.set(key, { jobId: d.stored.jobId, epoch: d.stored.epoch });
     return [...held.values()];
   }
 
@@ -223,8 +227,8 @@ export class LeaseRunner {
     let failures = 0;
     while (!this.stopping.signal.aborted) {
       try {
-        const held = new Set([...this.runs.values()].map((r) => `${r.grant.jobId}.${r.grant.epoch}`));
-        for (const d of this.deliveries.values()) held.add(`${d.stored.jobId}.${d.stored.epoch}`);
+        const held = new Set(this.deliveries.keys());
+        for (const r of this.runs.values()) held.add(leaseKey(r.grant));
         const have = [...held].join(',');
         const work = await this.o.client.get<Work>(`/v1/agent/work?wait=${wait}${have ? `&have=${encodeURIComponent(have)}` : ''}`, {
           signal: this.stopping.signal,
@@ -232,7 +236,7 @@ export class LeaseRunner {
         });
         failures = 0;
         for (const grant of work.leases) {
-          if (this.runs.has(grant.jobId) || this.deliveries.get(grant.jobId)?.stored.epoch === grant.epoch) continue;
+          if (this.runs.has(grant.jobId) || this.deliveries.has(leaseKey(grant))) continue;
           this.accept(grant);
         }
       } catch (err) {
@@ -403,12 +407,13 @@ export class LeaseRunner {
    * stopping leaves it on disk for the next one.
    */
   private deliver(stored: StoredReport, runningTaken: boolean): Promise<void> {
-    const existing = this.deliveries.get(stored.jobId);
-    if (existing?.stored.epoch === stored.epoch) return existing.done;
+    const key = leaseKey(stored);
+    const existing = this.deliveries.get(key);
+    if (existing) return existing.done;
     const d: Delivery = { stored, runningTaken: runningTaken || !stored.started, wake: () => {}, done: Promise.resolve() };
-    this.deliveries.set(stored.jobId, d);
+    this.deliveries.set(key, d);
     d.done = this.deliverLoop(d).finally(() => {
-      if (this.deliveries.get(stored.jobId) === d) this.deliveries.delete(stored.jobId);
+      if (this.deliveries.get(key) === d) this.deliveries.delete(key);
     });
     return d.done;
   }
@@ -482,7 +487,7 @@ export class LeaseRunner {
         continue;
       }
       // A run whose end is kept already: what is left of it goes.
-      const reported = this.deliveries.get(rec.jobId)?.stored.epoch === rec.epoch;
+      const reported = this.deliveries.has(leaseKey(rec));
       if (reported || !rec.grant || rec.grant.jobId !== rec.jobId || rec.grant.epoch !== rec.epoch) {
         void this.o.executor.discard?.(rec).catch(() => {});
         continue;

@@ -4,6 +4,7 @@
 // the point). Lease TTL 20 s, the agent's long-poll waits its default 30 s.
 //   - a job that ends while the coordinator is down is reported once it is back, and succeeds
 //     on its first attempt, also when the agent restarted in between (its report kept on disk);
+//   - a kept report whose epoch moved on meanwhile is dropped (409), and the job runs again;
 //   - a lease handed to a poll that had waited longer than the TTL runs on its first attempt;
 //   - a frozen agent's container is stopped at its lease's end by its watchdog.
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
@@ -215,6 +216,36 @@ describe.skipIf(pgSkip)('agent faults: the coordinator as a process on PostgreSQ
     // Nothing is left to deliver: the file is gone once the coordinator took it.
     await until('the kept report to be removed', async () => (await readdir(path.join(stateDir, 'reports'))).length === 0);
   }, 150_000);
+
+  it('a kept report whose epoch moved on while the agent was away is dropped, and the job runs again under its new lease', async () => {
+    const { agent, nodeId, stateDir } = await join('stale', testExecutorArgs);
+    const record = path.join(work, 'stale.record');
+    const submitted = await submit(nodeId, { GANTRY_TEST_SLEEP_MS: '1500', GANTRY_TEST_RECORD: record });
+    const running = await until('the job to run', async () => {
+      const j = await job(submitted.id);
+      return j.status === 'running' ? j : null;
+    });
+    coordinator.child.kill('SIGKILL');
+    await coordinator.exited;
+    await agent.waitForLine(new RegExp(`job ended; its report is kept until the coordinator takes it.*${submitted.id}`), 30_000);
+    await agent.kill('SIGKILL');
+
+    // Nobody renews the lease now: the coordinator, back, takes it back after its grace.
+    await startCoordinator();
+    await until('the lease to be taken back', async () => (await job(submitted.id)).leaseEpoch > running.leaseEpoch, (3 * leaseTtlSeconds + 10) * 1000);
+    const again = spawnAgent(['run', '--state-dir', stateDir, ...testExecutorArgs], { GANTRY_AGENT_STATE_DIR: '' });
+    agents.push(again);
+    await again.waitForLine(new RegExp(`report dropped: the job is no longer held at this epoch.*${submitted.id}`), 60_000);
+    const end = await ended(submitted.id);
+    expect(end).toMatchObject({ status: 'succeeded', attempts: 2 });
+    expect((await records(record, submitted.id)).map((r) => `${r.event} ${r.epoch}`)).toEqual([
+      `start ${running.leaseEpoch}`,
+      `end ${running.leaseEpoch}`,
+      `start ${end.leaseEpoch - 1}`,
+      `end ${end.leaseEpoch - 1}`,
+    ]);
+    expect(await readdir(path.join(stateDir, 'reports'))).toEqual([]);
+  }, 180_000);
 
   it(`a lease handed to a poll that had waited longer than the TTL (${leaseTtlSeconds} s, poll 30 s) runs on its first attempt`, async () => {
     const { agent, nodeId } = await join('idle', testExecutorArgs);

@@ -244,7 +244,7 @@ function describeUsage(r: FinishReport): string {
   return parts.length ? ` (${parts.join(', ')})` : '';
 }
 
-const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'timeout'];
+const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'disk', 'timeout'];
 
 function describeOutcome(r: FinishReport): string {
   switch (r.reason) {
@@ -254,6 +254,8 @@ function describeOutcome(r: FinishReport): string {
       return `exited ${r.exitCode ?? '?'}`;
     case 'oom':
       return 'killed: out of memory';
+    case 'disk':
+      return 'stopped: wrote more than its disk budget';
     case 'timeout':
       return 'stopped: ran past its timeout';
     case 'cancelled':

@@ -261,6 +261,7 @@ export class LeaseRunner {
     if (stop === 'shutdown' || stop === 'lease-lost' || stop === 'lease-expired') {
       // Not ours to report: the coordinator took the lease back, or it lapses and the job runs again elsewhere.
       this.o.log.info('job stopped without a report', { ...fields, why: stop });
+      void result.cleanup?.();
       return;
     }
     run.phase = 'reporting';
@@ -275,6 +276,8 @@ export class LeaseRunner {
             ...(result.usage ? { usage: result.usage } : {}),
           };
     await this.report(run, report);
+    // After the report, never before: removing a job's volumes can take seconds.
+    void result.cleanup?.();
   }
 
   private defaultSink = (grant: LeaseGrant): LogSink =>

@@ -22,7 +22,15 @@ function grant(spec: Record<string, unknown>, gpus: LeaseGrant['gpus'] = []): Le
     expiresInMs: 0,
   };
 }
-const opts = { nodeId: 'node_z', imageId: 'sha256:abc', inputsDir: '/w/in', outputsDir: '/w/out', stopGraceSeconds: 10 };
+const opts = {
+  nodeId: 'node_z',
+  imageId: 'sha256:abc',
+  volumes: [
+    { name: 'gantry-job_x-4-outputs', target: '/outputs', readOnly: false },
+    { name: 'gantry-job_x-4-inputs', target: '/inputs', readOnly: true },
+  ],
+  stopGraceSeconds: 10,
+};
 
 describe('container spec', () => {
   it('grants exactly the lease: CPU, memory without swap, the named GPUs and no others', () => {
@@ -58,9 +66,15 @@ describe('container spec', () => {
       PidsLimit: 4096,
       ShmSize: 2048 * 1024 * 1024,
       NetworkMode: 'none',
-      Binds: ['/w/in:/inputs:ro', '/w/out:/outputs:rw'],
+      Mounts: [
+        { Type: 'volume', Source: 'gantry-job_x-4-outputs', Target: '/outputs', ReadOnly: false },
+        { Type: 'volume', Source: 'gantry-job_x-4-inputs', Target: '/inputs', ReadOnly: true },
+      ],
     });
+    expect(c.HostConfig!.Binds).toBeUndefined();
     expect(Object.keys(c.HostConfig!.Tmpfs!)).toEqual(['/tmp', '/home/gantry']);
+    // Each tmpfs is bounded by the job's memory (768 MiB granted).
+    expect(c.HostConfig!.Tmpfs!['/tmp']).toContain(`size=${768 * 1024 * 1024}`);
   });
 
   it('replaces CMD with the command, and ENTRYPOINT only when the spec has one; 1 GiB of shm by default', () => {

@@ -378,7 +378,9 @@ export class DockerRuntime implements Executor {
       // A lease that is gone takes nothing more from this run: the coordinator would refuse it.
       const leaseGone = stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
       const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
-      if (!leaseGone) {
+      // Over its disk budget, what it wrote is not read back: that would take as long again as writing it.
+      if (stoppedFor === 'disk') ctx.onProgress?.('outputs not kept: the job went over its disk budget');
+      else if (!leaseGone) {
         await saveOutputs(ctx, () => this.readOutputs(info.Id, join(dir, 'outputs.tar'), maxBytes, disk, ctx), maxBytes, (m, f) =>
           this.o.log.warn(m, { jobId: grant.jobId, ...f }),
         );

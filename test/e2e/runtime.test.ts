@@ -130,6 +130,8 @@ describe.skipIf(!docker)('jobs run as containers through the Docker engine', () 
       for (const ct of await engine.listContainers({ all: true, filters: { label: [`io.gantry.node=${nodeId}`] } }).catch(() => [])) {
         await engine.getContainer(ct.Id).remove({ force: true }).catch(() => {});
       }
+      const { Volumes } = await engine.listVolumes({ filters: { label: [`io.gantry.node=${nodeId}`] } }).catch(() => ({ Volumes: [] }));
+      for (const v of Volumes ?? []) await engine.getVolume(v.Name).remove().catch(() => {});
     }
     await c?.close();
     if (work) await rm(work, { recursive: true, force: true });

@@ -288,6 +288,7 @@ describe.skipIf(pgSkip)('scheduler end to end on PostgreSQL: coordinators killed
       publicKey: { kty: 'OKP', crv: 'Ed25519', x: `k${i}` },
       cpuMillis: 64_000,
       memoryMb: 512_000,
+      diskMb: 5_000_000,
       priceGpuHourMicros: 100_000 * (1 + (i % 7)),
       lastHeartbeatAt: new Date(),
     }));

@@ -97,6 +97,20 @@ describe.skipIf(dbSkipReason)('scheduler', () => {
     expect(w2.status).toBe('queued');
   });
 
+  it("places a job only where its disk budget fits the node's reported free disk, less what its jobs hold", async () => {
+    await node({ gpus: [{ model: 'NVIDIA L4' }], diskMb: 8_000 });
+    const roomy = await node({ gpus: [{ model: 'NVIDIA L4' }, { model: 'NVIDIA L4' }], diskMb: 50_000 });
+    const first = await submit({}, { gpus: 1, diskMb: 30_000 });
+    expect((await until(first.id, (x) => x.status === 'leased')).nodeId).toBe(roomy.nodeId);
+    const [n] = await db().select().from(nodes).where(eq(nodes.id, roomy.nodeId));
+    expect(n!.allocatedDiskMb).toBe(30_000);
+    // A GPU is free on both nodes, but 20,000 MB of disk on neither.
+    const second = await submit({}, { gpus: 1, diskMb: 30_000 });
+    const waiting = await until(second.id, (x) => /would fit but for 30000 MB of free disk/.test(x.pendingReason ?? ''));
+    expect(waiting.status).toBe('queued');
+    expect(waiting.pendingReason).toMatch(/; 2 nodes would fit but for 30000 MB of free disk$/);
+  });
+
   it('places the cheapest node first, then the tightest fit, and honours labels and region', async () => {
     const pricey = await node({ gpus: [{ model: 'NVIDIA L4' }], pricePerGpuHour: 1 });
     const big = await node({ gpus: [{ model: 'NVIDIA L4' }, { model: 'NVIDIA L4' }], pricePerGpuHour: 0.5 });

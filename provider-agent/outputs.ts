@@ -142,7 +142,7 @@ export interface OutputsRead {
  * content in all, and picks result.json out of it on the way. Links stay links: nothing is
  * followed, and nothing is read through a host path.
  */
-export async function repackArchive(archive: AsyncIterable<Buffer>, file: string, maxBytes: number): Promise<OutputsRead> {
+export async function repackArchive(archive: AsyncIterable<Buffer> | Iterable<Buffer>, file: string, maxBytes: number): Promise<OutputsRead> {
   const pack = tar.pack();
   const written = pipeline(pack, createWriteStream(file, { mode: 0o600 }));
   const extract = tar.extract();

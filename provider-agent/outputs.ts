@@ -134,6 +134,8 @@ export interface OutputsRead {
   packed: PackedOutputs | null;
   /** Every entry read (folders, files, links), /outputs itself included. */
   entries: number;
+  /** The length of the longest folder path read ("outputs/..."). */
+  deepestFolder: number;
 }
 
 /**
@@ -152,10 +154,12 @@ export async function repackArchive(archive: AsyncIterable<Buffer> | Iterable<Bu
   let skipped = 0;
   let packedEntries = 0;
   let entries = 0;
+  let deepestFolder = 0;
   const reading = (async () => {
     for await (const entry of extract) {
       const h = entry.header;
       entries++;
+      if (h.type === 'directory') deepestFolder = Math.max(deepestFolder, Buffer.byteLength(h.name));
       const slash = h.name.indexOf('/');
       const rel = slash < 0 ? '' : h.name.slice(slash + 1).replace(/\/$/, '');
       if (!rel) {
@@ -208,7 +212,7 @@ export async function repackArchive(archive: AsyncIterable<Buffer> | Iterable<Bu
     pack.finalize();
     await written;
   }
-  return { result, packed: packedEntries ? { file, bytes, files, skipped } : null, entries };
+  return { result, packed: packedEntries ? { file, bytes, files, skipped } : null, entries, deepestFolder };
 }
 
 /**
@@ -219,7 +223,7 @@ export async function repackArchive(archive: AsyncIterable<Buffer> | Iterable<Bu
  */
 export async function saveOutputs(
   ctx: Pick<ExecutionContext, 'onProgress' | 'uploadOutputs' | 'uploadResult'>,
-  read: () => Promise<Omit<OutputsRead, 'entries'>>,
+  read: () => Promise<Pick<OutputsRead, 'result' | 'packed'>>,
   maxBytes: number,
   warn: (msg: string, fields?: Record<string, unknown>) => void,
 ): Promise<void> {

@@ -2,7 +2,8 @@
 // agent as its own process, real containers on this machine's engine. Each case is a job a
 // stranger could submit; none may read a file of the host, outgrow its disk budget, leave what
 // it wrote behind, or see a secret of the node.
-import { readFile, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
@@ -156,6 +157,22 @@ describe.skipIf(!docker)('hostile jobs', () => {
       expect(all).not.toContain(stateDir);
       expect(all).not.toContain(work);
     });
+  });
+
+  it('sweeps, when the agent starts, what runs it no longer holds left behind: a deep folder and a volume', async () => {
+    // What a cleanup cut short by a crash leaves: the run's folder (here 40 deep in 255-character
+    // names, as a job's outputs left by an older agent) and its volume.
+    const folder = path.join(stateDir, 'work', 'jobs', 'job_gone.1');
+    await mkdir(folder, { recursive: true });
+    execFileSync('sh', ['-c', 'n=$(printf "%0255d" 0) && mkdir "$n" && for i in $(seq 2 40); do mkdir t && mv "$n" "t/$n" && mv t "$n"; done'], { cwd: folder });
+    await engine.createVolume({
+      Name: 'gantry-job_gone-1-outputs',
+      Labels: { 'io.gantry.managed': 'true', 'io.gantry.node': nodeId, 'io.gantry.job': 'job_gone', 'io.gantry.epoch': '1' },
+    });
+    await agent.kill('SIGKILL');
+    agent = spawnAgent(['run', '--state-dir', stateDir, '--heartbeat-seconds', '1'], { GANTRY_AGENT_STATE_DIR: '', GANTRY_AGENT_STOP_GRACE_SECONDS: '2' });
+    await agent.waitForLine(/connected to the coordinator/, 60_000);
+    await nothingLeft('job_gone');
   });
 
   it('shows the job no secret of the node in its environment, mounts or the paths it can list', async () => {

@@ -3,7 +3,7 @@
 // stranger could submit; none may read a file of the host, outgrow its disk budget, leave what
 // it wrote behind, or see a secret of the node.
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
@@ -16,6 +16,18 @@ import { until } from '../support/until.ts';
 
 const docker = await requireDockerOrSkip();
 const engine = new Docker(dockerOptions(30_000));
+
+/**
+ * The agent runs as a provider's own account would (install-service runs it as the sudo user):
+ * nobody, with the docker group for the engine's socket. As root (the test runner here) the
+ * files a root job leaves would be no obstacle to it.
+ */
+function providerUser(): { uid: number; gid: number } | null {
+  if (process.getuid?.() !== 0) return null;
+  const group = execFileSync('getent', ['group', 'docker'], { encoding: 'utf8' }).split(':')[2];
+  return group ? { uid: 65534, gid: Number(group) } : null;
+}
+const asProvider = providerUser();
 const terminal = ['succeeded', 'failed', 'cancelled'];
 
 describe.skipIf(!docker)('hostile jobs', () => {
@@ -27,6 +39,7 @@ describe.skipIf(!docker)('hostile jobs', () => {
   let nodeId = '';
   let enrollmentToken = '';
 
+  const agentEnv = () => ({ GANTRY_AGENT_STATE_DIR: '', GANTRY_AGENT_STOP_GRACE_SECONDS: '2', HOME: work });
   const spec = (command: string, extra: Record<string, unknown> = {}) => ({
     name: 'hostile',
     image: dockerTestImage,
@@ -66,18 +79,18 @@ describe.skipIf(!docker)('hostile jobs', () => {
   beforeAll(async () => {
     c = await startLocalCoordinator('pglite', { GANTRY_NODE_TTL_SECONDS: '10' });
     work = await mkdtemp(path.join(tmpdir(), 'gantry-hostile-e2e-'));
+    if (asProvider) await chown(work, asProvider.uid, asProvider.gid);
     stateDir = path.join(work, 'node');
     const p = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'hostile-provider', kind: 'provider' });
     const provider = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${p.id}/keys`, { scopes: ['provider'] })).key });
     const a = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'hostile-client', kind: 'client' });
     client = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${a.id}/keys`, { scopes: ['client'] })).key });
     enrollmentToken = (await provider.post<{ token: string }>('/v1/enrollment-tokens', {})).token;
-    agent = spawnAgent(['join', '--coordinator', c.url, '--token', enrollmentToken, '--state-dir', stateDir, '--name', 'hostile-node', '--run', '--heartbeat-seconds', '1'], {
-      GANTRY_AGENT_STATE_DIR: '',
-      GANTRY_AGENT_STOP_GRACE_SECONDS: '2',
-    });
+    agent = spawnAgent(['join', '--coordinator', c.url, '--token', enrollmentToken, '--state-dir', stateDir, '--name', 'hostile-node', '--run', '--heartbeat-seconds', '1'], agentEnv(), asProvider);
     nodeId = /as node (node_\w+)/.exec(await agent.waitForLine(/as node (node_\w+)/, 60_000))![1]!;
     await agent.waitForLine(/connected to the coordinator/, 60_000);
+    // The premise of every case below: the agent's own files are not root's.
+    if (asProvider) expect((await stat(path.join(stateDir, 'key.json'))).uid).toBe(asProvider.uid);
   }, 120_000);
 
   afterAll(async () => {
@@ -161,7 +174,7 @@ describe.skipIf(!docker)('hostile jobs', () => {
 
   it('sweeps, when the agent starts, what runs it no longer holds left behind: a deep folder and a volume', async () => {
     // What a cleanup cut short by a crash leaves: the run's folder (here 40 deep in 255-character
-    // names, as a job's outputs left by an older agent) and its volume.
+    // names, and root's, as a root job's outputs left by an older agent) and its volume.
     const folder = path.join(stateDir, 'work', 'jobs', 'job_gone.1');
     await mkdir(folder, { recursive: true });
     execFileSync('sh', ['-c', 'n=$(printf "%0255d" 0) && mkdir "$n" && for i in $(seq 2 40); do mkdir t && mv "$n" "t/$n" && mv t "$n"; done'], { cwd: folder });
@@ -170,7 +183,7 @@ describe.skipIf(!docker)('hostile jobs', () => {
       Labels: { 'io.gantry.managed': 'true', 'io.gantry.node': nodeId, 'io.gantry.job': 'job_gone', 'io.gantry.epoch': '1' },
     });
     await agent.kill('SIGKILL');
-    agent = spawnAgent(['run', '--state-dir', stateDir, '--heartbeat-seconds', '1'], { GANTRY_AGENT_STATE_DIR: '', GANTRY_AGENT_STOP_GRACE_SECONDS: '2' });
+    agent = spawnAgent(['run', '--state-dir', stateDir, '--heartbeat-seconds', '1'], agentEnv(), asProvider);
     await agent.waitForLine(/connected to the coordinator/, 60_000);
     await nothingLeft('job_gone');
   });

@@ -117,7 +117,12 @@ export class DockerRuntime implements Executor {
   async run(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
     // No host path of the agent reaches the job's events or its error.
     const scrubbed: ExecutionContext = { ...ctx, onProgress: ctx.onProgress ? (m) => ctx.onProgress!(this.scrub(m)) : undefined };
-    const result = await this.runScrubbed(grant, scrubbed);
+    let result: ExecutionResult;
+    try {
+      result = await this.runScrubbed(grant, scrubbed);
+    } catch (err) {
+      throw new Error(this.scrub(engineReason(err)));
+    }
     return result.error ? { ...result, error: this.scrub(result.error) } : result;
   }
 

@@ -5,6 +5,7 @@ import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts'
 import { insertNode, insertProvider, jobSpec, type TestAgent } from '../support/factories.ts';
 import type { Job } from '../../shared/jobs.ts';
 import type { Work } from '../../shared/leases.ts';
+import type { DryRun } from '../../shared/pool.ts';
 
 // The scheduler through the real coordinator: jobs submitted over HTTP, nodes written into the
 // tables, placements read back from the database and through the agent's work long-poll.
@@ -109,6 +110,9 @@ describe.skipIf(dbSkipReason)('scheduler', () => {
     const waiting = await until(second.id, (x) => /would fit but for 30000 MB of free disk/.test(x.pendingReason ?? ''));
     expect(waiting.status).toBe('queued');
     expect(waiting.pendingReason).toMatch(/; 2 nodes would fit but for 30000 MB of free disk$/);
+    const dry = await client.api.post<DryRun>('/v1/jobs/dry-run', jobSpec({}, { gpus: 1, diskMb: 30_000 }));
+    expect(dry.fits).toBe(false);
+    expect(dry.ruledOut.find((r) => r.constraint === 'disk')).toEqual({ constraint: 'disk', nodes: 2, detail: '2 nodes with less than 30000 MB of disk free' });
   });
 
   it('places the cheapest node first, then the tightest fit, and honours labels and region', async () => {

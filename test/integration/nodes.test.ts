@@ -231,7 +231,7 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
     expect(res.status).toBe(200);
     const node = await a.provider.api.get<Node>(`/v1/nodes/${a.nodeId}`);
     expect(node.capacity).toMatchObject({ cpu: 8, memoryMb: 32_000 });
-    expect(node.allocated).toEqual({ cpu: 0, memoryMb: 0 });
+    expect(node.allocated).toEqual({ cpu: 0, memoryMb: 0, diskMb: 0 });
     expect(node.gpus.map((g) => [g.id, g.driverVersion, g.jobId])).toEqual([
       [a.hardware.gpus[0]!.id, '595.10', null],
       [newGpu.id, newGpu.driverVersion, null],

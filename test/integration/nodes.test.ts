@@ -216,7 +216,7 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
     // Placed on GPU 1 as the scheduler would: job leased at epoch 1, allocation taken, GPU marked.
     await db().transaction(async (tx) => {
       await tx.update(jobs).set({ status: 'leased', nodeId: a.nodeId, gpuIds: [held.id], leaseEpoch: 1, attempts: 1 }).where(eq(jobs.id, job.id));
-      await tx.update(nodes).set({ allocatedCpuMillis: 2000, allocatedMemoryMb: 40_000 }).where(eq(nodes.id, a.nodeId));
+      await tx.update(nodes).set({ allocatedCpuMillis: 2000, allocatedMemoryMb: 40_000, allocatedDiskMb: 10_240 }).where(eq(nodes.id, a.nodeId));
       await tx.update(gpus).set({ jobId: job.id }).where(and(eq(gpus.nodeId, a.nodeId), eq(gpus.id, held.id)));
     });
 

@@ -7,6 +7,7 @@ import { chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
+import * as tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
@@ -28,6 +29,7 @@ function providerUser(): { uid: number; gid: number } | null {
   return group ? { uid: 65534, gid: Number(group) } : null;
 }
 const asProvider = providerUser();
+const userImage = 'gantry-test/busybox-user:hostile';
 const terminal = ['succeeded', 'failed', 'cancelled'];
 
 describe.skipIf(!docker)('hostile jobs', () => {
@@ -100,6 +102,7 @@ describe.skipIf(!docker)('hostile jobs', () => {
     }
     const { Volumes } = await engine.listVolumes({ filters: { label: [`io.gantry.node=${nodeId}`] } }).catch(() => ({ Volumes: [] }));
     for (const v of Volumes ?? []) await engine.getVolume(v.Name).remove().catch(() => {});
+    await engine.getImage(userImage).remove({ force: true }).catch(() => {});
     await c?.close();
     if (work) await rm(work, { recursive: true, force: true }).catch(() => {});
   });
@@ -186,6 +189,20 @@ describe.skipIf(!docker)('hostile jobs', () => {
     agent = spawnAgent(['run', '--state-dir', stateDir, '--heartbeat-seconds', '1'], agentEnv(), asProvider);
     await agent.waitForLine(/connected to the coordinator/, 60_000);
     await nothingLeft('job_gone');
+  });
+
+  it('lets an image that runs as another user than root write its /outputs', async () => {
+    const context = tar.pack();
+    context.entry({ name: 'Dockerfile' }, `FROM ${dockerTestImage}\nUSER 1000:1000\n`);
+    context.finalize();
+    const build = (await engine.buildImage(context as unknown as NodeJS.ReadableStream, { t: userImage })) as unknown as AsyncIterable<Buffer>;
+    for await (const _ of build) {
+      /* the engine's progress */
+    }
+    const j = await submit(spec('id -u; echo \'{"as": "user"}\' > /outputs/result.json', { image: userImage }));
+    const end = await ended(j.id);
+    expect(end).toMatchObject({ status: 'succeeded', result: { as: 'user' } });
+    expect((await stdout(j.id)).trim()).toBe('1000');
   });
 
   it('shows the job no secret of the node in its environment, mounts or the paths it can list', async () => {

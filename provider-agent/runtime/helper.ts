@@ -136,13 +136,14 @@ export class Helper {
  * What a job may write, counted the way a file system charges it: allocated bytes (blocks, not
  * apparent sizes, so sparse files cost nothing and a million empty files still cost their
  * directories) and inodes, of each folder under /v, one line "bytes inodes" every few seconds.
- * `-x` keeps each count inside its own volume.
+ * `-x` keeps each count inside its own volume. du goes on past files the job removes meanwhile
+ * (and says so on stderr); a du that gives no figure at all ends the counter, which the agent logs.
  */
 export function samplerScript(everySeconds: number): string {
   return (
     'while :; do b=0; i=0; for d in /v/*; do ' +
-    'x=$(du -s -x -B1 "$d" | cut -f1); y=$(du -s -x --inodes "$d" | cut -f1); ' +
-    'b=$((b + ${x:-0})); i=$((i + ${y:-0})); done; echo "$b $i"; ' +
+    'x=$(du -s -x -B1 "$d"); y=$(du -s -x --inodes "$d"); x=${x%%[!0-9]*}; y=${y%%[!0-9]*}; ' +
+    '[ -n "$x" ] && [ -n "$y" ] || exit 3; b=$((b + x)); i=$((i + y)); done; echo "$b $i"; ' +
     `sleep ${everySeconds}; done`
   );
 }

@@ -364,7 +364,7 @@ export class DockerRuntime implements Executor {
       if (stoppedFor) return;
       ctx.onProgress?.(`wrote ${(bytes / 2 ** 20).toFixed(1)} MiB in ${inodes} files and folders, over its disk budget of ${diskMb} MiB (${diskMb * inodesPerMb} files): stopping it`);
       stop('disk');
-    });
+    }, () => ctx.onProgress?.('its disk use can no longer be counted on this node: its disk budget is not enforced'));
     const pump = this.pumpLogs(info.Id, ctx, cursorFile, resumed, detachment.signal, exited.catch(() => {}));
     try {
       const first = await Promise.race([exited.then(() => 'exited' as const, () => 'exited' as const), detached]);
@@ -555,7 +555,13 @@ export class DockerRuntime implements Executor {
    * read-only) every few seconds, and calls onOver once the count passes its disk budget:
    * allocated bytes over diskMb MiB, or inodes over inodesPerMb per MiB.
    */
-  private watchDisk(grant: LeaseGrant, info: Docker.ContainerInspectInfo, diskMb: number, onOver: (bytes: number, inodes: number) => void): DiskWatch {
+  private watchDisk(
+    grant: LeaseGrant,
+    info: Docker.ContainerInspectInfo,
+    diskMb: number,
+    onOver: (bytes: number, inodes: number) => void,
+    onLost: () => void,
+  ): DiskWatch {
     const writable = (info.Mounts ?? []).filter((m) => m.Type === 'volume' && m.RW && m.Name);
     // /outputs is /v/0: what the end of the run counts against the archive read back.
     writable.sort((a, b) => Number(b.Destination === '/outputs') - Number(a.Destination === '/outputs'));
@@ -589,9 +595,15 @@ export class DockerRuntime implements Executor {
           if (bytes > limitBytes || inodes > limitInodes) onOver(bytes, inodes);
         }
       }
-      if (!stopped) this.o.log.warn('the disk counter of a job stopped', fields);
+      if (!stopped) {
+        this.o.log.warn('the disk counter of a job stopped', fields);
+        onLost();
+      }
     })().catch((err) => {
-      if (!stopped) this.o.log.warn('disk use of a job cannot be counted', { ...fields, error: engineReason(err) });
+      if (!stopped) {
+        this.o.log.warn('disk use of a job cannot be counted', { ...fields, error: engineReason(err) });
+        onLost();
+      }
     });
     return {
       count: async () => {

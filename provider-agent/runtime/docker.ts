@@ -152,7 +152,11 @@ export class DockerRuntime implements Executor {
     }
 
     const volumes = this.jobVolumes(grant, image.volumes);
-    const forget = () => this.removeRun(null, grant.jobId, grant.epoch, volumes.map((v) => v.name));
+    // A run that never started: its folder goes now, its volumes after the report, like any run's.
+    const forget = async (r: ExecutionResult): Promise<ExecutionResult> => {
+      await this.removeRun(null, grant.jobId, grant.epoch, []);
+      return { ...r, cleanup: () => this.removeVolumes(volumes.map((v) => v.name), grant.jobId) };
+    };
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
       // What the runtime needs to pick this run up after an agent restart.
@@ -162,14 +166,10 @@ export class DockerRuntime implements Executor {
       // A job that runs as another user than root may write its outputs too.
       if (!image.rootUser) await this.helper.run('chmod 0777 /v/0', [{ source: volumes[0]!.name, target: '/v/0', readOnly: false }], [], 'outputs');
     } catch (err) {
-      await forget();
       const why = err instanceof InputError ? err.message : `inputs could not be prepared: ${engineReason(err)}`;
-      return { exitCode: null, reason: 'error', error: why };
+      return forget({ exitCode: null, reason: 'error', error: why });
     }
-    if (ctx.signal.aborted) {
-      await forget();
-      return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
-    }
+    if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped before it started' });
 
     const pidsCap = this.o.pidsLimit ?? defaultPidsLimit;
     const spec = containerSpec(grant, {
@@ -187,13 +187,12 @@ export class DockerRuntime implements Executor {
       });
     } catch (err) {
       if (statusOf(err) !== 409) {
-        await forget();
-        return { exitCode: null, reason: 'error', error: `container could not be created: ${engineReason(err)}` };
+        return forget({ exitCode: null, reason: 'error', error: `container could not be created: ${engineReason(err)}` });
       }
       // 409: a container of this name exists already (an earlier try of this very run): follow it.
     }
     const info = await this.inspectByName(name);
-    if (!info) return { exitCode: null, reason: 'error', error: 'the container vanished right after it was created' };
+    if (!info) return forget({ exitCode: null, reason: 'error', error: 'the container vanished right after it was created' });
     return this.follow(grant, ctx, info, false);
   }
 

@@ -30,6 +30,7 @@ function providerUser(): { uid: number; gid: number } | null {
 }
 const asProvider = providerUser();
 const userImage = 'gantry-test/busybox-user:hostile';
+const volumeImage = 'gantry-test/busybox-volume:hostile';
 const terminal = ['succeeded', 'failed', 'cancelled'];
 
 describe.skipIf(!docker)('hostile jobs', () => {
@@ -102,7 +103,7 @@ describe.skipIf(!docker)('hostile jobs', () => {
     }
     const { Volumes } = await engine.listVolumes({ filters: { label: [`io.gantry.node=${nodeId}`] } }).catch(() => ({ Volumes: [] }));
     for (const v of Volumes ?? []) await engine.getVolume(v.Name).remove().catch(() => {});
-    await engine.getImage(userImage).remove({ force: true }).catch(() => {});
+    for (const image of [userImage, volumeImage]) await engine.getImage(image).remove({ force: true }).catch(() => {});
     await c?.close();
     if (work) await rm(work, { recursive: true, force: true }).catch(() => {});
   });
@@ -191,14 +192,28 @@ describe.skipIf(!docker)('hostile jobs', () => {
     await nothingLeft('job_gone');
   });
 
-  it('lets an image that runs as another user than root write its /outputs', async () => {
+  /** An image of the test's own: the test image with a few more Dockerfile lines. */
+  async function buildImage(tag: string, lines: string[]) {
     const context = tar.pack();
-    context.entry({ name: 'Dockerfile' }, `FROM ${dockerTestImage}\nUSER 1000:1000\n`);
+    context.entry({ name: 'Dockerfile' }, [`FROM ${dockerTestImage}`, ...lines, ''].join('\n'));
     context.finalize();
-    const build = (await engine.buildImage(context as unknown as NodeJS.ReadableStream, { t: userImage })) as unknown as AsyncIterable<Buffer>;
+    const build = (await engine.buildImage(context as unknown as NodeJS.ReadableStream, { t: tag })) as unknown as AsyncIterable<Buffer>;
     for await (const _ of build) {
       /* the engine's progress */
     }
+  }
+
+  it("counts what a job writes to its image's own VOLUME paths against its disk budget", async () => {
+    await buildImage(volumeImage, ['VOLUME /data']);
+    const j = await submit(spec('head -c 268435456 /dev/zero > /data/big; sleep 100', { image: volumeImage, resources: { cpu: 0.5, memoryMb: 64, diskMb: 64 } }));
+    const end = await ended(j.id);
+    expect(end.status).toBe('failed');
+    expect(end.error).toMatch(/disk budget of 64 MiB/);
+    await nothingLeft(j.id);
+  });
+
+  it('lets an image that runs as another user than root write its /outputs', async () => {
+    await buildImage(userImage, ['USER 1000:1000']);
     const j = await submit(spec('id -u; echo \'{"as": "user"}\' > /outputs/result.json', { image: userImage }));
     const end = await ended(j.id);
     expect(end).toMatchObject({ status: 'succeeded', result: { as: 'user' } });

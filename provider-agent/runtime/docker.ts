@@ -140,33 +140,46 @@ export class DockerRuntime implements Executor {
     if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
     const dir = this.jobDir(grant.jobId, grant.epoch);
 
+    // The run's folder and its /outputs volume are made while the image is looked up.
+    const outputsVolume = volumeName(grant.jobId, grant.epoch, 'outputs');
+    const prepared = Promise.all([
+      this.createVolume(outputsVolume, grant),
+      (async () => {
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        // What the runtime needs to pick this run up after an agent restart.
+        await writeFile(join(dir, 'grant.json'), JSON.stringify(grant), { mode: 0o600 });
+      })(),
+    ]);
+    prepared.catch(() => {});
+    let volumes: JobVolume[] = [{ name: outputsVolume, target: '/outputs', readOnly: false }];
+    // A run that never started: its folder goes now, its volumes after the report, like any run's.
+    const forget = async (r: ExecutionResult): Promise<ExecutionResult> => {
+      await prepared.catch(() => {});
+      await this.removeRun(null, grant.jobId, grant.epoch, []);
+      const names = volumes.map((v) => v.name);
+      return { ...r, cleanup: () => this.removeVolumes(names, grant.jobId) };
+    };
+
     let image: { id: string; volumes: string[]; rootUser: boolean };
     try {
       image = await this.ensureImage(grant.spec.image, ctx);
     } catch (err) {
-      if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' };
+      if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' });
       const why = `image ${grant.spec.image} could not be pulled: ${engineReason(err)}`;
       ctx.onProgress?.(why);
       this.o.log.warn('image pull failed', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
-      return { exitCode: null, reason: 'error', error: why };
+      return forget({ exitCode: null, reason: 'error', error: why });
     }
 
-    const volumes = this.jobVolumes(grant, image.volumes);
-    // A run that never started: its folder goes now, its volumes after the report, like any run's.
-    const forget = async (r: ExecutionResult): Promise<ExecutionResult> => {
-      await this.removeRun(null, grant.jobId, grant.epoch, []);
-      return { ...r, cleanup: () => this.removeVolumes(volumes.map((v) => v.name), grant.jobId) };
-    };
+    volumes = this.jobVolumes(grant, image.volumes);
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      // What the runtime needs to pick this run up after an agent restart.
-      await writeFile(join(dir, 'grant.json'), JSON.stringify(grant), { mode: 0o600 });
-      await Promise.all(volumes.map((v) => this.createVolume(v.name, grant)));
+      await prepared;
+      await Promise.all(volumes.filter((v) => v.name !== outputsVolume).map((v) => this.createVolume(v.name, grant)));
       if (grant.spec.inputs?.length) await this.fillInputs(grant, dir, volumes.find((v) => v.target === '/inputs')!.name, ctx);
       // A job that runs as another user than root may write its outputs too.
       if (!image.rootUser) await this.helper.run('chmod 0777 /v/0', [{ source: volumes[0]!.name, target: '/v/0', readOnly: false }], [], 'outputs');
     } catch (err) {
-      const why = err instanceof InputError ? err.message : `inputs could not be prepared: ${engineReason(err)}`;
+      const why = err instanceof InputError ? err.message : `its volumes and inputs could not be prepared: ${engineReason(err)}`;
       return forget({ exitCode: null, reason: 'error', error: why });
     }
     if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped before it started' });

@@ -146,7 +146,8 @@ export const Node = z.object({
   priceCpuHour: z.number(),
   agentVersion: z.string().nullable(),
   capacity: z.object({ cpu: z.number(), memoryMb: z.number().int(), diskMb: z.number().int() }),
-  allocated: z.object({ cpu: z.number(), memoryMb: z.number().int() }),
+  /** diskMb: the disk budgets of the jobs on it, against the free disk it reported (capacity.diskMb). */
+  allocated: z.object({ cpu: z.number(), memoryMb: z.number().int(), diskMb: z.number().int() }),
   host: HostInfo.nullable(),
   gpus: z.array(NodeGpu),
   lastHeartbeatAt: z.string().nullable(),

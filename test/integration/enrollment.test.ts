@@ -71,7 +71,7 @@ describe.skipIf(dbSkipReason)('enrollment', () => {
       priceGpuHour: 0.85,
       priceCpuHour: 0.02,
       capacity: { cpu: 16, memoryMb: 64_000, diskMb: 500_000 },
-      allocated: { cpu: 0, memoryMb: 0 },
+      allocated: { cpu: 0, memoryMb: 0, diskMb: 0 },
     });
     expect(node.gpus.map((g) => [g.uuid, g.model, g.memoryMb, g.driverVersion, g.cudaVersion])).toEqual(
       hardware.gpus.map((g) => [g.uuid, 'NVIDIA RTX A5000', 24_564, '590.44.01', '13.1']),

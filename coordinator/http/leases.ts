@@ -13,6 +13,9 @@ const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job 
 const agentAuth = [{ agentToken: [] }];
 const Jwk = z.record(z.string(), z.unknown());
 
+/** How often a waiting long-poll checks that its node still serves (was not retired). */
+const recheckMs = 3000;
+
 const answer = (job: JobRow) => ({ jobId: job.id, status: job.status, epoch: job.leaseEpoch });
 
 /** Parses `have` (jobId.epoch,...) into the set the long-poll leaves out. */
@@ -58,12 +61,18 @@ export function leaseRoutes(deps: AppDeps) {
       const abort = c.req.raw.signal;
       for (;;) {
         const waiter = deps.leases.notifier.waiter(nodeId);
-        const leases = await deps.leases.undelivered(nodeId, held);
-        if (leases.length || Date.now() >= deadline || abort.aborted) {
+        try {
+          const leases = await deps.leases.undelivered(nodeId, held);
+          if (leases.length || Date.now() >= deadline || abort.aborted) return c.json({ leases }, 200);
+          // A node retired while it waits is refused within a few seconds, not at the end of the wait
+          // (the check reads the node's row only when its key is not cached: once after a retirement).
+          while (!(await waiter.until(Math.min(deadline, Date.now() + recheckMs), abort))) {
+            if (Date.now() >= deadline || abort.aborted) break;
+            await deps.agents.requireServing(nodeId);
+          }
+        } finally {
           waiter.cancel();
-          return c.json({ leases }, 200);
         }
-        await waiter.until(deadline, abort);
       }
     },
   );

@@ -8,7 +8,7 @@ import type { AppDeps } from '../deps.ts';
 import { getOwnJob } from '../jobs/lifecycle.ts';
 import { appendChunk, logTopic, readChunks, readOwnLog, recordProgress } from '../logs/service.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
-import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { bearerAuth, createRouter, errorResponses, tooManyResponse } from './router.ts';
 
 /** Agent routes authenticate with the agent's own signed token, not an API key. */
 const agentAuth = [{ agentToken: [] }];
@@ -78,6 +78,7 @@ export function logRoutes(deps: AppDeps) {
           content: { 'application/json': { schema: LogPage }, 'text/event-stream': { schema: z.string() } },
         },
         ...errorResponses,
+        ...tooManyResponse,
       },
     }),
     async (c) => {

@@ -29,4 +29,7 @@ export const errorResponses = {
   415: problem('Body is not JSON'),
 } as const;
 
+/** For the routes that cap how many a key may hold at once (log streams). */
+export const tooManyResponse = { 429: problem('Too many open at once (Retry-After says when to try again)') } as const;
+
 export const bearerAuth = [{ bearerAuth: [] }];

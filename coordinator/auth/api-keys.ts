@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { and, eq, gt, isNull, or } from 'drizzle-orm';
+import { eq } from 'drizzle-orm';
 import type { MiddlewareHandler } from 'hono';
 import type { Scope } from '../../shared/accounts.ts';
 import { newId, randomLowercase } from '../../shared/ids.ts';
@@ -93,13 +93,29 @@ export class KeyVerifier {
     if (!entry || entry.until <= now) {
       const at = this.clock.now();
       const [row] = await this.database.db
-        .select({ id: apiKeys.id, accountId: apiKeys.accountId, hash: apiKeys.hash, scopes: apiKeys.scopes, expiresAt: apiKeys.expiresAt })
+        .select({
+          id: apiKeys.id,
+          accountId: apiKeys.accountId,
+          hash: apiKeys.hash,
+          scopes: apiKeys.scopes,
+          revokedAt: apiKeys.revokedAt,
+          expiresAt: apiKeys.expiresAt,
+        })
         .from(apiKeys)
-        .where(and(eq(apiKeys.prefix, prefix!), isNull(apiKeys.revokedAt), or(isNull(apiKeys.expiresAt), gt(apiKeys.expiresAt, at))))
+        .where(eq(apiKeys.prefix, prefix!))
         .limit(1);
-      if (!row) {
+      // Why a key is refused is said only to whoever holds its secret (a prefix is no secret).
+      if (!row || !timingSafeEqual(given, Buffer.from(row.hash, 'hex'))) {
         this.verified.delete(prefix!);
-        throw new ApiError('unauthenticated', 'the API key is not valid, was revoked, or expired');
+        throw new ApiError('unauthenticated', 'the API key is not valid');
+      }
+      if (row.revokedAt) {
+        this.verified.delete(prefix!);
+        throw new ApiError('unauthenticated', 'the API key was revoked');
+      }
+      if (row.expiresAt && row.expiresAt.getTime() <= at.getTime()) {
+        this.verified.delete(prefix!);
+        throw new ApiError('unauthenticated', `the API key expired at ${row.expiresAt.toISOString()}`);
       }
       // An expiring key is trusted from memory no longer than it lives.
       const lifeLeftMs = row.expiresAt ? row.expiresAt.getTime() - at.getTime() : Infinity;
@@ -109,10 +125,10 @@ export class KeyVerifier {
         until: now + Math.min(verifiedCacheMs, lifeLeftMs),
       };
       // Only a key whose secret matches is remembered, so guesses cannot fill the cache.
-      if (timingSafeEqual(given, entry.hash)) this.remember(prefix!, entry);
+      this.remember(prefix!, entry);
     }
     if (!timingSafeEqual(given, entry.hash)) {
-      throw new ApiError('unauthenticated', 'the API key is not valid, was revoked, or expired');
+      throw new ApiError('unauthenticated', 'the API key is not valid');
     }
     this.touch(entry.principal.keyId);
     return entry.principal;

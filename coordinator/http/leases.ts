@@ -6,6 +6,7 @@ import { finishJob, markRunning } from '../jobs/transitions.ts';
 import type { JobRow } from '../jobs/lifecycle.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { topics } from '../signals.ts';
+import { ApiError } from './problem.ts';
 import { createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
@@ -68,7 +69,10 @@ export function leaseRoutes(deps: AppDeps) {
           // (the check reads the node's row only when its key is not cached: once after a retirement).
           while (!(await waiter.until(Math.min(deadline, Date.now() + recheckMs), abort))) {
             if (Date.now() >= deadline || abort.aborted) break;
-            await deps.agents.requireServing(nodeId);
+            // A database that is away for a moment is no reason to end the wait; a retirement is.
+            await deps.agents.requireServing(nodeId).catch((err: unknown) => {
+              if (err instanceof ApiError) throw err;
+            });
           }
         } finally {
           waiter.cancel();

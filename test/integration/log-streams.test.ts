@@ -6,7 +6,11 @@ import { eq } from 'drizzle-orm';
 import { apiKeys } from '../../coordinator/db/schema/index.ts';
 import { changeStatus } from '../../coordinator/jobs/lifecycle.ts';
 import { createTestNode, leaseTo, type TestNode } from '../support/agent-fixture.ts';
-import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { loadConfig } from '../../coordinator/config.ts';
+import { openDatabase } from '../../coordinator/db/open.ts';
+import { silentLogger } from '../../coordinator/log.ts';
+import { startCoordinator } from '../../coordinator/server.ts';
+import { dbSkipReason, itOn, startHarness, type Harness } from '../support/harness.ts';
 import { expectProblem } from '../support/problem.ts';
 import { until } from '../support/until.ts';
 
@@ -114,6 +118,33 @@ describe.skipIf(dbSkipReason)('log streams: credentials, caps and longest life',
     expect(s.events.at(-1)!.event).toBe('end');
   });
 
+  itOn('postgres')('ends a stream open on another replica when the key is revoked here', async () => {
+    const database = await openDatabase({ databaseUrl: h.testDb.url!, poolSize: 2 });
+    const replica = await startCoordinator({
+      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', GANTRY_LOG_REQUESTS: 'false', GANTRY_SHUTDOWN_GRACE_MS: '2000' }),
+      log: silentLogger,
+      database,
+    });
+    try {
+      const owner = await h.newAccount('client');
+      const key = await h.admin.post<{ id: string; key: string }>(`/v1/accounts/${owner.accountId}/keys`, { scopes: ['client'] });
+      const jobId = await runningJob(owner.key);
+      const abort = new AbortController();
+      const res = await fetch(new URL(`/v1/jobs/${jobId}/logs?follow=1`, replica.url), { headers: { authorization: `Bearer ${key.key}` }, signal: abort.signal });
+      expect(res.status).toBe(200);
+      const text = res.text();
+      await until('the stream held on the replica', () => replica.deps.logFollowers.count === 1, 5000);
+      const revokedAt = Date.now();
+      await h.admin.delete(`/v1/keys/${key.id}`);
+      const body = await text;
+      expect(Date.now() - revokedAt).toBeLessThan(5000);
+      expect(body).toMatch(/event: end\ndata: \{"reason":"revoked"/);
+    } finally {
+      await replica.close();
+      await database.close();
+    }
+  });
+
   it('ends an open stream when its key expires, and refuses to open one with an expired key (401)', async () => {
     const owner = await h.newAccount('client');
     const key = await h.admin.post<{ id: string; key: string }>(`/v1/accounts/${owner.accountId}/keys`, { scopes: ['client'], expiresInSeconds: 60 });
@@ -181,6 +212,29 @@ describe.skipIf(dbSkipReason)('log streams: credentials, caps and longest life',
     const res = await poll;
     expect(Date.now() - started).toBeLessThan(15_000);
     await expectProblem(res, { status: 401, code: 'unauthenticated', title: 'Authentication required', detail: 'retired' });
+  });
+
+  itOn('postgres')("ends a node's long-poll waiting on another replica within seconds of its retirement", async () => {
+    const database = await openDatabase({ databaseUrl: h.testDb.url!, poolSize: 2 });
+    const replica = await startCoordinator({
+      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', GANTRY_LOG_REQUESTS: 'false', GANTRY_SHUTDOWN_GRACE_MS: '2000' }),
+      log: silentLogger,
+      database,
+    });
+    try {
+      const provider = await h.newAccount('provider');
+      const idle = await createTestNode(h, provider.accountId);
+      const poll = fetch(new URL('/v1/agent/work?wait=60', replica.url), { headers: { authorization: `Bearer ${await idle.token()}` } });
+      await until('the long-poll waiting on the replica', () => replica.deps.leases.notifier.waiting > 0, 10_000);
+      const retiredAt = Date.now();
+      await provider.api.delete(`/v1/nodes/${idle.nodeId}`);
+      const res = await poll;
+      expect(Date.now() - retiredAt).toBeLessThan(10_000);
+      await expectProblem(res, { status: 401, code: 'unauthenticated', title: 'Authentication required', detail: 'retired' });
+    } finally {
+      await replica.close();
+      await database.close();
+    }
   });
 });
 

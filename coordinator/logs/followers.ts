@@ -126,6 +126,7 @@ export class LogFollowers {
   private polling = false;
   private pollAgain = false;
   private stopped = false;
+  private offRevoked: () => void;
 
   constructor(
     private database: Database,
@@ -135,8 +136,6 @@ export class LogFollowers {
   ) {
     this.offRevoked = this.onKeyRevoked((keyId) => this.endKey(keyId, { reason: 'revoked', detail: 'the API key was revoked' }));
   }
-
-  private offRevoked: () => void;
 
   /** Open streams on this coordinator. */
   get count(): number {
@@ -177,6 +176,7 @@ export class LogFollowers {
   async follow(req: FollowRequest): Promise<void> {
     const follower = new Follower(req, req.after, Date.now() + this.limits.maxLifeMs);
     req.sink.onAbort(() => follower.end({ reason: 'gone' }));
+    if (req.sink.aborted) follower.end({ reason: 'gone' });
     let feed = this.feeds.get(req.jobId);
     if (!feed) {
       const jobId = req.jobId;

@@ -2,6 +2,7 @@
 // PostgreSQL database, each heartbeating with its own EdDSA agent token, in an open loop at a
 // target rate. heartbeat.bench.ts measures it alone; log-followers.bench.ts beside other load.
 import { generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { sql } from 'drizzle-orm';
 import { migrate } from '../../coordinator/db/migrate.ts';
@@ -201,3 +202,28 @@ export async function openLoop(
 
 /** The p-th percentile of sorted values. */
 export const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+
+// /proc/<pid>/stat: utime and stime in clock ticks (100 per second on Linux).
+export function cpuTicks(p: number): number {
+  const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+/** CPU ticks of the PostgreSQL backends serving the scratch database (their title names it). */
+export function postgresTicks(dbName: string): number {
+  let total = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (!readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(dbName)) continue;
+      total += cpuTicks(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+export function rssMb(p: number): number {
+  const m = readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB/m);
+  return m ? Number(m[1]) / 1024 : 0;
+}

@@ -6,10 +6,9 @@
 //
 //   npx tsx test/bench/heartbeat.bench.ts      (BENCH_NODES=10000 BENCH_SECONDS=40 BENCH_INTERVAL_S=5)
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import postgres from 'postgres';
 import { spawnCoordinator } from '../support/coordinator-process.ts';
-import { benchAudience, gpusPerNode, HeartbeatSender, openLoop, percentile, seedNodes } from './heartbeat-load.ts';
+import { benchAudience, cpuTicks, gpusPerNode, HeartbeatSender, openLoop, percentile, postgresTicks, rssMb, seedNodes } from './heartbeat-load.ts';
 
 const nodeCount = Number(process.env.BENCH_NODES ?? 10_000);
 const intervalS = Number(process.env.BENCH_INTERVAL_S ?? 5);
@@ -71,31 +70,6 @@ const pid = coordinator.child.pid!;
 const sender = new HeartbeatSender(base);
 const send = (s: (typeof sims)[number]) => sender.send(s);
 
-// /proc/<pid>/stat: utime and stime in clock ticks (100 per second on Linux).
-function cpuTicks(p: number): number {
-  const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
-/** CPU ticks of the PostgreSQL backends serving the scratch database (their title names it). */
-function postgresTicks(): number {
-  let total = 0;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (!readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(dbName)) continue;
-      total += cpuTicks(Number(entry));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return total;
-}
-function rssMb(p: number): number {
-  const m = readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB/m);
-  return m ? Number(m[1]) / 1024 : 0;
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Cold start: every node's first heartbeat (a fresh token each: a verify and a key lookup),
 //    64 at a time, as after a coordinator restart. 2. Capacity: heartbeats back to back from
@@ -118,9 +92,9 @@ async function closedLoop(concurrency: number, until: (sentSoFar: number) => boo
 
 const cold = await closedLoop(64, (i) => i < nodeCount);
 const capacityEnd = performance.now() + Number(process.env.BENCH_CAPACITY_S ?? 8) * 1000;
-const capCpu0 = [cpuTicks(pid), postgresTicks(), process.cpuUsage()] as const;
+const capCpu0 = [cpuTicks(pid), postgresTicks(dbName), process.cpuUsage()] as const;
 const capacity = await closedLoop(64, () => performance.now() < capacityEnd);
-const capCpu = [(cpuTicks(pid) - capCpu0[0]) / 100, (postgresTicks() - capCpu0[1]) / 100, process.cpuUsage(capCpu0[2])] as const;
+const capCpu = [(cpuTicks(pid) - capCpu0[0]) / 100, (postgresTicks(dbName) - capCpu0[1]) / 100, process.cpuUsage(capCpu0[2])] as const;
 
 let maxRss = 0;
 let ticks = 0;
@@ -134,7 +108,7 @@ const { latencies, measuredS, lateMs, slowest } = await openLoop(sender, sims, {
   count,
   onMeasureStart: () => {
     cpuStart = cpuTicks(pid);
-    pgStart = postgresTicks();
+    pgStart = postgresTicks(dbName);
     genStart = process.cpuUsage();
   },
   onTick: () => {
@@ -142,7 +116,7 @@ const { latencies, measuredS, lateMs, slowest } = await openLoop(sender, sims, {
   },
 });
 const cpuS = (cpuTicks(pid) - cpuStart) / 100;
-const pgS = (postgresTicks() - pgStart) / 100;
+const pgS = (postgresTicks(dbName) - pgStart) / 100;
 const gen = process.cpuUsage(genStart);
 const genS = (gen.user + gen.system) / 1e6;
 

@@ -8,9 +8,10 @@
 //   npx tsx test/bench/log-followers.bench.ts   (BENCH_NODES=10000 BENCH_FOLLOWERS=1000 BENCH_SECONDS=20)
 import { randomBytes } from 'node:crypto';
 import { Agent, request, type ClientRequest } from 'node:http';
+import { loadavg } from 'node:os';
 import postgres from 'postgres';
 import { spawnCoordinator } from '../support/coordinator-process.ts';
-import { benchAudience, HeartbeatSender, openLoop, percentile, seedNodes } from './heartbeat-load.ts';
+import { benchAudience, cpuTicks, HeartbeatSender, openLoop, percentile, postgresTicks, seedNodes } from './heartbeat-load.ts';
 
 const nodeCount = Number(process.env.BENCH_NODES ?? 10_000);
 const followerCount = Number(process.env.BENCH_FOLLOWERS ?? 1000);
@@ -100,19 +101,28 @@ function readJob(): Promise<number> {
 }
 
 const sender = new HeartbeatSender(base);
+const pid = coordinator.child.pid!;
 let errors = 0;
+const statuses = new Map<string, number>();
+const countError = (what: string, status: number) => {
+  if (status === 200) return;
+  errors++;
+  const k = `${what} ${status}`;
+  statuses.set(k, (statuses.get(k) ?? 0) + 1);
+};
 
 /** One run of the heartbeat load with job reads beside it. */
 async function phase(warmup: number) {
   const reads: number[] = [];
   let measuring = false;
-  let readErrors = 0;
+  let cpu0 = 0;
+  let pg0 = 0;
   const pending = new Set<Promise<void>>();
   const reader = setInterval(() => {
     const counted = measuring;
     const t0 = performance.now();
     const p = readJob().then((status) => {
-      if (status !== 200) readErrors++;
+      countError('job read', status);
       if (counted) reads.push(performance.now() - t0);
       pending.delete(p);
     });
@@ -122,17 +132,21 @@ async function phase(warmup: number) {
     intervalS,
     warmupS: warmup,
     seconds,
-    onMeasureStart: () => (measuring = true),
-    count: (status) => {
-      if (status !== 200) errors++;
+    onMeasureStart: () => {
+      measuring = true;
+      cpu0 = cpuTicks(pid);
+      pg0 = postgresTicks(dbName);
     },
+    count: (status) => countError('heartbeat', status),
   });
+  // Coordinator and PostgreSQL CPU over the measured part, in % of one core.
+  const cpu = ((cpuTicks(pid) - cpu0) / run.measuredS).toFixed(0);
+  const pg = ((postgresTicks(dbName) - pg0) / run.measuredS).toFixed(0);
   clearInterval(reader);
   await Promise.all(pending);
-  errors += readErrors;
   run.latencies.sort((a, b) => a - b);
   reads.sort((a, b) => a - b);
-  return { heartbeats: run.latencies, rate: run.latencies.length / run.measuredS, reads };
+  return { heartbeats: run.latencies, rate: run.latencies.length / run.measuredS, reads, cpu, pg };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,9 +225,12 @@ for (const [name, r] of [['without', without], ['with', withFollowers], ['withou
   console.log(`log_followers_heartbeat_p99_${name}: ${f(p99(r.heartbeats))} ms`);
   console.log(`log_followers_job_read_p50_${name}: ${f(percentile(r.reads, 50))} ms`);
   console.log(`log_followers_job_read_p99_${name}: ${f(p99(r.reads))} ms`);
+  console.log(`log_followers_coordinator_cpu_${name}: ${r.cpu} % of one core`);
+  console.log(`log_followers_postgres_cpu_${name}: ${r.pg} % of one core`);
 }
 console.log(`log_followers_heartbeat_p99_ratio_to_before: ${ratioTo(without)} x (with followers / the run before them; target <= 1.2)`);
 console.log(`log_followers_heartbeat_p99_ratio_to_after: ${ratioTo(withoutAgain)} x (with followers / the run after them; target <= 1.2)`);
 console.log(`log_followers_job_read_p99_with: ${f(p99(withFollowers.reads))} ms (target < 50)`);
-console.log(`log_followers_errors: ${errors} requests`);
+console.log(`log_followers_errors: ${errors} requests${statuses.size ? ` (${[...statuses].map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''}`);
+console.log(`# load average during the run (other work on this machine skews latencies): ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 process.exit(errors || followersRefused ? 1 : 0);

@@ -7,11 +7,10 @@ import type { JobRow } from '../jobs/lifecycle.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { topics } from '../signals.ts';
 import { ApiError } from './problem.ts';
-import { createRouter, errorResponses } from './router.ts';
+import { agentAuth, createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
-const agentAuth = [{ agentToken: [] }];
 const Jwk = z.record(z.string(), z.unknown());
 
 /** How often a waiting long-poll checks that its node still serves (was not retired). */

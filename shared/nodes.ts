@@ -45,6 +45,18 @@ export const EnrollmentToken = z.object({
 });
 export type EnrollmentToken = z.infer<typeof EnrollmentToken>;
 
+/** A token as listed later: everything but the token itself, which is never shown again. */
+export const EnrollmentTokenInfo = z.object({
+  id: z.string(),
+  prefix: z.string(),
+  usesLeft: z.number().int(),
+  expiresAt: z.string(),
+  labels: z.record(z.string(), z.string()),
+  createdAt: z.string(),
+  revokedAt: z.string().nullable(),
+});
+export type EnrollmentTokenInfo = z.infer<typeof EnrollmentTokenInfo>;
+
 /** The agent's Ed25519 public key as jose exports it. */
 export const Ed25519PublicJwk = z
   .object({

@@ -100,8 +100,9 @@ export const enrollmentTokens = pgTable(
     usesLeft: integer('uses_left').notNull(),
     expiresAt: at('expires_at').notNull(),
     createdAt: createdAt(),
+    revokedAt: at('revoked_at'),
   },
-  (t) => [check('enrollment_tokens_uses', sql`${t.usesLeft} >= 0`)],
+  (t) => [index('enrollment_tokens_account').on(t.accountId), check('enrollment_tokens_uses', sql`${t.usesLeft} >= 0`)],
 );
 
 export const nodeMetrics = pgTable(

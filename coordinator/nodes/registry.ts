@@ -113,7 +113,7 @@ export async function registerNode(deps: Deps, req: RegisterNode, at: Date): Pro
     return { accountId: token.accountId };
   });
   deps.log.info('node registered', { nodeId, accountId: result.accountId, name, gpus: req.hardware.gpus.length });
-  deps.signals.emit(topics.schedule);
+  deps.signals.emit(topics.nodeChanged, nodeId);
   return { nodeId, name, coordinatorName: deps.config.name, nodeTtlSeconds: deps.config.nodeTtlSeconds };
 }
 
@@ -198,6 +198,7 @@ async function applyHardware(deps: Deps, tx: Tx, node: NodeRow, report: Hardware
 interface BeatRow {
   prev_status: string;
   draining: boolean;
+  takes_work_changed: boolean;
   sampled: number;
   uuids: string[] | string | null;
 }
@@ -219,13 +220,14 @@ function textArray(v: BeatRow['uuids']): string[] {
  */
 const heartbeatStatement = `
   with prev as (
-    select id, status, last_heartbeat_at, metrics is null as unsampled
+    select id, status, last_heartbeat_at, metrics is null as unsampled, takes_work
     from nodes where id = $1::text and status <> 'retired' for update
   ), n as (
     update nodes set status = 'online', last_heartbeat_at = $2::text::timestamptz, metrics = $3::text::jsonb,
       agent_version = coalesce($4::text, nodes.agent_version), takes_work = coalesce($6::text::boolean, nodes.takes_work)
     from prev where nodes.id = prev.id
-    returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled, nodes.draining
+    returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled, nodes.draining,
+      prev.takes_work is distinct from nodes.takes_work as takes_work_changed
   ), g as (
     update gpus set utilization_pct = v.u, memory_used_mb = v.m, temperature_c = v.t, power_w = v.p
     from jsonb_to_recordset($5::text::jsonb) as v(uuid text, u int, m int, t int, p int)
@@ -242,7 +244,7 @@ const heartbeatStatement = `
     on conflict (node_id, at) do update set sample = excluded.sample
     returning 1
   )
-  select n.prev_status, n.draining,
+  select n.prev_status, n.draining, n.takes_work_changed,
     (select count(*)::int from s) as sampled,
     (select coalesce(array_agg(distinct uuid), '{}') from gpus where node_id = $1::text) as uuids
   from n`;
@@ -283,10 +285,12 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
   ];
   let change: HardwareChange | null = null;
   let prevStatus = 'online';
+  let takesWorkChanged = false;
   const beat = async (q: DbOrTx, statement: string) => {
     const [row] = await runStatement<BeatRow>(deps.database, q, statement, params);
     if (!row) throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
     prevStatus = row.prev_status;
+    takesWorkChanged = row.takes_work_changed === true;
     const extras = await deps.heartbeatHook.onHeartbeat(q, nodeId, { jobs: hb.jobs, draining: row.draining }, at);
     const known = new Set(textArray(row.uuids));
     const sampled = new Set(hb.metrics.gpus.map((g) => g.id));
@@ -316,6 +320,8 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
     deps.log.info('node hardware changed', { nodeId, added: c.added, removed: c.removed, changed: c.changed, requeued: c.requeued });
   }
   if (prevStatus === 'offline') deps.log.info('node online', { nodeId });
-  if (prevStatus === 'offline' || (c && (c.added.length || c.requeued.length))) deps.signals.emit(topics.schedule);
+  if (prevStatus === 'offline' || takesWorkChanged || (c && (c.added.length || c.removed.length || c.changed.length || c.requeued.length))) {
+    deps.signals.emit(topics.nodeChanged, nodeId);
+  }
   return answer;
 }

@@ -198,16 +198,27 @@ export async function computePool(database: Database, now: Date): Promise<Pool> 
   };
 }
 
+interface Answer {
+  pool: Pool;
+  json: string;
+  /** When its computation began (performance.now()): what it says is at least this old. */
+  startedAt: number;
+  /** The invalidation count when it began: an event since makes it stale whatever its age. */
+  generation: number;
+}
+
 /**
- * The pool's figures as readers get them: computed at most once per `maxAgeMs` however many ask
- * at once (one computation in flight), and once there is an answer, every reader gets the latest
- * one at once while the next computes behind it, so a crowd of readers never waits on the
- * database. The answer's JSON is kept with it: serving it costs no serialization. maxAgeMs 0
- * computes on every call (tests).
+ * The pool's figures as readers get them: no reader gets an answer that began computing more than
+ * `maxAgeMs` before it asked, nor one begun before the last change told through invalidate() (a
+ * node joined, came back, changed or freed capacity). One computation in flight serves every
+ * reader it is fresh enough for, and a new one starts behind a crowd from half the age on, so
+ * that readers seldom wait on the database. The answer's JSON is kept with it: serving it costs no
+ * serialization. maxAgeMs 0 computes for every reader.
  */
 export class PoolStats {
-  private current: { pool: Pool; json: string; at: number } | null = null;
-  private inFlight: Promise<{ pool: Pool; json: string; at: number }> | null = null;
+  private current: Answer | null = null;
+  private inFlight: { startedAt: number; generation: number; answer: Promise<Answer> } | null = null;
+  private generation = 0;
 
   constructor(
     private database: Database,
@@ -215,13 +226,31 @@ export class PoolStats {
     private maxAgeMs: number,
   ) {}
 
-  private refresh() {
-    this.inFlight ??= computePool(this.database, this.clock.now())
-      .then((pool) => (this.current = { pool, json: JSON.stringify(pool), at: Date.now() }))
-      .finally(() => {
-        this.inFlight = null;
-      });
-    return this.inFlight;
+  /** What is known is out of date: the next reader gets figures computed after this call. */
+  invalidate(): void {
+    this.generation++;
+  }
+
+  private fresh(a: { startedAt: number; generation: number }, now: number): boolean {
+    return a.generation === this.generation && now - a.startedAt <= this.maxAgeMs;
+  }
+
+  private refresh(): Promise<Answer> {
+    const startedAt = performance.now();
+    const generation = this.generation;
+    const answer = computePool(this.database, this.clock.now()).then((pool) => {
+      const a: Answer = { pool, json: JSON.stringify(pool), startedAt, generation };
+      // Two can overlap (one begun before an invalidation): keep the one begun last.
+      if (!this.current || this.current.startedAt <= startedAt) this.current = a;
+      return a;
+    });
+    const flight = { startedAt, generation, answer };
+    this.inFlight = flight;
+    void answer.then(
+      () => this.inFlight === flight && (this.inFlight = null),
+      () => this.inFlight === flight && (this.inFlight = null),
+    );
+    return answer;
   }
 
   /** Fresh figures, bypassing the cache (the history writer, tests). */
@@ -229,12 +258,17 @@ export class PoolStats {
     return (await this.refresh()).pool;
   }
 
-  private async latest() {
+  private latest(): Promise<Answer> {
+    const now = performance.now();
     const current = this.current;
-    // Without an answer, or with one so old that the database may be gone: wait, so errors show.
-    if (this.maxAgeMs === 0 || !current || Date.now() - current.at > this.maxAgeMs + 60_000) return this.refresh();
-    if (Date.now() - current.at >= this.maxAgeMs) this.refresh().catch(() => {});
-    return current;
+    const flight = this.inFlight;
+    if (current && this.fresh(current, now)) {
+      // Past half its age: the next answer starts computing now, so it is there before this one is too old.
+      if (!flight && now - current.startedAt >= this.maxAgeMs / 2) this.refresh().catch(() => {});
+      return Promise.resolve(current);
+    }
+    if (flight && this.maxAgeMs > 0 && this.fresh(flight, now)) return flight.answer;
+    return this.refresh();
   }
 
   async get(): Promise<Pool> {

@@ -43,38 +43,72 @@ function gpuValues(nodeId: string, g: GpuDevice) {
 }
 
 interface GpuClaimConflict {
+  /** The claiming GPU's id (in the report). */
+  gpuId: string;
   uuid: string;
+  /** Set where the claim is by (UUID, bus id): its node reports the UUID more than once. */
+  pciBusId: string | null;
   nodeId: string;
   sameAccount: boolean;
   nodeName: string;
 }
 
+/** What a GPU claims: its UUID, and where its node reports that UUID on several GPUs, its bus id with it. */
+interface GpuClaim {
+  gpuId: string;
+  uuid: string;
+  pciBusId: string | null;
+}
+
 /**
- * Which of these GPU UUIDs another live (not retired) node already holds. Takes a transaction
- * lock on each UUID first, so two nodes claiming one GPU at once cannot both win: a marketplace
- * must not sell one GPU twice.
+ * One physical GPU belongs to one node, known by its UUID; GPUs that share a UUID (cloned VMs,
+ * masked reports: the agent names them <uuid>/<bus id>) are known by (UUID, PCI bus id).
  */
-async function findClaimConflicts(tx: Tx, accountId: string, selfId: string | null, uuids: string[]): Promise<GpuClaimConflict[]> {
-  const distinct = [...new Set(uuids)].sort();
+function claimsOf(reported: GpuDevice[], claimed: GpuDevice[] = reported): GpuClaim[] {
+  const wholeByUuid = new Map<string, number>();
+  for (const g of reported) if (!g.mig) wholeByUuid.set(g.uuid, (wholeByUuid.get(g.uuid) ?? 0) + 1);
+  return claimed.map((g) => ({
+    gpuId: g.id,
+    uuid: g.uuid,
+    pciBusId: !g.mig && (wholeByUuid.get(g.uuid) ?? 0) > 1 ? g.pciBusId : null,
+  }));
+}
+
+/**
+ * Which of these claims another live (not retired) node already holds. Takes a transaction lock
+ * on each UUID first, so two nodes claiming one GPU at once cannot both win: a marketplace must
+ * not sell one GPU twice. A claim by (UUID, bus id) meets only a GPU of that UUID at that bus id
+ * (or at none known).
+ */
+async function findClaimConflicts(tx: Tx, accountId: string, selfId: string | null, claims: GpuClaim[]): Promise<GpuClaimConflict[]> {
+  const distinct = [...new Set(claims.map((c) => c.uuid))].sort();
   if (!distinct.length) return [];
   for (const uuid of distinct) {
     await tx.execute(sql`select pg_advisory_xact_lock(${gpuClaimLockSpace}, hashtext(${uuid}))`);
   }
-  const rows = await tx
-    .selectDistinct({ uuid: gpus.uuid, nodeId: nodes.id, accountId: nodes.accountId, nodeName: nodes.name })
+  const held = await tx
+    .selectDistinct({ uuid: gpus.uuid, pciBusId: gpus.pciBusId, nodeId: nodes.id, accountId: nodes.accountId, nodeName: nodes.name })
     .from(gpus)
     .innerJoin(nodes, eq(nodes.id, gpus.nodeId))
     .where(
       and(inArray(gpus.uuid, distinct), ne(nodes.status, 'retired'), selfId ? ne(nodes.id, selfId) : undefined),
     );
-  return rows.map((r) => ({ uuid: r.uuid, nodeId: r.nodeId, sameAccount: r.accountId === accountId, nodeName: r.nodeName }));
+  const conflicts: GpuClaimConflict[] = [];
+  for (const claim of claims) {
+    const holder = held.find(
+      (r) => r.uuid === claim.uuid && (claim.pciBusId === null || r.pciBusId === null || r.pciBusId === claim.pciBusId),
+    );
+    if (holder) conflicts.push({ ...claim, nodeId: holder.nodeId, sameAccount: holder.accountId === accountId, nodeName: holder.nodeName });
+  }
+  return conflicts;
 }
 
 function describeConflict(c: GpuClaimConflict): string {
+  const gpu = c.pciBusId ? `GPU ${c.uuid} at ${c.pciBusId}` : `GPU ${c.uuid}`;
   // Another tenant's node is not named.
   return c.sameAccount
-    ? `GPU ${c.uuid} already belongs to your node ${c.nodeId} (${c.nodeName}); retire that node first (DELETE /v1/nodes/${c.nodeId})`
-    : `GPU ${c.uuid} is already registered by another node`;
+    ? `${gpu} already belongs to your node ${c.nodeId} (${c.nodeName}); retire that node first (DELETE /v1/nodes/${c.nodeId})`
+    : `${gpu} is already registered by another node`;
 }
 
 /** Registers a machine as a node of the token's provider, with its GPUs, in one transaction. */
@@ -83,7 +117,7 @@ export async function registerNode(deps: Deps, req: RegisterNode, at: Date): Pro
   const name = req.name ?? (req.hardware.host.hostname.slice(0, 128) || nodeId);
   const result = await deps.database.db.transaction(async (tx) => {
     const token = await consumeEnrollmentToken(tx, req.token, at);
-    const conflicts = await findClaimConflicts(tx, token.accountId, null, req.hardware.gpus.map((g) => g.uuid));
+    const conflicts = await findClaimConflicts(tx, token.accountId, null, claimsOf(req.hardware.gpus));
     if (conflicts.length) {
       deps.log.warn('gpu claimed twice: registration refused', {
         accountId: token.accountId,
@@ -158,15 +192,15 @@ async function applyHardware(deps: Deps, tx: Tx, node: NodeRow, report: Hardware
   }
 
   const fresh = report.gpus.filter((g) => !byId.has(g.id));
-  const conflicts = await findClaimConflicts(tx, node.accountId, node.id, fresh.map((g) => g.uuid));
-  const refusedUuids = new Set(conflicts.map((c) => c.uuid));
+  const conflicts = await findClaimConflicts(tx, node.accountId, node.id, claimsOf(report.gpus, fresh));
+  const refused = new Set(conflicts.map((c) => c.gpuId));
   if (conflicts.length) {
     deps.log.warn('gpu claimed twice: left out of the node', {
       nodeId: node.id,
       conflicts: conflicts.map((c) => ({ uuid: c.uuid, heldBy: c.nodeId })),
     });
   }
-  const toInsert = fresh.filter((g) => !refusedUuids.has(g.uuid));
+  const toInsert = fresh.filter((g) => !refused.has(g.id));
   change.refused = conflicts.map(describeConflict);
   if (toInsert.length) await tx.insert(gpus).values(toInsert.map((g) => gpuValues(node.id, g)));
   change.added = toInsert.map((g) => g.id);

@@ -3,6 +3,7 @@ import type { GpuCounts, Pool, PoolGpuModel, PoolRegion } from '../../shared/poo
 import { fromMicros } from '../../shared/money.ts';
 import type { Clock } from '../clock.ts';
 import { toNumber, type Database } from '../db/open.ts';
+import { takesWork } from '../scheduler/rules.ts';
 
 const n = toNumber;
 const nullableNumber = (v: unknown) => (v === null || v === undefined ? null : Number(v));
@@ -33,20 +34,22 @@ interface GpuGroupRow {
  * kind (a MIG profile, told apart by its memory, is a row of its own), and by region.
  */
 function gpuGroups(database: Database) {
+  // Free: idle where work can land (the scheduler's rule); idle elsewhere online counts as draining.
+  const live = takesWork.sql('n');
   return database.rows<GpuGroupRow>(sql`
     select grouping(n.region) = 0 as by_region, n.region, g.model, g.mig is not null as is_mig,
       min(g.memory_mb) as memory_mb,
       count(*) filter (where n.status = 'online') as online,
-      count(*) filter (where n.status = 'online' and g.job_id is null and not n.draining) as free,
+      count(*) filter (where g.job_id is null and ${live}) as free,
       count(*) filter (where n.status = 'online' and g.job_id is not null) as busy,
-      count(*) filter (where n.status = 'online' and g.job_id is null and n.draining) as draining,
+      count(*) filter (where n.status = 'online' and g.job_id is null and not ${live}) as draining,
       count(*) filter (where n.status = 'offline') as offline,
       coalesce(sum(g.memory_mb) filter (where n.status = 'online'), 0) as memory_total_mb,
       avg(g.utilization_pct) filter (where n.status = 'online') as avg_util,
-      min(n.price_gpu_hour_micros) filter (where n.status = 'online' and g.job_id is null and not n.draining) as price_min,
+      min(n.price_gpu_hour_micros) filter (where g.job_id is null and ${live}) as price_min,
       percentile_disc(0.5) within group (order by n.price_gpu_hour_micros)
-        filter (where n.status = 'online' and g.job_id is null and not n.draining) as price_median,
-      max(n.price_gpu_hour_micros) filter (where n.status = 'online' and g.job_id is null and not n.draining) as price_max
+        filter (where g.job_id is null and ${live}) as price_median,
+      max(n.price_gpu_hour_micros) filter (where g.job_id is null and ${live}) as price_max
     from gpus g join nodes n on n.id = g.node_id
     where n.status in ('online', 'offline')
     group by grouping sets ((g.model, g.mig is not null, case when g.mig is not null then g.memory_mb end), (n.region))`);
@@ -64,16 +67,17 @@ interface NodeGroupRow {
 }
 
 function nodeGroups(database: Database) {
-  // Free capacity counts only where work can land: online and not draining.
+  // Free capacity counts only where work can land (the scheduler's rule).
+  const live = takesWork.sql('nodes');
   return database.rows<NodeGroupRow>(sql`
     select region,
       count(*) filter (where status = 'online') as online,
       count(*) filter (where status = 'offline') as offline,
       count(*) filter (where status = 'online' and draining) as draining,
       coalesce(sum(cpu_millis) filter (where status = 'online'), 0) as cpu_millis,
-      coalesce(sum(cpu_millis - allocated_cpu_millis) filter (where status = 'online' and not draining), 0) as cpu_free_millis,
+      coalesce(sum(cpu_millis - allocated_cpu_millis) filter (where ${live}), 0) as cpu_free_millis,
       coalesce(sum(memory_mb) filter (where status = 'online'), 0) as memory_mb,
-      coalesce(sum(memory_mb - allocated_memory_mb) filter (where status = 'online' and not draining), 0) as memory_free_mb
+      coalesce(sum(memory_mb - allocated_memory_mb) filter (where ${live}), 0) as memory_free_mb
     from nodes where status in ('online', 'offline')
     group by region`);
 }

@@ -22,7 +22,10 @@ import {
   type NodeView,
   type RejectionCounts,
 } from './feasibility.ts';
+import { capacityRules, takesWork, type CapacityRule } from './rules.ts';
 import { candidate, compareCandidates, type Candidate } from './scoring.ts';
+
+const [cpuRule, memoryRule] = capacityRules as [CapacityRule, CapacityRule, CapacityRule];
 
 type Constraints = NonNullable<JobSpec['constraints']>;
 
@@ -136,7 +139,7 @@ export class PassState {
   private best(job: JobRequest): NodeView | null {
     let best: Candidate | null = null;
     for (const node of this.candidatesFor(job)) {
-      if (node.freeCpuMillis < job.cpuMillis || node.freeMemoryMb < job.memoryMb || node.freeGpus.length < job.gpuCount) continue;
+      if (!cpuRule.js(job, node) || !memoryRule.js(job, node) || node.freeGpus.length < job.gpuCount) continue;
       const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
       if (!withinPrice(job, price)) continue;
       if (best && price > best.priceMilliMicros) continue;
@@ -207,7 +210,7 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
     sql`select id, account_id, labels, region, price_gpu_hour_micros as pg, price_cpu_hour_micros as pc,
           cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
-        from ${nodes} where status = 'online' and not draining and takes_work ${onlyNodes}`,
+        from ${nodes} where ${takesWork.sql('nodes')} ${onlyNodes}`,
   );
   // Free GPUs one text per node (fields split by \x1f, GPUs by \x1e): a tenth of the rows to
   // parse when the pool is idle and every GPU is free.
@@ -215,7 +218,7 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
     db,
     sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
-        where g.job_id is null and n.status = 'online' and not n.draining and n.takes_work ${onlyGpus}
+        where g.job_id is null and ${takesWork.sql('n')} ${onlyGpus}
         group by g.node_id`,
   );
   const views = new Map<string, NodeView>();

@@ -185,6 +185,8 @@ export class SchedulerLoop {
           if (full) this.lastFullPass = now;
           const r = await this.runPass(full);
           this.totals.passes++;
+          // Changed nodes a pass left unread (it reads a bounded number): the next pass reads them.
+          if (this.snapshot.stale.ids.size) this.dirty = true;
           // A pass on a kept snapshot could not see capacity freed meanwhile (nor the jobs its
           // bounds left out): another look once the snapshot is read again. While jobs wait,
           // their reasons are worked out again every few seconds.

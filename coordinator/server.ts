@@ -10,7 +10,7 @@ import { systemClock, type Clock } from './clock.ts';
 import type { Config } from './config.ts';
 import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
-import { noHeartbeatHook, type AppDeps } from './deps.ts';
+import type { AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
 import { AgentVerifier } from './nodes/agent-auth.ts';
 import { startNodeSweeper } from './nodes/sweeper.ts';

@@ -61,7 +61,3 @@ export async function revokeKey(db: Db, actor: { accountId: string; scopes: Scop
   return updated ?? row;
 }
 
-export async function getAccount(db: Db, id: string): Promise<AccountRow | undefined> {
-  const [row] = await db.select().from(accounts).where(eq(accounts.id, id));
-  return row;
-}

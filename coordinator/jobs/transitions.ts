@@ -140,8 +140,6 @@ async function lockJobAndNode(tx: DbOrTx, jobId: string): Promise<JobRow | null>
   throw new ApiError('unavailable', 'the job keeps moving; try again');
 }
 
-export { lockJobAndNode as lockLiveJob };
-
 type NodeCounter = 'jobsSucceeded' | 'jobsFailed' | 'leaseExpiries';
 
 /**

@@ -94,6 +94,14 @@ describe('container spec', () => {
     expect(nvidiaDeviceId(migLegacy)).toBe('MIG-GPU-cccc/3/0');
   });
 
+  it('leases GPUs that share one UUID by index: the UUID would hand the job both', () => {
+    const twin = (index: number, bus: string) => ({ id: `GPU-dddd/${bus}`, index, uuid: 'GPU-dddd', model: 'NVIDIA RTX A5000', mig: null });
+    const c = containerSpec(grant({}, [twin(1, '00000000:C1:00.0')]), opts);
+    expect(c.HostConfig!.DeviceRequests).toEqual([{ Driver: 'nvidia', DeviceIDs: ['1'], Capabilities: [['gpu']] }]);
+    expect(c.Env).toContain('NVIDIA_VISIBLE_DEVICES=1');
+    expect(nvidiaDeviceId(twin(0, '00000000:81:00.0'))).toBe('0');
+  });
+
   it('pulls one tag, never every tag of a bare name', () => {
     expect(pullReference('busybox')).toBe('busybox:latest');
     expect(pullReference('127.0.0.1:5000/gantry/busybox')).toBe('127.0.0.1:5000/gantry/busybox:latest');

@@ -2,9 +2,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ApiClient } from '../shared/client.ts';
 import { ApiRequestError } from '../shared/client.ts';
 import { isTerminal, type Job } from '../shared/jobs.ts';
-import { LogBatch } from '../shared/logs.ts';
+import { LogBatch, LogStreamEnd, resumableEnds } from '../shared/logs.ts';
 import { expectOk, getJob, serverSentEvents } from './api.ts';
 import type { Context } from './command.ts';
+import { printable } from './output.ts';
 import { formatDuration } from './units.ts';
 
 // Following a job: its state on a spinner while it waits (queued → leased → running, with the
@@ -34,12 +35,12 @@ export function describeWait(job: Job, now = Date.now()): string {
   }
 }
 
-/** The line that closes a followed job. */
+/** The line that closes a followed job (its error is the node's text, made printable). */
 export function describeEnd(job: Job): string {
   const took = job.startedAt && job.finishedAt ? ` in ${formatDuration((Date.parse(job.finishedAt) - Date.parse(job.startedAt)) / 1000)}` : '';
   if (job.status === 'succeeded') return `${job.id} succeeded${took}`;
   const code = job.exitCode !== null ? ` with exit code ${job.exitCode}` : '';
-  const why = job.error ? `: ${job.error}` : '';
+  const why = job.error ? `: ${printable(job.error)}` : '';
   return `${job.id} ${job.status}${code}${took}${why}`;
 }
 
@@ -49,9 +50,13 @@ export function jobExitCode(job: Job): number {
   return job.status === 'succeeded' ? 0 : 1;
 }
 
-/** Writes a chunk where it belongs: the job's stdout to ours, its stderr and system lines to our stderr. */
-export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'>) {
-  const { text } = batch;
+/**
+ * Writes a chunk where it belongs: the job's stdout to ours, its stderr and system lines to our
+ * stderr. Raw, it is written as the node sent it; otherwise only its colours, tabs, carriage
+ * returns and newlines reach the terminal.
+ */
+export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'>, raw = false) {
+  const text = raw ? batch.text : printable(batch.text, 'log');
   if (!text) return;
   if (batch.stream === 'stdout') ctx.stdout.write(text);
   else if (batch.stream === 'stderr') ctx.stderr.write(text);
@@ -62,7 +67,7 @@ export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'
  * Streams the job's logs (GET /v1/jobs/:id/logs?follow=1, server-sent events) until the stream
  * ends or the signal fires. Returns false where this coordinator has no log endpoint.
  */
-async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: AbortSignal, onOutput: () => void): Promise<boolean> {
+async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: AbortSignal, raw: boolean, onOutput: () => void): Promise<boolean> {
   let lastId: string | undefined;
   // The seq of the last chunk shown: a reconnect asks for what comes after it.
   let seen = -1;
@@ -74,6 +79,13 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
         signal,
         timeoutMs: 24 * 3600_000,
       });
+      if (res.status === 429) {
+        // Too many streams open for this key right now: wait as told, the job goes on.
+        const retryAfter = Number(res.headers.get('retry-after'));
+        await res.body?.cancel();
+        await sleep(retryAfter > 0 ? retryAfter * 1000 : 10_000, undefined, { signal }).catch(() => {});
+        continue;
+      }
       await expectOk(res);
     } catch (err) {
       if (signal.aborted) return true;
@@ -84,18 +96,31 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
       continue;
     }
     try {
+      let end: 'final' | 'resume' | null = null;
       for await (const ev of serverSentEvents(res.body!)) {
         if (ev.id !== undefined) lastId = ev.id;
-        if (ev.event === 'end') return true;
+        if (ev.event === 'end') {
+          // The stream's longest life, a slow reader, a restarting coordinator: resume from the last id at once.
+          const why = LogStreamEnd.safeParse(safeJson(ev.data));
+          end = why.success && resumableEnds.includes(why.data.reason) ? 'resume' : 'final';
+          break;
+        }
         if (ev.event !== 'log') continue;
         const batch = LogBatch.safeParse(safeJson(ev.data));
         // A reconnect may replay chunks already shown.
         if (!batch.success || batch.data.seq <= seen) continue;
         seen = batch.data.seq;
         onOutput();
-        writeBatch(ctx, batch.data);
+        writeBatch(ctx, batch.data, raw);
       }
-      return true;
+      if (end === 'final') return true;
+      if (end === 'resume') {
+        attempt = -1;
+        continue;
+      }
+      // Closed without an end event: the coordinator went away; try again shortly.
+      await sleep(500, undefined, { signal }).catch(() => {});
+      attempt = -1;
     } catch {
       if (signal.aborted) return true;
       attempt = 0;
@@ -108,7 +133,7 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
  * Follows a job to its end, showing its state while it waits and (with logs) its output, and
  * returns the ended job. Ctrl-C stops following, not the job.
  */
-export async function followJob(ctx: Context, api: ApiClient, jobId: string, opts: { logs: boolean }): Promise<Job> {
+export async function followJob(ctx: Context, api: ApiClient, jobId: string, opts: { logs: boolean; raw?: boolean }): Promise<Job> {
   const progress = ctx.progress();
   let outputStarted = false;
   let ended: Job | null = null;
@@ -116,7 +141,7 @@ export async function followJob(ctx: Context, api: ApiClient, jobId: string, opt
   const signal = AbortSignal.any([ctx.signal, stopLogs.signal]);
 
   const logs = opts.logs
-    ? streamLogs(ctx, api, jobId, signal, () => {
+    ? streamLogs(ctx, api, jobId, signal, opts.raw ?? false, () => {
         if (!outputStarted) progress.stop();
         outputStarted = true;
       })

@@ -11,11 +11,12 @@ import type { Config } from './config.ts';
 import { DatabaseAvailability } from './db/availability.ts';
 import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
-import { noHeartbeatHook, type AppDeps } from './deps.ts';
+import type { AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
-import { AgentVerifier } from './nodes/agent-auth.ts';
+import { AgentVerifier, nodeRetiredChannel } from './nodes/agent-auth.ts';
 import { startNodeSweeper } from './nodes/sweeper.ts';
-import { Signals } from './signals.ts';
+import { LogFollowers } from './logs/followers.ts';
+import { Signals, topics } from './signals.ts';
 import { createLeaseSide } from './leases/start.ts';
 import { Metrics } from './metrics/registry.ts';
 import { PoolHistoryWriter } from './pool/history.ts';
@@ -52,6 +53,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const signals = new Signals();
     const availability = new DatabaseAvailability(database, clock, log);
     const leaseSide = await createLeaseSide({ database, availability, clock, config, log, signals });
+    const keys = new KeyVerifier(database, clock);
     const deps: AppDeps = {
       config,
       database,
@@ -59,15 +61,22 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       clock,
       log,
       signals,
-      keys: new KeyVerifier(database, clock),
+      keys,
       agents: new AgentVerifier(database.db, clock, config.name),
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
       scheduler: leaseSide.scheduler,
-      ...poolParts(database, clock, config, leaseSide.scheduler),
+      ...poolParts(database, clock, config, leaseSide.scheduler, signals),
+      logFollowers: new LogFollowers(
+        database,
+        signals,
+        { perKey: config.logStreamsPerKey, total: config.logStreamsMax, maxLifeMs: config.logStreamMaxSeconds * 1000 },
+        (fn) => keys.onRevoked(fn),
+      ),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();
+    const stopRetiredListener = await database.listen(nodeRetiredChannel, (nodeId) => deps.agents.forgetNode(nodeId));
     const app = createApp(deps);
     const server: ServerType = await new Promise((resolve) => {
       const s = serve(
@@ -105,8 +114,9 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       adminKey,
       close: () =>
         (closing ??= (async () => {
-          // The scheduler and sweeper stop first; waiting long-polls answer at once.
+          // The scheduler and sweeper stop first; waiting long-polls answer at once, log streams end.
           await leaseSide.stop();
+          await deps.logFollowers.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {
             const http = server as { closeIdleConnections?: () => void; closeAllConnections?: () => void };
@@ -125,6 +135,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
             http.closeIdleConnections?.();
           });
           await stopKeyListener().catch(() => {});
+          await stopRetiredListener().catch(() => {});
           await nodeSweeper.stop();
           await poolHistory.stop();
           await availability.stop();
@@ -138,7 +149,15 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
 }
 
 /** The pool's figures and the metrics that read them. */
-function poolParts(database: Database, clock: Clock, config: Config, scheduler: SchedulerLoop): { pool: PoolStats; metrics: Metrics } {
+function poolParts(
+  database: Database,
+  clock: Clock,
+  config: Config,
+  scheduler: SchedulerLoop,
+  signals: Signals,
+): { pool: PoolStats; metrics: Metrics } {
   const pool = new PoolStats(database, clock, config.poolCacheMs);
+  // A node that joined or freed capacity here shows in the next read (other replicas: within the cache age).
+  signals.on(topics.nodeChanged, () => pool.invalidate());
   return { pool, metrics: new Metrics({ pool, database, clock, scheduler }) };
 }

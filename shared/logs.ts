@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { cleanLogLine, cleanNodeMessage } from './text.ts';
 
 export const logStreams = ['stdout', 'stderr', 'system'] as const;
 export const LogStream = z.enum(logStreams);
@@ -21,7 +22,11 @@ export const LogChunk = z
     seq: z.number().int().min(0).max(2_000_000_000),
     stream: LogStream,
     at: z.iso.datetime({ offset: true }),
-    lines: z.array(z.string().max(maxLogLineBytes).regex(/^[^\n]*$/, 'one line, no newline')).min(1).max(maxLinesPerChunk),
+    // Cleaned, never refused: a refused chunk would be dropped by the agent and the output lost.
+    lines: z
+      .array(z.string().max(maxLogLineBytes).regex(/^[^\n]*$/, 'one line, no newline').overwrite(cleanLogLine))
+      .min(1)
+      .max(maxLinesPerChunk),
   })
   .strict();
 export type LogChunk = z.infer<typeof LogChunk>;
@@ -62,16 +67,28 @@ export const LogPage = z.object({
 });
 export type LogPage = z.infer<typeof LogPage>;
 
-/**
- * A followed log (follow=1) is server-sent events: `log` events (id = seq, data = a LogBatch),
- * then one `end` event with this data, once the job ended and every chunk was sent.
- */
-export const LogEnd = z.object({ status: z.string(), exitCode: z.number().int().nullable(), error: z.string().nullable() });
-
 /** A progress note the agent adds to the job's events (an image pull, say). */
 export const JobProgress = z
   .object({
     epoch: z.number().int().min(1),
-    message: z.string().min(1).max(512),
+    message: z.string().min(1).max(512).overwrite(cleanNodeMessage),
   })
   .strict();
+
+/**
+ * The last event of a log stream (`event: end`), and why it came: the job ended (with its
+ * status), the key was revoked or expired, the stream reached its longest life or the client
+ * fell too far behind (reconnect with Last-Event-ID and nothing is lost), or the coordinator
+ * is shutting down (reconnect likewise).
+ */
+export const logStreamEndReasons = ['ended', 'revoked', 'expired', 'max-life', 'lagging', 'shutdown', 'gone'] as const;
+export const LogStreamEnd = z.object({
+  reason: z.enum(logStreamEndReasons),
+  status: z.string().optional(),
+  exitCode: z.number().int().nullable().optional(),
+  error: z.string().nullable().optional(),
+  detail: z.string().optional(),
+});
+export type LogStreamEnd = z.infer<typeof LogStreamEnd>;
+/** Ends after which a client reconnects from its last id: the job goes on. */
+export const resumableEnds: readonly LogStreamEnd['reason'][] = ['max-life', 'lagging', 'shutdown'];

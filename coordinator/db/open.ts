@@ -33,6 +33,8 @@ export interface Database {
    * the session dies, as a new session (the caller checks that its lock is still held).
    */
   session: (() => postgres.Sql) | null;
+  /** Statements sent through db since the start: what a test counts to prove something costs no query. */
+  readonly queries: number;
   close(): Promise<void>;
 }
 
@@ -51,6 +53,17 @@ export function toNumber(v: unknown): number {
   if (typeof v === 'number') return v;
   if (typeof v === 'bigint' || typeof v === 'string') return Number(v);
   return 0;
+}
+
+/** drizzle's query logger, used as a counter: one increment per statement. */
+function queryCounter() {
+  const counter = {
+    n: 0,
+    logQuery() {
+      counter.n++;
+    },
+  };
+  return counter;
 }
 
 export async function openDatabase(opts: OpenOptions): Promise<Database> {
@@ -72,12 +85,16 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
     unlock();
     throw err;
   }
-  const db = drizzlePglite({ client, schema }) as unknown as Db;
+  const counter = queryCounter();
+  const db = drizzlePglite({ client, schema, logger: counter }) as unknown as Db;
   return {
     db,
     driver: 'pglite',
     raw: null,
     session: null,
+    get queries() {
+      return counter.n;
+    },
     async rows<T>(query: SQL) {
       const result = (await db.execute(query)) as unknown as { rows: T[] };
       return result.rows;
@@ -115,7 +132,8 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
   const client = guardedPostgres(url, options);
   // drizzle() changes the client it wraps (PITFALLS.md): raw work gets a client of its own.
   const raw = guardedPostgres(url, { ...options, max: 4 });
-  const db = drizzlePostgres({ client, schema }) as unknown as Db;
+  const counter = queryCounter();
+  const db = drizzlePostgres({ client, schema, logger: counter }) as unknown as Db;
   await raw`select 1`;
   return {
     db,
@@ -123,6 +141,9 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
     raw,
     // No lifetime limit: ending the connection would drop the session's lock.
     session: () => guardedPostgres(url, { ...options, max: 1, connect_timeout: 5, max_lifetime: null }),
+    get queries() {
+      return counter.n;
+    },
     async rows<T>(query: SQL) {
       return [...((await db.execute(query)) as unknown as T[])];
     },

@@ -4,6 +4,7 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { ZodError } from 'zod';
 import { type ErrorCode, type FieldError, type Problem, fieldErrors, problemTypePrefix } from '../../shared/errors.ts';
 import { isDatabaseUnavailable } from '../db/availability.ts';
+import { describeFailure } from '../log.ts';
 import type { AppEnv } from './env.ts';
 
 /** The one error class of the coordinator: domain code throws it, onError renders it. */
@@ -12,6 +13,8 @@ export class ApiError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly errors?: FieldError[],
+    /** For rate_limited: how long the client should wait (the Retry-After header). */
+    readonly extra?: { retryAfterSeconds?: number },
   ) {
     super(message);
   }
@@ -39,6 +42,8 @@ export function statusOf(code: ErrorCode): ContentfulStatusCode {
       return 415;
     case 'locked':
       return 423;
+    case 'rate_limited':
+      return 429;
     case 'internal':
       return 500;
     case 'unavailable':
@@ -57,11 +62,18 @@ const titles: Record<ErrorCode, string> = {
   payload_too_large: 'Payload too large',
   unsupported_media_type: 'Unsupported media type',
   locked: 'Locked',
+  rate_limited: 'Too many requests',
   internal: 'Internal error',
   unavailable: 'Service unavailable',
 };
 
-export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: string, errors?: FieldError[], retryAfterSeconds?: number): Response {
+export function problemResponse(
+  c: Context<AppEnv>,
+  code: ErrorCode,
+  detail: string,
+  errors?: FieldError[],
+  retryAfterSeconds?: number,
+): Response {
   const status = statusOf(code);
   const body: Problem = {
     type: `${problemTypePrefix}${code}`,
@@ -73,8 +85,7 @@ export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: str
     ...(errors && errors.length ? { errors } : {}),
   };
   if (code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer');
-  // A 503 is temporary: say when to come back (a database outage: a few seconds; otherwise at once).
-  if (code === 'unavailable') c.header('Retry-After', String(retryAfterSeconds ?? 1));
+  if (retryAfterSeconds !== undefined) c.header('Retry-After', String(retryAfterSeconds));
   // The body was refused unread: end the connection, so that its unread rest is not taken for
   // the next request and the client does not reuse a socket the server is about to drop.
   if (code === 'payload_too_large' || code === 'unsupported_media_type') c.header('Connection', 'close');
@@ -93,7 +104,7 @@ const databaseRetryAfterSeconds = 5;
 
 /** onError for the whole app: every failure leaves as problem+json; a 500 says nothing more. */
 export function renderError(err: Error, c: Context<AppEnv>): Response {
-  if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors);
+  if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors, err.extra?.retryAfterSeconds);
   if (err instanceof HTTPException) {
     if (err.status === 413) return problemResponse(c, 'payload_too_large', err.message || 'the request body is too large');
     if (err.status === 415) return problemResponse(c, 'unsupported_media_type', 'send the body as application/json');
@@ -105,9 +116,9 @@ export function renderError(err: Error, c: Context<AppEnv>): Response {
     if (err.status === 404) return problemResponse(c, 'not_found', 'not found');
   }
   if (isDatabaseUnavailable(err)) {
-    c.get('log')?.warn('request failed: database unavailable', { requestId: c.get('requestId'), error: String((err as Error)?.message ?? err) });
+    c.get('log')?.warn('request failed: database unavailable', { requestId: c.get('requestId'), error: describeFailure(err) });
     return problemResponse(c, 'unavailable', 'the database is unavailable; try again shortly', undefined, databaseRetryAfterSeconds);
   }
-  c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: String(err?.stack ?? err) });
+  c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: describeFailure(err) });
   return problemResponse(c, 'internal', `internal error (request ${c.get('requestId')})`);
 }

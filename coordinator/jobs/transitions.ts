@@ -5,6 +5,8 @@ import type { MeteredUsage } from '../../shared/pool.ts';
 import type { DbOrTx } from '../db/open.ts';
 import { gpus, jobEvents, jobs, nodes } from '../db/schema/index.ts';
 import { ApiError } from '../http/problem.ts';
+// The rule of which nodes take work, kept with its other forms in the scheduler's rules table.
+import { takesWork } from '../scheduler/rules.ts';
 import { changeStatus, type JobRow } from './lifecycle.ts';
 
 // The job-side transitions of a lease: placement (in bulk, for the scheduler), the agent's
@@ -39,6 +41,7 @@ export interface Placement {
   leaseId: string;
   cpuMillis: number;
   memoryMb: number;
+  diskMb: number;
   priceGpuHourMicros: number;
   priceCpuHourMicros: number;
 }
@@ -61,11 +64,12 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
   // cost one bind, not thousands of parameters.
   const json = (rows: unknown[]) => sql`${JSON.stringify(rows)}::jsonb`;
   // Nodes first (the lock order), each with the sum of what the batch takes from it.
-  const perNode = new Map<string, { id: string; cpu: number; mem: number; pg: number; pc: number }>();
+  const perNode = new Map<string, { id: string; cpu: number; mem: number; disk: number; pg: number; pc: number }>();
   for (const p of batch) {
-    const n = perNode.get(p.nodeId) ?? { id: p.nodeId, cpu: 0, mem: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
+    const n = perNode.get(p.nodeId) ?? { id: p.nodeId, cpu: 0, mem: 0, disk: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
     n.cpu += p.cpuMillis;
     n.mem += p.memoryMb;
+    n.disk += p.diskMb;
     perNode.set(p.nodeId, n);
   }
   const nodeRows = [...perNode.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
@@ -74,13 +78,14 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
     sql`update ${nodes} set
           allocated_cpu_millis = ${nodes}.allocated_cpu_millis + v.cpu,
           allocated_memory_mb = ${nodes}.allocated_memory_mb + v.mem,
+          allocated_disk_mb = ${nodes}.allocated_disk_mb + v.disk,
           last_placed_at = ${ts(at)}
-        from jsonb_to_recordset(${json(nodeRows)}) as v(id text, cpu int, mem int, pg bigint, pc bigint)
-        where ${nodes}.id = v.id and ${nodes}.status = 'online' and not ${nodes}.draining
+        from jsonb_to_recordset(${json(nodeRows)}) as v(id text, cpu int, mem int, disk int, pg bigint, pc bigint)
+        where ${nodes}.id = v.id and ${takesWork.sql('nodes')}
           and ${nodes}.price_gpu_hour_micros = v.pg and ${nodes}.price_cpu_hour_micros = v.pc
         returning ${nodes}.id`,
   );
-  if (updatedNodes.length !== nodeRows.length) throw new PlacementConflict('a node went offline, started draining or changed its prices');
+  if (updatedNodes.length !== nodeRows.length) throw new PlacementConflict('a node went offline, stopped taking work or changed its prices');
 
   const gpuRows = batch.flatMap((p) => p.gpuIds.map((g) => ({ n: p.nodeId, g, j: p.jobId })));
   if (gpuRows.length) {
@@ -138,8 +143,6 @@ async function lockJobAndNode(tx: DbOrTx, jobId: string): Promise<JobRow | null>
   throw new ApiError('unavailable', 'the job keeps moving; try again');
 }
 
-export { lockJobAndNode as lockLiveJob };
-
 type NodeCounter = 'jobsSucceeded' | 'jobsFailed' | 'leaseExpiries';
 
 /**
@@ -162,6 +165,7 @@ async function takeOffNode(
       .set({
         allocatedCpuMillis: sql`${nodes.allocatedCpuMillis} - ${job.cpuMillis}`,
         allocatedMemoryMb: sql`${nodes.allocatedMemoryMb} - ${job.memoryMb}`,
+        allocatedDiskMb: sql`${nodes.allocatedDiskMb} - ${job.diskMb}`,
         ...(counter ? { [counter]: sql`${nodes[counter]} + 1` } : {}),
       })
       .where(eq(nodes.id, job.nodeId));
@@ -214,11 +218,11 @@ export async function endLeaseOnNode(tx: DbOrTx, jobId: string, why: string, at:
  */
 async function reportedJob(tx: DbOrTx, nodeId: string, jobId: string, epoch: number): Promise<JobRow> {
   const job = await lockJobAndNode(tx, jobId);
-  if (!job) throw new ApiError('not_found', 'job not found');
+  // The holder first: another node's job must not answer with its epoch or status.
+  if (!job || job.nodeId !== nodeId) throw new ApiError('not_found', 'job not found');
   if (job.leaseEpoch !== epoch) {
     throw new ApiError('stale_lease', `lease epoch ${epoch} is not the job's current one (${job.leaseEpoch}): nothing was changed`);
   }
-  if (job.nodeId !== nodeId) throw new ApiError('not_found', 'job not found');
   if (!(liveStatuses as readonly string[]).includes(job.status)) {
     throw new ApiError('stale_lease', `the job already ended ${job.status}: nothing was changed`);
   }
@@ -244,7 +248,7 @@ function describeUsage(r: FinishReport): string {
   return parts.length ? ` (${parts.join(', ')})` : '';
 }
 
-const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'timeout'];
+const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'disk', 'timeout'];
 
 function describeOutcome(r: FinishReport): string {
   switch (r.reason) {
@@ -254,6 +258,8 @@ function describeOutcome(r: FinishReport): string {
       return `exited ${r.exitCode ?? '?'}`;
     case 'oom':
       return 'killed: out of memory';
+    case 'disk':
+      return 'stopped: wrote more than its disk budget';
     case 'timeout':
       return 'stopped: ran past its timeout';
     case 'cancelled':

@@ -49,7 +49,8 @@ export async function createLeaseSide(opts: {
     log,
     leaseTtlSeconds: config.leaseTtlSeconds,
     availability,
-    onFreed: () => signals.emit(topics.schedule),
+    // Expired leases free capacity on nodes the sweep does not name: read them all again.
+    onFreed: () => signals.emit(topics.nodeChanged),
   });
   return {
     leases,

@@ -4,7 +4,7 @@ import type { DatabaseAvailability } from '../db/availability.ts';
 import type { Database } from '../db/open.ts';
 import { jobs } from '../db/schema/index.ts';
 import { expireLease, liveStatuses } from '../jobs/transitions.ts';
-import type { Logger } from '../log.ts';
+import { describeFailure, type Logger } from '../log.ts';
 
 export interface SweeperOptions {
   database: Database;
@@ -40,7 +40,7 @@ export class LeaseSweeper {
     const tick = () => {
       if (this.stopped) return;
       this.timer = setTimeout(async () => {
-        await this.sweep().catch((err) => this.opts.log.error('lease sweep failed', { error: String(err) }));
+        await this.sweep().catch((err) => this.opts.log.error('lease sweep failed', { error: describeFailure(err) }));
         tick();
       }, every);
       this.timer.unref?.();

@@ -6,7 +6,7 @@ import type { Database, DbOrTx } from '../db/open.ts';
 import { toNumber } from '../db/open.ts';
 import { gpus, jobs, nodes, queueReasons } from '../db/schema/index.ts';
 import { executeRows, leaseJobs, PlacementConflict, ts, type Placement } from '../jobs/transitions.ts';
-import type { Logger } from '../log.ts';
+import { describeFailure, type Logger } from '../log.ts';
 import {
   countMatchingGpus,
   decide,
@@ -22,7 +22,10 @@ import {
   type NodeView,
   type RejectionCounts,
 } from './feasibility.ts';
+import { capacityRules, takesWork, type CapacityRule } from './rules.ts';
 import { candidate, compareCandidates, type Candidate } from './scoring.ts';
+
+const [cpuRule, memoryRule, diskRule] = capacityRules as [CapacityRule, CapacityRule, CapacityRule, CapacityRule];
 
 type Constraints = NonNullable<JobSpec['constraints']>;
 
@@ -124,6 +127,7 @@ export class PassState {
     node.freeGpus = node.freeGpus.filter((g) => !ids.has(g.id));
     node.freeCpuMillis -= job.cpuMillis;
     node.freeMemoryMb -= job.memoryMb;
+    node.freeDiskMb -= job.diskMb;
     node.lastPlacedAtMs = this.now;
     return { placed: true, node, gpus: taken };
   }
@@ -136,7 +140,7 @@ export class PassState {
   private best(job: JobRequest): NodeView | null {
     let best: Candidate | null = null;
     for (const node of this.candidatesFor(job)) {
-      if (node.freeCpuMillis < job.cpuMillis || node.freeMemoryMb < job.memoryMb || node.freeGpus.length < job.gpuCount) continue;
+      if (!cpuRule.js(job, node) || !memoryRule.js(job, node) || !diskRule.js(job, node) || node.freeGpus.length < job.gpuCount) continue;
       const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
       if (!withinPrice(job, price)) continue;
       if (best && price > best.priceMilliMicros) continue;
@@ -166,7 +170,7 @@ export class PassState {
 }
 
 function shapeKey(j: JobRequest): string {
-  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}`;
+  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.diskMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,6 +178,26 @@ function shapeKey(j: JobRequest): string {
 
 /** The nodes that take work (online, not draining) and their free GPUs, in two queries. */
 export async function loadPassState(db: DbOrTx, now: number): Promise<PassState> {
+  return new PassState(await loadNodeViews(db, null), now);
+}
+
+/**
+ * The kept state with the named nodes read again (those that joined, came back, changed or had
+ * capacity freed since it was read): a node that no longer takes work leaves it.
+ */
+export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly string[], now: number): Promise<PassState> {
+  const fresh = await loadNodeViews(db, ids);
+  const named = new Set(ids);
+  const kept = state.nodes.filter((n) => !named.has(n.id));
+  return new PassState([...kept, ...fresh], now, state.loadedAt);
+}
+
+/** NodeViews of the nodes that take work: all of them, or those of `only`. */
+async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promise<NodeView[]> {
+  // One text parameter whatever the count (ids hold no comma): one bind, one plan.
+  const idList = only ? only.join(',') : '';
+  const onlyNodes = only ? sql`and id = any(string_to_array(${idList}, ','))` : sql``;
+  const onlyGpus = only ? sql`and g.node_id = any(string_to_array(${idList}, ','))` : sql``;
   const nodeRows = await executeRows<{
     id: string;
     account_id: string;
@@ -183,13 +207,15 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     pc: unknown;
     free_cpu: number;
     free_mem: number;
+    free_disk: number;
     last_placed_ms: number | null;
   }>(
     db,
     sql`select id, account_id, labels, region, price_gpu_hour_micros as pg, price_cpu_hour_micros as pc,
           cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
+          disk_mb - allocated_disk_mb as free_disk,
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
-        from ${nodes} where status = 'online' and not draining and takes_work`,
+        from ${nodes} where ${takesWork.sql('nodes')} ${onlyNodes}`,
   );
   // Free GPUs one text per node (fields split by \x1f, GPUs by \x1e): a tenth of the rows to
   // parse when the pool is idle and every GPU is free.
@@ -197,7 +223,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     db,
     sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
-        where g.job_id is null and n.status = 'online' and not n.draining and n.takes_work
+        where g.job_id is null and ${takesWork.sql('n')} ${onlyGpus}
         group by g.node_id`,
   );
   const views = new Map<string, NodeView>();
@@ -211,6 +237,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
       priceCpuHourMicros: toNumber(r.pc),
       freeCpuMillis: Number(r.free_cpu),
       freeMemoryMb: Number(r.free_mem),
+      freeDiskMb: Number(r.free_disk),
       freeGpus: [],
       lastPlacedAtMs: r.last_placed_ms === null ? 0 : Number(r.last_placed_ms),
     });
@@ -226,7 +253,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
       view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c });
     }
   }
-  return new PassState([...views.values()], now);
+  return [...views.values()];
 }
 
 interface Cursor {
@@ -241,6 +268,7 @@ type QueueRow = {
   created_ms: number;
   cpu_millis: number;
   memory_mb: number;
+  disk_mb: number;
   gpu_count: number;
   gpu_model: string | null;
   gpu_min_memory_mb: number | null;
@@ -270,7 +298,7 @@ export async function loadQueueBatch(
   const rows = await executeRows<QueueRow>(
     db,
     sql`select id, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
-          cpu_millis, memory_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
+          cpu_millis, memory_mb, disk_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda
         from ${jobs}
         where status = 'queued' ${after}
@@ -303,6 +331,7 @@ function toQueuedJob(r: QueueRow): QueuedJob {
     pendingReason: r.pending_reason,
     cpuMillis: Number(r.cpu_millis),
     memoryMb: Number(r.memory_mb),
+    diskMb: Number(r.disk_mb),
     gpuCount: Number(r.gpu_count),
     gpuModel: r.gpu_model,
     gpuMinMemoryMb: r.gpu_min_memory_mb === null ? null : Number(r.gpu_min_memory_mb),
@@ -337,7 +366,7 @@ export interface PassDeps {
    * conflict and be read again). Passes come back to back under load; reading 10,000 nodes for
    * each would be most of their cost.
    */
-  snapshot?: { state: PassState | null; maxAgeMs: number };
+  snapshot?: { state: PassState | null; maxAgeMs: number; stale?: StaleNodes };
   /** Re-explain the shapes a pass did not read, on a fresh snapshot, at most this often. */
   refresh?: { lastAt: number; everyMs: number };
   /** What this scheduler last wrote as each shape's reason (kept across passes by the loop). */
@@ -347,6 +376,19 @@ export interface PassDeps {
   /** Tests: called between planning a batch and committing it. */
   beforeCommit?: () => Promise<void> | void;
 }
+
+/** Nodes that changed since the snapshot was read (told by events): read again before the next pass. */
+export interface StaleNodes {
+  /** Every node (an event that names none). */
+  all: boolean;
+  ids: Set<string>;
+}
+
+/**
+ * Most changed nodes one pass reads again (about 50 ms here): under heavy churn (thousands of
+ * jobs ending a second) the rest wait for the next pass, so no pass pays for a whole reload.
+ */
+const maxRefreshedNodes = 500;
 
 export interface PassResult {
   /** How old the node snapshot the pass placed on was (0: read for it). */
@@ -374,8 +416,21 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   const result: PassResult = { placed: 0, unplaced: 0, batches: 0, conflicts: 0 };
   const now = deps.clock.now().getTime();
   const kept = deps.snapshot;
-  const reuse = !deps.full && kept?.state && now - kept.state.loadedAt < kept.maxAgeMs;
+  // Taken before reading: what changes while this pass reads and places is read by the next.
+  const stale = kept?.stale;
+  const reuse = !deps.full && !stale?.all && kept?.state && now - kept.state.loadedAt < kept.maxAgeMs;
+  const staleIds: string[] = [];
+  if (stale) {
+    stale.all = false;
+    if (!reuse) stale.ids.clear();
+    for (const id of stale.ids) {
+      if (staleIds.length === maxRefreshedNodes) break;
+      staleIds.push(id);
+    }
+    for (const id of staleIds) stale.ids.delete(id);
+  }
   let state = reuse ? kept!.state!.beginPass(now) : await loadPassState(db, now);
+  if (reuse && staleIds.length) state = await refreshNodes(db, state, staleIds, now);
   if (kept) kept.state = state;
   result.snapshotAgeMs = now - state.loadedAt;
   /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */
@@ -402,7 +457,7 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
         if (!isRetryable(err) || attempt >= 4) throw err;
         // Something moved under the plan: nothing of it was committed. Look again and re-plan.
         result.conflicts++;
-        deps.log.info('placement batch conflicted; planning it again', { error: String((err as Error).message ?? err), attempt });
+        deps.log.info('placement batch conflicted; planning it again', { error: describeFailure(err).split('\n')[0], attempt });
         state = await loadPassState(db, deps.clock.now().getTime());
         if (kept) kept.state = state;
         for (const [shape, reason] of failed) state.failed.set(shape, reason);
@@ -434,6 +489,7 @@ function plan(state: PassState, queue: QueuedJob[]): Placement[] {
       leaseId: newId('lease'),
       cpuMillis: job.cpuMillis,
       memoryMb: job.memoryMb,
+      diskMb: job.diskMb,
       priceGpuHourMicros: out.node.priceGpuHourMicros,
       priceCpuHourMicros: out.node.priceCpuHourMicros,
     });

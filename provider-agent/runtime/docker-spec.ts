@@ -19,8 +19,8 @@ export interface ContainerSpecOptions {
   nodeId: string;
   /** The image to create from: its content id (sha256:...), so a moved tag cannot change what runs. */
   imageId: string;
-  inputsDir: string;
-  outputsDir: string;
+  /** The job's volumes (names of engine volumes): /inputs read-only, /outputs and the image's own VOLUME paths writable. */
+  volumes: JobVolume[];
   pidsLimit?: number;
   stopGraceSeconds: number;
   /** json-file rotation for the job's output, which the agent reads back from the engine. */
@@ -28,17 +28,30 @@ export interface ContainerSpecOptions {
 }
 
 /**
- * The id the NVIDIA container runtime accepts for a leased GPU: a whole GPU by its UUID, a MIG
+ * The id the NVIDIA container runtime accepts for a leased GPU: a whole GPU by its UUID (by its index
+ * where its UUID is another's too), a MIG
  * device by its MIG UUID, or (drivers that give MIG devices no UUID) the legacy
  * MIG-<parent GPU UUID>/<GPU instance>/<compute instance> form.
  */
 export function nvidiaDeviceId(gpu: LeaseGpu): string {
+  // GPUs that share one UUID are named <uuid>/<PCI bus id>: the UUID would select both, the index one.
+  if (!gpu.mig && gpu.uuid && gpu.id.startsWith(`${gpu.uuid}/`)) return String(gpu.index);
   if (!gpu.mig) return gpu.uuid || gpu.id;
   if (gpu.id.startsWith('MIG-')) return gpu.id;
   return `MIG-${gpu.uuid}/${gpu.mig.gpuInstanceId}/${gpu.mig.computeInstanceId}`;
 }
 
 export const containerName = (jobId: string, epoch: number) => `gantry-${jobId}-${epoch}`;
+
+/** An engine volume of a job's run, and where the job sees it. */
+export interface JobVolume {
+  name: string;
+  target: string;
+  readOnly: boolean;
+}
+
+/** The volumes of a run are named after its container, so a sweep finds them by name and label alike. */
+export const volumeName = (jobId: string, epoch: number, what: string) => `${containerName(jobId, epoch)}-${what}`;
 
 /** The container a lease becomes: exactly what the lease grants, hardened. */
 export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docker.ContainerCreateOptions {
@@ -53,7 +66,8 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
     GANTRY_JOB_ID: grant.jobId,
   };
   if (devices.length && !spec.env?.NVIDIA_DRIVER_CAPABILITIES) env.NVIDIA_DRIVER_CAPABILITIES = 'compute,utility';
-  const tmpfs = 'rw,exec,nosuid,nodev,mode=1777';
+  // Bounded: a tmpfs is the job's memory (charged to its cgroup), never more than its limit.
+  const tmpfs = `rw,exec,nosuid,nodev,mode=1777,size=${memoryBytes}`;
   return {
     name: containerName(grant.jobId, grant.epoch),
     Image: o.imageId,
@@ -84,7 +98,9 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
       ReadonlyRootfs: true,
       Tmpfs: { '/tmp': tmpfs, [jobHome]: tmpfs },
       ShmSize: (spec.resources.shmMb ?? defaultShmMb) * 1024 * 1024,
-      Binds: [`${o.inputsDir}:/inputs:ro`, `${o.outputsDir}:/outputs:rw`],
+      // Engine volumes, not host folders: what the job leaves is read through the engine (links
+      // resolve in the container's root), and no host path of the agent shows in its mounts.
+      Mounts: o.volumes.map((v) => ({ Type: 'volume' as const, Source: v.name, Target: v.target, ReadOnly: v.readOnly })),
       NetworkMode: spec.network,
       // A tiny init as PID 1: signals reach the job's process, and its orphans are reaped.
       Init: true,
@@ -103,4 +119,13 @@ export function pullReference(image: string): string {
   if (image.includes('@')) return image;
   const lastSlash = image.lastIndexOf('/');
   return image.slice(lastSlash + 1).includes(':') ? image : `${image}:latest`;
+}
+
+/**
+ * A job's part of the node's pids budget: in proportion to its CPUs (which the scheduler never
+ * hands out twice), so all jobs together stay within the budget; at least 64 (a shell and a few
+ * tools), at most the per-job cap.
+ */
+export function pidsShare(budget: number, cpuMillis: number, nodeCpuMillis: number, cap: number): number {
+  return Math.max(64, Math.min(cap, Math.floor((budget * cpuMillis) / Math.max(1, nodeCpuMillis))));
 }

@@ -24,11 +24,13 @@ export interface AgentProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-export function spawnAgent(args: string[], env: Record<string, string> = {}): AgentProcess {
+/** `as`: run the agent as this user and group (a provider's own account, not root). */
+export function spawnAgent(args: string[], env: Record<string, string> = {}, as: { uid: number; gid: number } | null = null): AgentProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', 'provider-agent/main.ts', ...args], {
     cwd: repoRoot,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(as ?? {}),
   });
   const stdout: string[] = [];
   const stderr: string[] = [];

@@ -19,6 +19,8 @@ export const jobs = pgTable(
     // The requested resources as columns, so the scheduler can filter without reading spec.
     cpuMillis: integer('cpu_millis').notNull(),
     memoryMb: integer('memory_mb').notNull(),
+    // What the job may write on its node (0 for jobs submitted before disk was scheduled).
+    diskMb: integer('disk_mb').notNull().default(0),
     gpuCount: integer('gpu_count').notNull().default(0),
     gpuModel: text('gpu_model'),
     gpuMinMemoryMb: integer('gpu_min_memory_mb'),
@@ -40,7 +42,7 @@ export const jobs = pgTable(
     // Everything that decides where a job can fit, hashed: the scheduler skips and explains a
     // shape that fits nowhere once per pass, not once per job (queue_reasons).
     queueShape: text('queue_shape').generatedAlwaysAs(
-      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', ''))`,
+      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || disk_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', ''))`,
     ),
     cancelRequestedAt: at('cancel_requested_at'),
     idempotencyKey: text('idempotency_key'),

@@ -190,14 +190,15 @@ describe('scheduler end to end: coordinator and agents as processes (PGlite)', (
     expect(trail[3]!.reason).toContain('expired');
     expect(trail[4]!.reason).toContain(b.nodeId);
 
-    // rig-a comes back from the dead with the old epoch: 409, and nothing changes.
+    // rig-a comes back from the dead with the old epoch: the job is rig-b's now, so to rig-a it is
+    // 404 (as if it did not exist: coordinator/jobs/transitions.ts), and nothing changes.
     const key = (await new AgentState(nodeA.stateDir).loadKey())!;
     const token = await signAgentToken(key.privateKey, { sub: nodeA.nodeId, aud: 'gantry-e2e' });
     const late = new ApiClient({ baseUrl: url, token });
     const err = await late.post(`/v1/agent/jobs/${submitted.id}/finish`, { epoch: onA.leaseEpoch, reason: 'nonzero-exit', exitCode: 1 }).catch((e) => e);
     expect(err).toBeInstanceOf(ApiRequestError);
-    expect((err as ApiRequestError).status).toBe(409);
-    expect((err as ApiRequestError).problem?.code).toBe('stale_lease');
+    expect((err as ApiRequestError).status).toBe(404);
+    expect((err as ApiRequestError).problem?.code).toBe('not_found');
     expect(await job(submitted.id)).toEqual(done);
     await b.agent.kill('SIGTERM');
   }, 120_000);

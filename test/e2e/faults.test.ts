@@ -284,7 +284,8 @@ describe('a PGlite coordinator as PID 1 (in a pid namespace of its own)', () => 
       { PORT: '0', HOST: '127.0.0.1', GANTRY_DATA_DIR: dataDir, GANTRY_LOG_REQUESTS: 'false' },
       [],
       [],
-      ['unshare', '--pid', '--fork', '--mount-proc'],
+      // --kill-child: stopping unshare (the process the test holds) stops the coordinator in it.
+      ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child=SIGTERM'],
     );
     running.push(c);
     return c;

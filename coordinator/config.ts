@@ -8,6 +8,9 @@ const bool = z
   .enum(['0', '1', 'true', 'false'], { error: 'must be one of 1, 0, true, false' })
   .transform((v) => v === '1' || v === 'true');
 
+/** The shortest lease TTL the coordinator starts with. */
+export const minLeaseTtlSeconds = 15;
+
 /** Every setting of the coordinator, from the environment, parsed once at start. */
 const Env = z
   .object({
@@ -26,7 +29,12 @@ const Env = z
     GANTRY_TLS_KEY: z.string().min(1).optional(),
     GANTRY_BODY_LIMIT_BYTES: positiveInt.default(1024 * 1024),
     GANTRY_LOG_REQUESTS: bool.default(true),
-    GANTRY_LEASE_TTL_SECONDS: positiveInt.max(86_400).default(300),
+    // Under 15 s a lease could lapse between two renewals of a slow agent (heartbeats every few
+    // seconds, a long-poll answered within a third of the TTL).
+    GANTRY_LEASE_TTL_SECONDS: positiveInt
+      .min(minLeaseTtlSeconds, `must be ${minLeaseTtlSeconds} or more (seconds)`)
+      .max(86_400)
+      .default(300),
     GANTRY_NODE_TTL_SECONDS: positiveInt.max(86_400).default(30),
     GANTRY_SHUTDOWN_GRACE_MS: positiveInt.default(10_000),
     // Leases: an Ed25519 signing key in this file (made when missing) instead of the signing_keys table.

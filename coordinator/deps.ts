@@ -2,6 +2,7 @@ import type { KeyVerifier } from './auth/api-keys.ts';
 import type { BlobStore } from './blobs/store.ts';
 import type { Clock } from './clock.ts';
 import type { Config } from './config.ts';
+import type { DatabaseAvailability } from './db/availability.ts';
 import type { Database } from './db/open.ts';
 import type { Logger } from './log.ts';
 import type { Metrics } from './metrics/registry.ts';
@@ -37,6 +38,8 @@ export interface HeartbeatHook {
 export interface AppDeps {
   config: Config;
   database: Database;
+  /** Whether the database answers, and since when (readiness, the sweepers' grace). */
+  availability: DatabaseAvailability;
   clock: Clock;
   log: Logger;
   signals: Signals;

@@ -8,6 +8,7 @@ import { DatabaseBlobStore } from './blobs/db-store.ts';
 import { KeyVerifier } from './auth/api-keys.ts';
 import { systemClock, type Clock } from './clock.ts';
 import type { Config } from './config.ts';
+import { DatabaseAvailability } from './db/availability.ts';
 import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
 import type { AppDeps } from './deps.ts';
@@ -50,11 +51,13 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     await migrate(database);
     const adminKey = await bootstrapAdmin(database);
     const signals = new Signals();
-    const leaseSide = await createLeaseSide({ database, clock, config, log, signals });
+    const availability = new DatabaseAvailability(database, clock, log);
+    const leaseSide = await createLeaseSide({ database, availability, clock, config, log, signals });
     const keys = new KeyVerifier(database, clock);
     const deps: AppDeps = {
       config,
       database,
+      availability,
       clock,
       log,
       signals,
@@ -101,6 +104,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       retentionSeconds: config.poolHistoryRetentionSeconds,
     }, log);
     poolHistory.start();
+    availability.start();
     await leaseSide.start();
     const nodeSweeper = startNodeSweeper(deps);
     let closing: Promise<void> | null = null;
@@ -134,6 +138,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           await stopRetiredListener().catch(() => {});
           await nodeSweeper.stop();
           await poolHistory.stop();
+          await availability.stop();
           if (ownsDatabase) await database.close();
         })()),
     };

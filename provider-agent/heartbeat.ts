@@ -58,6 +58,8 @@ export class HeartbeatLoop {
   private readonly intervalMs: number;
   private readonly hardwareEveryMs: number;
   private readonly maxBackoffMs: number;
+  /** The last failure's Retry-After, when it had one. */
+  private retryAfterMs: number | null = null;
   private readonly random: () => number;
   private heldJobs: () => LeaseRef[];
   private takesWork: () => boolean = () => true;
@@ -151,7 +153,10 @@ export class HeartbeatLoop {
   }
 
   private backoffMs(): number {
-    const ceiling = Math.min(this.maxBackoffMs, this.intervalMs * 2 ** Math.min(this.failures - 1, 20));
+    // A coordinator that answers 503 with Retry-After (its database is away) is asked again then,
+    // not after a backoff grown over the outage: the node must be heard soon after the database returns.
+    const asked = this.retryAfterMs ?? Number.POSITIVE_INFINITY;
+    const ceiling = Math.min(this.maxBackoffMs, asked, this.intervalMs * 2 ** Math.min(this.failures - 1, 20));
     return Math.round(ceiling * (0.5 + this.random() * 0.5));
   }
 
@@ -249,6 +254,7 @@ export class HeartbeatLoop {
 
   private failed(err: unknown) {
     if (this.failures === 0) this.downSince = Date.now();
+    this.retryAfterMs = err instanceof ApiRequestError && err.retryAfterSeconds !== null ? Math.max(this.intervalMs, err.retryAfterSeconds * 1000) : null;
     this.failures++;
     let next: LinkState;
     let detail: string;

@@ -6,6 +6,8 @@ export class ApiRequestError extends Error {
     readonly status: number,
     readonly problem: Partial<Problem> | null,
     message: string,
+    /** A 503's Retry-After, in seconds: the coordinator is up and says when to come back. */
+    readonly retryAfterSeconds: number | null = null,
   ) {
     super(message);
   }
@@ -65,7 +67,8 @@ export class ApiClient {
     if (!res.ok) {
       const problem = parsed && typeof parsed === 'object' ? (parsed as Partial<Problem>) : null;
       const detail = problem?.detail ?? problem?.title ?? `HTTP ${res.status}`;
-      throw new ApiRequestError(res.status, problem, detail);
+      const retryAfter = Number(res.headers.get('retry-after') ?? Number.NaN);
+      throw new ApiRequestError(res.status, problem, detail, Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : null);
     }
     return parsed as T;
   }

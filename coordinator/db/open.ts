@@ -4,9 +4,10 @@ import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import type { SQL } from 'drizzle-orm';
-import postgres from 'postgres';
+import type postgres from 'postgres';
 import * as schema from './schema/index.ts';
 import { lockDataDir } from './data-dir-lock.ts';
+import { postgres as guardedPostgres } from './postgres-driver.ts';
 
 export type Schema = typeof schema;
 /** The drizzle database both drivers give; code above db/ sees only this. */
@@ -26,6 +27,12 @@ export interface Database {
   notify(channel: string, payload: string): Promise<void>;
   /** A raw postgres.js client for what needs a connection of its own (PostgreSQL only). */
   raw: postgres.Sql | null;
+  /**
+   * A client of its own with one connection (PostgreSQL only), for what must stay on one session:
+   * a session advisory lock. Unlike a connection reserved from a pool, it reconnects by itself after
+   * the session dies, as a new session (the caller checks that its lock is still held).
+   */
+  session: (() => postgres.Sql) | null;
   /** Statements sent through db since the start: what a test counts to prove something costs no query. */
   readonly queries: number;
   close(): Promise<void>;
@@ -69,7 +76,7 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
   let unlock = () => {};
   if (!inMemory) {
     mkdirSync(dataDir, { recursive: true });
-    unlock = lockDataDir(dataDir);
+    unlock = await lockDataDir(dataDir);
   }
   let client: PGlite;
   try {
@@ -84,6 +91,7 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
     db,
     driver: 'pglite',
     raw: null,
+    session: null,
     get queries() {
       return counter.n;
     },
@@ -110,11 +118,20 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
   };
 }
 
+/**
+ * The wait before a connection that failed tries again. The driver's own grows to 10-20 s after a
+ * few failures (and its failure count is shared by the pool), so a database back after a long
+ * outage would be seen only that late: capped at a second here.
+ */
+export function reconnectBackoffSeconds(failures: number): number {
+  return Math.min(1, 0.05 * 2 ** failures) * (0.5 + Math.random() / 2);
+}
+
 async function openPostgres(url: string, poolSize: number): Promise<Database> {
-  const options = { max: poolSize, onnotice: () => {}, connection: { application_name: 'gantry' } };
-  const client = postgres(url, options);
+  const options = { max: poolSize, onnotice: () => {}, connection: { application_name: 'gantry' }, backoff: reconnectBackoffSeconds };
+  const client = guardedPostgres(url, options);
   // drizzle() changes the client it wraps (PITFALLS.md): raw work gets a client of its own.
-  const raw = postgres(url, { ...options, max: 4 });
+  const raw = guardedPostgres(url, { ...options, max: 4 });
   const counter = queryCounter();
   const db = drizzlePostgres({ client, schema, logger: counter }) as unknown as Db;
   await raw`select 1`;
@@ -122,6 +139,8 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
     db,
     driver: 'postgres',
     raw,
+    // No lifetime limit: ending the connection would drop the session's lock.
+    session: () => guardedPostgres(url, { ...options, max: 1, connect_timeout: 5, max_lifetime: null }),
     get queries() {
       return counter.n;
     },

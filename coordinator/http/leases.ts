@@ -57,7 +57,9 @@ export function leaseRoutes(deps: AppDeps) {
       const { wait, have } = c.req.valid('query');
       const nodeId = c.get('nodeId');
       const held = haveSet(have);
-      const deadline = Date.now() + wait * 1000;
+      // Answered within a third of the lease TTL whatever the wait asked: a lease issued to a poll
+      // is delivered with most of its TTL still ahead, and the agent hears from us well within it.
+      const deadline = Date.now() + Math.min(wait, deps.config.leaseTtlSeconds / 3) * 1000;
       const abort = c.req.raw.signal;
       for (;;) {
         const waiter = deps.leases.notifier.waiter(nodeId);

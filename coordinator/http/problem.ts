@@ -3,6 +3,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { ZodError } from 'zod';
 import { type ErrorCode, type FieldError, type Problem, fieldErrors, problemTypePrefix } from '../../shared/errors.ts';
+import { isDatabaseUnavailable } from '../db/availability.ts';
 import { describeFailure } from '../log.ts';
 import type { AppEnv } from './env.ts';
 
@@ -98,6 +99,9 @@ export function validationProblem(c: Context<AppEnv>, target: string, error: Zod
   return problemResponse(c, 'validation', detail, errors);
 }
 
+/** What a 503 for a database outage asks clients to wait before they try again. */
+const databaseRetryAfterSeconds = 5;
+
 /** onError for the whole app: every failure leaves as problem+json; a 500 says nothing more. */
 export function renderError(err: Error, c: Context<AppEnv>): Response {
   if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors, err.extra?.retryAfterSeconds);
@@ -110,6 +114,10 @@ export function renderError(err: Error, c: Context<AppEnv>): Response {
     if (err.status === 400) return problemResponse(c, 'validation', err.message || 'bad request');
     if (err.status === 401) return problemResponse(c, 'unauthenticated', err.message || 'authentication required');
     if (err.status === 404) return problemResponse(c, 'not_found', 'not found');
+  }
+  if (isDatabaseUnavailable(err)) {
+    c.get('log')?.warn('request failed: database unavailable', { requestId: c.get('requestId'), error: describeFailure(err) });
+    return problemResponse(c, 'unavailable', 'the database is unavailable; try again shortly', undefined, databaseRetryAfterSeconds);
   }
   c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: describeFailure(err) });
   return problemResponse(c, 'internal', `internal error (request ${c.get('requestId')})`);

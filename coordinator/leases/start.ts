@@ -1,5 +1,6 @@
 import type { Clock } from '../clock.ts';
 import type { Config } from '../config.ts';
+import type { DatabaseAvailability } from '../db/availability.ts';
 import type { Database } from '../db/open.ts';
 import type { Logger } from '../log.ts';
 import { SchedulerLoop } from '../scheduler/loop.ts';
@@ -20,8 +21,15 @@ export interface LeaseSide {
 }
 
 /** The scheduler and the lease side of one coordinator, as startCoordinator builds them. */
-export async function createLeaseSide(opts: { database: Database; clock: Clock; config: Config; log: Logger; signals: Signals }): Promise<LeaseSide> {
-  const { database, clock, config, log, signals } = opts;
+export async function createLeaseSide(opts: {
+  database: Database;
+  availability: DatabaseAvailability;
+  clock: Clock;
+  config: Config;
+  log: Logger;
+  signals: Signals;
+}): Promise<LeaseSide> {
+  const { database, availability, clock, config, log, signals } = opts;
   const keys = await SigningKeys.load({ db: database.db, clock, keyFile: config.signingKeyFile, leaseTtlSeconds: config.leaseTtlSeconds });
   const notifier = new LeaseNotifier(signals, database);
   const leases = new LeaseService(database, clock, keys, notifier, { issuer: config.name, leaseTtlSeconds: config.leaseTtlSeconds });
@@ -40,6 +48,7 @@ export async function createLeaseSide(opts: { database: Database; clock: Clock; 
     clock,
     log,
     leaseTtlSeconds: config.leaseTtlSeconds,
+    availability,
     // Expired leases free capacity on nodes the sweep does not name: read them all again.
     onFreed: () => signals.emit(topics.nodeChanged),
   });

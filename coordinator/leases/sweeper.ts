@@ -1,5 +1,6 @@
 import { and, asc, inArray, lt } from 'drizzle-orm';
 import type { Clock } from '../clock.ts';
+import type { DatabaseAvailability } from '../db/availability.ts';
 import type { Database } from '../db/open.ts';
 import { jobs } from '../db/schema/index.ts';
 import { expireLease, liveStatuses } from '../jobs/transitions.ts';
@@ -10,6 +11,8 @@ export interface SweeperOptions {
   clock: Clock;
   log: Logger;
   leaseTtlSeconds: number;
+  /** Whether the database answers and since when: no lease expires while it is away, nor within a TTL of its return. */
+  availability?: Pick<DatabaseAvailability, 'available' | 'upSince'>;
   /** Capacity was freed: the scheduler should look again. */
   onFreed: () => void;
   intervalMs?: number;
@@ -18,8 +21,9 @@ export interface SweeperOptions {
 /**
  * Takes back leases past their expiry: the job goes back to the queue (or fails when its
  * placements are used, or ends cancelled when its owner asked), and the node's capacity is freed,
- * one transaction per job. After the coordinator starts it waits one lease TTL before expiring
- * anything, so that agents that kept running through an outage can reconnect and renew first.
+ * one transaction per job. After the coordinator starts, and after the database comes back from an
+ * outage, it waits one lease TTL before expiring anything, so that agents that kept running
+ * through the outage can reconnect and renew first.
  */
 export class LeaseSweeper {
   private readonly startedAt: number;
@@ -44,9 +48,10 @@ export class LeaseSweeper {
     tick();
   }
 
-  /** When the grace after start ends: nothing expires before then. */
+  /** When the grace after start (or the database's return) ends: nothing expires before then. */
   get graceEndsAt(): Date {
-    return new Date(this.startedAt + this.opts.leaseTtlSeconds * 1000);
+    const from = Math.max(this.startedAt, this.opts.availability?.upSince.getTime() ?? 0);
+    return new Date(from + this.opts.leaseTtlSeconds * 1000);
   }
 
   /** One sweep: returns how many leases it took back. */
@@ -59,7 +64,7 @@ export class LeaseSweeper {
 
   private async sweepNow(): Promise<number> {
     const now = this.opts.clock.now();
-    if (now.getTime() < this.graceEndsAt.getTime()) return 0;
+    if (this.opts.availability?.available === false || now.getTime() < this.graceEndsAt.getTime()) return 0;
     const { db } = this.opts.database;
     let total = 0;
     for (;;) {

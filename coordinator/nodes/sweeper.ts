@@ -25,13 +25,27 @@ export async function pruneNodeMetrics(db: DbOrTx, at: Date): Promise<number> {
   return toNumber(rows[0]?.n);
 }
 
+/**
+ * The offline sweep as a coordinator runs it: heartbeats missed while the database (or this
+ * coordinator) was away are no node's fault, so a node goes offline only for a TTL of silence
+ * while both were there: nothing while the database is away, nor within a TTL of its return.
+ */
+export async function sweepOfflineNodes(
+  deps: Pick<AppDeps, 'database' | 'availability' | 'config'>,
+  now: Date,
+): Promise<{ id: string; accountId: string }[]> {
+  const ttlMs = deps.config.nodeTtlSeconds * 1000;
+  if (!deps.availability.available || now.getTime() - deps.availability.upSince.getTime() < ttlMs) return [];
+  return markOfflineNodes(deps.database.db, now, deps.config.nodeTtlSeconds);
+}
+
 const pruneEveryMs = 10 * 60_000;
 
 /**
  * The nodes' periodic chores, on every coordinator (both are idempotent, so replicas need no
  * election): the offline sweep about twice per TTL, and metrics pruning every ten minutes.
  */
-export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'clock' | 'log' | 'config'>): { stop(): Promise<void> } {
+export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'availability' | 'clock' | 'log' | 'config'>): { stop(): Promise<void> } {
   const { db } = deps.database;
   const sweepEveryMs = Math.min(5_000, Math.max(250, (deps.config.nodeTtlSeconds * 1000) / 2));
   let lastPrune = 0;
@@ -41,7 +55,7 @@ export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'clock' | 'log
   const tick = async () => {
     const now = deps.clock.now();
     try {
-      for (const node of await markOfflineNodes(db, now, deps.config.nodeTtlSeconds)) {
+      for (const node of await sweepOfflineNodes(deps, now)) {
         deps.log.info('node offline', { nodeId: node.id, accountId: node.accountId, ttlSeconds: deps.config.nodeTtlSeconds });
       }
       if (now.getTime() - lastPrune >= pruneEveryMs) {

@@ -1,6 +1,7 @@
 import type postgres from 'postgres';
 import type { Clock } from '../clock.ts';
 import type { Database } from '../db/open.ts';
+import { isDatabaseUnavailable } from '../db/availability.ts';
 import { lockKeys } from '../db/migrate.ts';
 import { describeFailure, type Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
@@ -11,6 +12,19 @@ const snapshotMaxAgeMs = 2000;
 
 /** How often a pass reads the whole queue to refresh the reasons of jobs that cannot fit. */
 const fullPassEveryMs = 60_000;
+
+/** A lock query that takes longer counts as the session being gone. */
+const electionTimeoutMs = 3000;
+
+function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    work,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer from the database in ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
 
 /**
  * Channel that carries "run a pass" to the active scheduler on another replica. The payload names
@@ -38,7 +52,7 @@ export interface SchedulerOptions {
 
 /**
  * The scheduler loop. One is active at a time: on PostgreSQL the one holding a session advisory
- * lock on a connection reserved for it (through the pool, lock and unlock could land on different
+ * lock on a connection of its own (through the pool, lock and unlock could land on different
  * connections: PITFALLS.md); a standby tries again every second, so when the active one dies
  * (its session ends, its lock with it) another takes over within seconds. On PGlite the one
  * process is always active. A pass runs at once when woken (a submit, freed capacity), and on
@@ -51,7 +65,8 @@ export class SchedulerLoop {
   private running: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private electionTimer: NodeJS.Timeout | null = null;
-  private conn: postgres.ReservedSql | null = null;
+  /** PostgreSQL: the one-connection client whose session holds (or tries for) the scheduler lock. */
+  private session: postgres.Sql | null = null;
   private leader: boolean;
   private offs: (() => void | Promise<void>)[] = [];
   /** What this replica (not the active scheduler) has still to tell the one that is. */
@@ -207,6 +222,13 @@ export class SchedulerLoop {
         } catch (err) {
           this.totals.errors++;
           if (this.stopped) break;
+          if (isDatabaseUnavailable(err) && this.opts.database.driver === 'postgres') {
+            // The database went away: its lock may have gone with it. No pass until the election
+            // (within a second) finds this session still holding it, or takes it anew.
+            this.opts.log.warn('lost the scheduler lock', { error: `a pass failed: ${String((err as Error)?.message ?? err)}` });
+            this.leader = false;
+            break;
+          }
           this.opts.log.error('scheduler pass failed', { error: describeFailure(err) });
           // Do not spin on a failing database: the tick brings the next pass.
           break;
@@ -226,38 +248,41 @@ export class SchedulerLoop {
     this.timer.unref?.();
   }
 
-  /** PostgreSQL: try to take the lock, and check a held one is still there; again every second. */
+  /**
+   * PostgreSQL: try to take the lock, or check that the session holding it still does; again every
+   * second. The lock lives on a client of its own with one connection: when the database goes away
+   * the session dies with the lock, this scheduler stands down, and it competes again once the
+   * database is back (its client reconnects as a new session, which must take the lock anew).
+   */
   private async elect(): Promise<void> {
     if (this.stopped) return;
     try {
-      if (this.conn) {
-        await this.conn`select 1`;
+      this.session ??= this.opts.database.session!();
+      const session = this.session;
+      if (this.leader) {
+        const [row] = await withTimeout(
+          session`select exists (select 1 from pg_locks where locktype = 'advisory' and classid = 0 and objid = ${lockKeys.scheduler}
+            and objsubid = 1 and pid = pg_backend_pid() and granted) as held`,
+          electionTimeoutMs,
+        );
+        if (!row?.held) throw new Error('the session that held the scheduler lock is gone');
       } else {
-        const raw = this.opts.database.raw!;
-        const conn = await raw.reserve();
-        const [row] = await conn`select pg_try_advisory_lock(${lockKeys.scheduler}) as ok`;
-        if (row?.ok) {
-          this.conn = conn;
+        const [row] = await withTimeout(session`select pg_try_advisory_lock(${lockKeys.scheduler}) as ok`, electionTimeoutMs);
+        if (row?.ok && !this.stopped) {
           this.leader = true;
           // What it read while it last led is older than what the active one placed since.
           this.snapshot.stale.all = true;
           this.opts.log.info('this coordinator is the active scheduler');
           this.wake();
-        } else {
-          conn.release();
         }
       }
     } catch (err) {
-      // The reserved connection broke: the session, and the lock with it, is gone.
-      if (this.leader) this.opts.log.warn('lost the scheduler lock', { error: String(err) });
+      if (this.leader) this.opts.log.warn('lost the scheduler lock', { error: String((err as Error)?.message ?? err) });
       this.leader = false;
-      const conn = this.conn;
-      this.conn = null;
-      try {
-        conn?.release();
-      } catch {
-        // already gone
-      }
+      // A session that did not answer may still hold the lock: end it, so the server lets the lock go.
+      const session = this.session;
+      this.session = null;
+      void session?.end({ timeout: 0 }).catch(() => {});
     }
     if (this.stopped) return;
     this.electionTimer = setTimeout(() => void this.elect(), this.opts.electionMs ?? 1000);
@@ -265,15 +290,13 @@ export class SchedulerLoop {
   }
 
   private async resign(): Promise<void> {
-    const conn = this.conn;
-    this.conn = null;
+    const session = this.session;
+    this.session = null;
+    const wasLeader = this.leader;
     this.leader = false;
-    if (!conn) return;
-    try {
-      await conn`select pg_advisory_unlock(${lockKeys.scheduler})`;
-    } catch {
-      // the session is gone, and its lock with it
-    }
-    conn.release();
+    if (!session) return;
+    if (wasLeader) await withTimeout(session`select pg_advisory_unlock(${lockKeys.scheduler})`, electionTimeoutMs).catch(() => {});
+    // Ending the session lets go of the lock in any case.
+    await session.end({ timeout: 1 }).catch(() => {});
   }
 }

@@ -242,7 +242,9 @@ export class LeaseRunner {
       } catch (err) {
         if (this.stopping.signal.aborted) break;
         this.o.log.warn('work poll failed', { error: String((err as Error)?.message ?? err) });
-        await sleep(retryDelay(failures++, 15_000), this.stopping.signal);
+        // A 503 with Retry-After (the coordinator's database is away): back when it says, not later.
+        const asked = err instanceof ApiRequestError && err.retryAfterSeconds !== null ? Math.max(500, err.retryAfterSeconds * 1000) : Number.POSITIVE_INFINITY;
+        await sleep(Math.min(asked, retryDelay(failures++, 15_000)), this.stopping.signal);
       }
     }
   }

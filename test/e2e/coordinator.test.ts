@@ -2,7 +2,7 @@
 // own process, read through its stdout and stderr.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -11,7 +11,7 @@ import postgres from 'postgres';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { migrationsFolder } from '../../coordinator/db/migrate.ts';
 import { ApiClient } from '../../shared/client.ts';
-import { cleanEnv, repoRoot, spawnCoordinator, type CoordinatorProcess } from '../support/coordinator-process.ts';
+import { cleanEnv, dataDirLockHeld, repoRoot, spawnCoordinator, type CoordinatorProcess } from '../support/coordinator-process.ts';
 import { postgresAdminUrl, postgresSkipReason } from '../support/database.ts';
 import { until } from '../support/until.ts';
 
@@ -49,6 +49,7 @@ describe('configuration', () => {
   it.each([
     [{ PORT: 'abc' }, /^gantry-coordinator: invalid setting PORT="abc": must be a number$/],
     [{ DATABASE_URL: 'mysql://root:pw@db/x' }, /^gantry-coordinator: invalid setting DATABASE_URL: must start with postgres:\/\/$/],
+    [{ GANTRY_LEASE_TTL_SECONDS: '10' }, /^gantry-coordinator: invalid setting GANTRY_LEASE_TTL_SECONDS="10": must be 15 or more \(seconds\)$/],
   ])('a bad value stops the start with one line naming the setting: %j', async (env, line) => {
     const p = start(env);
     const { code } = await p.exited;
@@ -85,10 +86,10 @@ describe('PGlite data dir: first start, restart, a second coordinator, a lost ad
     const { key, api } = await clientAccount(ready.url, adminKey);
     clientKey = key;
     jobId = (await api.post<{ id: string }>('/v1/jobs', hello)).id;
-    expect(existsSync(join(dataDir, 'gantry.lock'))).toBe(true);
+    expect(dataDirLockHeld(dataDir)).toBe(true);
     await p.stop();
     expect(await p.exited).toEqual({ code: 0, signal: null });
-    expect(existsSync(join(dataDir, 'gantry.lock'))).toBe(false);
+    expect(dataDirLockHeld(dataDir)).toBe(false);
   });
 
   it('restart on the same data dir: the job is there, and no new admin key is printed', async () => {
@@ -213,7 +214,7 @@ describe('SIGTERM', () => {
     expect(res.status).toBe(201);
     const job = JSON.parse(res.text) as { id: string };
     expect(await p.exited).toEqual({ code: 0, signal: null });
-    expect(existsSync(join(dataDir, 'gantry.lock'))).toBe(false);
+    expect(dataDirLockHeld(dataDir)).toBe(false);
 
     // What the drained request wrote is on disk.
     const again = start({ GANTRY_DATA_DIR: dataDir });

@@ -1,6 +1,6 @@
 // After an agent restart, its containers are found by label: one whose lease is still current is
 // followed to its end (runtime.test.ts), one whose lease lapsed while the agent was away is
-// stopped and removed, and the job runs again under its new lease. Short leases here (4 s).
+// stopped and removed, and the job runs again under its new lease. Short leases here (15 s, the least the coordinator takes).
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -25,7 +25,7 @@ describe.skipIf(!docker)('containers left behind by an agent whose lease lapsed'
   const env = { GANTRY_AGENT_STATE_DIR: '', GANTRY_AGENT_STOP_GRACE_SECONDS: '1' };
 
   beforeAll(async () => {
-    c = await startLocalCoordinator('pglite', { GANTRY_LEASE_TTL_SECONDS: '4', GANTRY_NODE_TTL_SECONDS: '3' });
+    c = await startLocalCoordinator('pglite', { GANTRY_LEASE_TTL_SECONDS: '15', GANTRY_NODE_TTL_SECONDS: '3' });
     work = await mkdtemp(path.join(tmpdir(), 'gantry-recovery-e2e-'));
     const p = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'recovery-provider', kind: 'provider' });
     const provider = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${p.id}/keys`, { scopes: ['provider'] })).key });
@@ -64,7 +64,7 @@ describe.skipIf(!docker)('containers left behind by an agent whose lease lapsed'
     const first = await get();
     expect((await containers(first.leaseEpoch))[0]?.State).toBe('running');
     // The lease lapses while the agent is away: the job goes back to the queue.
-    await until('the lease to lapse', async () => (await get()).status === 'queued', 30_000);
+    await until('the lease to lapse', async () => (await get()).status === 'queued', 45_000);
 
     const again = spawnAgent(['run', '--state-dir', path.join(work, 'node'), '--heartbeat-seconds', '1'], env);
     agents.push(again);

@@ -254,3 +254,23 @@ describe.skipIf(dbSkipReason)('leases', () => {
     expect(cancelled!.status).toBe('cancelled');
   });
 });
+
+describe.skipIf(dbSkipReason)('the work long-poll and the lease TTL', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness({ GANTRY_NAME: 'gantry-test', GANTRY_LEASE_TTL_SECONDS: '15' });
+  });
+  afterAll(async () => h?.close());
+
+  it('answers within a third of the lease TTL, whatever wait the agent asked for', async () => {
+    const db = h.coordinator.deps.database.db;
+    const a = await insertNode(db, { accountId: await insertProvider(db), gpus: [{ model: 'NVIDIA L4' }] }, { audience: h.coordinator.deps.config.name, baseUrl: h.url });
+    const started = Date.now();
+    const work = await a.api.get<Work>('/v1/agent/work?wait=30', { timeoutMs: 40_000 });
+    const tookMs = Date.now() - started;
+    expect(work.leases).toEqual([]);
+    // TTL 15 s: answered after 5 s, not 30.
+    expect(tookMs).toBeGreaterThanOrEqual(4_500);
+    expect(tookMs).toBeLessThan(8_000);
+  });
+});

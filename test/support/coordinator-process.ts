@@ -1,4 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lineCollector } from './lines.ts';
 
@@ -20,6 +21,11 @@ export interface CoordinatorProcess {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** Whether a process holds the PGlite data dir's lock (the kernel's flock on gantry.lock), as a second coordinator would find. */
+export function dataDirLockHeld(dataDir: string): boolean {
+  return spawnSync('flock', ['--exclusive', '--nonblock', join(dataDir, 'gantry.lock'), 'true']).status !== 0;
+}
+
 /** The caller's environment without the coordinator's own settings, so a run sees only what it is given. */
 export function cleanEnv(): Record<string, string> {
   const out: Record<string, string> = {};
@@ -32,11 +38,14 @@ export function cleanEnv(): Record<string, string> {
 /**
  * `gantry-coordinator <args>` as its own process (node --import tsx, so that killing it kills
  * the server, not a wrapper), with `env` as its settings; a value of '' leaves one unset.
+ * `launcher`: a command that runs the node process (e.g. unshare, to make it PID 1).
  */
-export function spawnCoordinator(env: Record<string, string>, args: string[] = [], nodeArgs: string[] = []): CoordinatorProcess {
+export function spawnCoordinator(env: Record<string, string>, args: string[] = [], nodeArgs: string[] = [], launcher: string[] = []): CoordinatorProcess {
   const merged: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...cleanEnv(), ...env })) if (v !== undefined && v !== '') merged[k] = v;
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'coordinator/main.ts', ...args], {
+  const argv = [process.execPath, ...nodeArgs, '--import', 'tsx', 'coordinator/main.ts', ...args];
+  const command = [...launcher, ...argv];
+  const child = spawn(command[0]!, command.slice(1), {
     cwd: repoRoot,
     env: merged,
     stdio: ['ignore', 'pipe', 'pipe'],

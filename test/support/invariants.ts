@@ -1,9 +1,10 @@
-// The lease invariants, checked against the tables: no GPU in two live jobs, allocations equal
+// The database invariants, checked against the tables: no GPU in two live jobs, allocations equal
 // the sum of the live jobs' resources and never exceed capacity, every job in exactly one state
-// with fields that agree, and the events replay to each job's state. Used by the randomized test
-// after every step and by the end-to-end fault tests after every fault.
+// with fields that agree, the events replay to each job's state, and each job's attempts count its
+// placements. Used by the randomized test after every step and by the end-to-end fault tests
+// (scheduler.test.ts, faults.test.ts) after every fault.
 import { expect } from 'vitest';
-import { asc, gt } from 'drizzle-orm';
+import { asc, gt, inArray } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../../coordinator/db/open.ts';
 import { gpus, jobEvents, jobs, nodes } from '../../coordinator/db/schema/index.ts';
 import { isTerminal, type JobStatus } from '../../shared/jobs.ts';
@@ -101,5 +102,17 @@ export class InvariantChecker {
       this.replay.set(e.jobId, e.to as JobStatus);
     }
     for (const j of allJobs) expect(this.replay.get(j.id), `events of ${j.id} replay to ${j.status}`).toBe(j.status);
+    // Attempts count placements, no more and no fewer.
+    for (const j of allJobs) expect(j.attempts, `attempts of ${j.id}`).toBe(this.placements.get(j.id) ?? 0);
+  }
+
+  /** Every submit the API acknowledged (201) is stored: a job the client was told about exists. */
+  async expectStored(db: Db, acknowledged: string[]): Promise<void> {
+    const found = new Set<string>();
+    for (let i = 0; i < acknowledged.length; i += 500) {
+      const rows = await db.select({ id: jobs.id }).from(jobs).where(inArray(jobs.id, acknowledged.slice(i, i + 500)));
+      for (const r of rows) found.add(r.id);
+    }
+    expect(acknowledged.filter((id) => !found.has(id)), 'acknowledged submits missing from the database').toEqual([]);
   }
 }

@@ -85,6 +85,7 @@ describe('loadConfig', () => {
     [{ GANTRY_DB_POOL_SIZE: '0' }, 'invalid setting GANTRY_DB_POOL_SIZE="0": must be 1 or more'],
     [{ GANTRY_LOG_REQUESTS: 'yes' }, 'invalid setting GANTRY_LOG_REQUESTS="yes": must be one of 1, 0, true, false'],
     [{ GANTRY_PUBLIC_URL: 'ftp://files.example' }, 'invalid setting GANTRY_PUBLIC_URL: must be an http:// or https:// URL'],
+    [{ GANTRY_LEASE_TTL_SECONDS: '14' }, 'invalid setting GANTRY_LEASE_TTL_SECONDS="14": must be 15 or more (seconds)'],
   ])('stops on a bad value with one line naming the setting: %j', (env, message) => {
     expect(failure(env)).toBe(message);
   });

@@ -6,6 +6,7 @@ import { usage } from './cli-args.ts';
 import { detectHardware } from './hardware/index.ts';
 import { joinCoordinator } from './join.ts';
 import { runAgent } from './run.ts';
+import { dockerRuntimePolicy } from './runtime/select.ts';
 import { installService } from './service.ts';
 
 interface Output {
@@ -19,7 +20,9 @@ const say = (line: string) => void process.stdout.write(line);
 export async function joinCommand(args: string[], output: Output): Promise<number> {
   if (wantsHelp(args)) return void output.out.push(usage), 0;
   const settings = parseJoinArgs(args);
-  const result = await joinCoordinator(settings, { detectHardware: () => detectHardware({ workDir: settings.stateDir }), say });
+  const docker = !settings.unsafeProcessRuntime && !settings.testExecutor;
+  const detect = async () => detectHardware({ workDir: settings.stateDir, ...(docker ? { policy: await dockerRuntimePolicy(settings) } : {}) });
+  const result = await joinCoordinator(settings, { detectHardware: detect, say });
   if (settings.run) return runAgent(settings, { initialHardware: result.hardware });
   if (result.joined) say('Run it with `gantry-agent run`, or install it as a service with `gantry-agent install-service`.\n');
   return 0;

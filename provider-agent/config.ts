@@ -1,5 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { z } from 'zod';
+import { defaultAllowedRegistries, RegistryHost } from '../shared/images.ts';
 import { Labels, Price, Region } from '../shared/jobs.ts';
 import { NodeName } from '../shared/nodes.ts';
 import { UsageError } from './cli-args.ts';
@@ -23,6 +24,12 @@ const RunSettings = z.object({
   unsafeProcessRuntime: z.boolean().default(false),
   /** Run nothing: the lease runner's test executor (tests only). */
   testExecutor: z.boolean().default(false),
+  /** The registries jobs' images come from; given, it replaces the default list. */
+  allowedRegistries: z
+    .array(RegistryHost)
+    .min(1, 'names no registry')
+    .max(64)
+    .default(() => [...defaultAllowedRegistries]),
 });
 export type RunSettings = z.infer<typeof RunSettings>;
 
@@ -55,6 +62,7 @@ const runOptions = {
   'insecure-http': { type: 'boolean' },
   'unsafe-process-runtime': { type: 'boolean' },
   'test-executor': { type: 'boolean' },
+  'allow-registry': { type: 'string', multiple: true },
 } as const;
 
 function parse<T extends z.ZodType>(schema: T, input: Record<string, unknown>, flagOf: (key: string) => string): z.infer<T> {
@@ -87,8 +95,17 @@ const flagNames: Record<string, string> = {
   priceCpuHour: '--price-cpu-hour',
   unitPath: '--unit-path',
   user: '--user',
+  allowedRegistries: '--allow-registry',
 };
 const flagOf = (key: string) => flagNames[key] ?? key;
+
+/** --allow-registry (repeatable) or GANTRY_AGENT_ALLOWED_REGISTRIES (comma-separated); Docker Hub's other names are docker.io. */
+function registryList(flags: string[] | undefined, envList: string | undefined): string[] | undefined {
+  const given = flags?.length ? flags : envList?.split(',');
+  const names = given?.map((r) => r.trim().toLowerCase()).filter(Boolean);
+  if (!names?.length) return undefined;
+  return [...new Set(names.map((r) => (r === 'index.docker.io' || r === 'registry-1.docker.io' ? 'docker.io' : r)))];
+}
 
 function runInput(v: Record<string, unknown>, env: Env) {
   return {
@@ -98,6 +115,7 @@ function runInput(v: Record<string, unknown>, env: Env) {
     insecureHttp: v['insecure-http'] as boolean | undefined,
     unsafeProcessRuntime: v['unsafe-process-runtime'] as boolean | undefined,
     testExecutor: v['test-executor'] as boolean | undefined,
+    allowedRegistries: registryList(v['allow-registry'] as string[] | undefined, env.GANTRY_AGENT_ALLOWED_REGISTRIES),
   };
 }
 

@@ -8,7 +8,7 @@ import { agentVersion } from './join.ts';
 import { LeaseRunner } from './leases/runner.ts';
 import { httpLogTransport } from './logs/transport.ts';
 import { LogShipper } from './logs/shipper.ts';
-import { RuntimeUnavailableError, selectExecutor } from './runtime/select.ts';
+import { dockerRuntimePolicy, RuntimeUnavailableError, selectExecutor } from './runtime/select.ts';
 import { AgentState } from './state.ts';
 
 export class NotEnrolledError extends Error {}
@@ -35,7 +35,12 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     client,
     intervalMs: settings.heartbeatSeconds * 1000,
     hardwareEveryMs: settings.hardwareSeconds * 1000,
-    detectHardware: () => detectHardware({ workDir: settings.stateDir }),
+    // The Docker runtime's registries and networks go with the hardware: the coordinator matches jobs to them.
+    detectHardware: async () =>
+      detectHardware({
+        workDir: settings.stateDir,
+        ...(selected?.executor.name === 'docker' ? { policy: await dockerRuntimePolicy(settings) } : {}),
+      }),
     sampleMetrics: (onWarning) => sampleMetrics({ onWarning }),
     ...(opts.initialHardware ? { initialHardware: opts.initialHardware } : {}),
     agentVersion,
@@ -54,6 +59,7 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     stateDir: settings.stateDir,
     unsafeProcessRuntime: settings.unsafeProcessRuntime,
     testExecutor: settings.testExecutor,
+    allowedRegistries: settings.allowedRegistries,
     log: runnerLog,
     say: log,
   }).catch((err) => {

@@ -27,6 +27,10 @@ export interface NodeView {
   freeGpus: GpuView[];
   /** For least recently used; 0 when never placed on. */
   lastPlacedAtMs: number;
+  /** The registries its agent pulls images from; null or absent when its agent does not say. */
+  registries?: string[] | null;
+  /** The job networks it takes (`bridge` only where they are isolated); null or absent when not said. */
+  networks?: string[] | null;
 }
 
 /** What a queued job asks for, from its columns and spec. */
@@ -43,10 +47,13 @@ export interface JobRequest {
   nodeId: string | null;
   providerId: string | null;
   maxPriceMicros: number | null;
+  /** The registry of its image (shared/images.ts imageRegistry). */
+  registry?: string;
+  network?: string;
 }
 
 /** Why a node does not fit, in the order the rules are checked. */
-export type Rejection = 'node' | 'provider' | 'region' | 'labels' | 'gpus' | 'cpu' | 'memory' | 'price';
+export type Rejection = 'node' | 'provider' | 'region' | 'labels' | 'registry' | 'network' | 'gpus' | 'cpu' | 'memory' | 'price';
 
 export type Decision =
   | { fits: true; gpus: GpuView[]; priceMilliMicros: number }
@@ -145,8 +152,15 @@ export function fitsConstraints(job: JobRequest, node: NodeView): boolean {
   if (job.providerId !== null && node.accountId !== job.providerId) return false;
   if (job.region !== null && node.region !== job.region) return false;
   if (job.labels !== null && !labelsMatch(job.labels, node.labels)) return false;
+  if (!registryAllowed(job, node)) return false;
+  if (!networkTaken(job, node)) return false;
   return true;
 }
+
+/** The node's agent pulls from the job's registry (an agent that does not say is not ruled out). */
+export const registryAllowed = (job: JobRequest, node: NodeView) => !job.registry || !node.registries || node.registries.includes(job.registry);
+/** The node takes the job's network: `bridge` only where its agent isolates it. */
+export const networkTaken = (job: JobRequest, node: NodeView) => !job.network || !node.networks || node.networks.includes(job.network);
 
 function labelsMatch(want: Record<string, string>, have: Record<string, string>): boolean {
   for (const k in want) if (have[k] !== want[k]) return false;
@@ -159,6 +173,8 @@ export function decide(job: JobRequest, node: NodeView, models: ModelMatcher): D
   if (job.providerId !== null && node.accountId !== job.providerId) return { fits: false, reason: 'provider' };
   if (job.region !== null && node.region !== job.region) return { fits: false, reason: 'region' };
   if (job.labels !== null && !labelsMatch(job.labels, node.labels)) return { fits: false, reason: 'labels' };
+  if (!registryAllowed(job, node)) return { fits: false, reason: 'registry' };
+  if (!networkTaken(job, node)) return { fits: false, reason: 'network' };
   let gpus: GpuView[] = [];
   if (job.gpuCount > 0) {
     if (node.freeGpus.length < job.gpuCount) return { fits: false, reason: 'gpus' };
@@ -203,6 +219,8 @@ export function describePending(job: JobRequest, counts: RejectionCounts, online
     where.push(`with labels ${Object.entries(job.labels).map(([k, v]) => `${k}=${v}`).join(', ')}`);
   }
   if (job.region !== null) where.push(`in region ${job.region}`);
+  if ((counts.registry ?? 0) > 0 && job.registry) where.push(`that pulls images from ${job.registry}`);
+  if ((counts.network ?? 0) > 0 && job.network === 'bridge') where.push('that isolates bridge networking');
   const who = job.nodeId !== null ? `node ${job.nodeId}` : job.providerId !== null ? `node of provider ${job.providerId}` : 'node';
   let text = `no online ${who}${where.length ? ` ${where.join(' ')}` : ''} has ${what}`;
   if (job.maxPriceMicros !== null) text += ` within ${formatPrice(job.maxPriceMicros)}/hour`;

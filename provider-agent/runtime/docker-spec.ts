@@ -97,10 +97,3 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
     },
   };
 }
-
-/** The image reference as the engine pulls it: a bare name means :latest (never "every tag"). */
-export function pullReference(image: string): string {
-  if (image.includes('@')) return image;
-  const lastSlash = image.lastIndexOf('/');
-  return image.slice(lastSlash + 1).includes(':') ? image : `${image}:latest`;
-}

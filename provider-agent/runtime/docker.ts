@@ -1,11 +1,13 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Docker from 'dockerode';
+import { defaultAllowedRegistries } from '../../shared/images.ts';
 import type { LeaseGrant, ReportedUsage } from '../../shared/leases.ts';
 import { InputError, prepareInputs } from '../inputs.ts';
 import { defaultOutputsMaxBytes, saveOutputs } from '../outputs.ts';
-import { containerName, containerSpec, labels, pullReference } from './docker-spec.ts';
+import { containerName, containerSpec, labels } from './docker-spec.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
+import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
 
 export interface RuntimeLogger {
@@ -30,6 +32,10 @@ export interface DockerRuntimeOptions {
   keepFailedContainers?: boolean;
   /** Timeout of each short engine call (inspect, create, remove); streams have none. */
   apiTimeoutMs?: number;
+  /** The registries jobs' images are pulled from (HOST[:PORT]); default: the public ones. */
+  allowedRegistries?: readonly string[];
+  /** The cap on the images the agent pulled, least recently used of ended jobs removed first. */
+  imageCacheMb?: number;
 }
 
 /** The engine's own words for a failure (its JSON message), not dockerode's wrapping. */
@@ -86,6 +92,7 @@ export class DockerRuntime implements Executor {
   private readonly api: Docker;
   private readonly streams: Docker;
   private readonly grace: number;
+  private readonly images: ImageStore;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     const base = o.docker ?? dockerOptionsFromEnv();
@@ -93,6 +100,15 @@ export class DockerRuntime implements Executor {
     // Waits, logs, stats and pulls last as long as the job: no socket timeout on those.
     this.streams = new Docker({ ...base, timeout: undefined });
     this.grace = o.stopGraceSeconds ?? 10;
+    this.images = new ImageStore({
+      api: this.api,
+      streams: this.streams,
+      allowedRegistries: o.allowedRegistries ?? defaultAllowedRegistries,
+      cacheMb: o.imageCacheMb ?? defaultImageCacheMb,
+      indexFile: imageCacheIndex(o.workDir),
+      log: o.log,
+      engineReason,
+    });
   }
 
   private jobDir(jobId: string, epoch: number) {
@@ -107,18 +123,28 @@ export class DockerRuntime implements Executor {
       return this.follow(grant, ctx, existing, true);
     }
     if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
-    const dir = this.jobDir(grant.jobId, grant.epoch);
 
     let imageId: string;
     try {
-      imageId = await this.ensureImage(grant.spec.image, ctx);
+      imageId = await this.images.acquire(grant.spec.image, ctx);
     } catch (err) {
       if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' };
-      const why = `image ${grant.spec.image} could not be pulled: ${engineReason(err)}`;
+      // The client sees plain words; what the engine said stays in the provider's log.
+      const why = err instanceof ImageRefused ? err.message : 'image could not be pulled';
+      if (!(err instanceof ImageRefused)) this.o.log.warn('image not ready', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
       ctx.onProgress?.(why);
-      this.o.log.warn('image pull failed', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
       return { exitCode: null, reason: 'error', error: why };
     }
+    try {
+      return await this.start(grant, ctx, imageId);
+    } finally {
+      await this.images.release(imageId);
+    }
+  }
+
+  private async start(grant: LeaseGrant, ctx: ExecutionContext, imageId: string): Promise<ExecutionResult> {
+    const name = containerName(grant.jobId, grant.epoch);
+    const dir = this.jobDir(grant.jobId, grant.epoch);
 
     const inputsDir = join(dir, 'inputs');
     const outputsDir = join(dir, 'outputs');
@@ -174,57 +200,6 @@ export class DockerRuntime implements Executor {
       if (statusOf(err) === 404) return null;
       throw err;
     }
-  }
-
-  /** The image's content id: present as it is, or pulled (with progress) when missing. */
-  private async ensureImage(image: string, ctx: ExecutionContext): Promise<string> {
-    const ref = pullReference(image);
-    try {
-      const present = await this.api.getImage(ref).inspect();
-      return present.Id;
-    } catch (err) {
-      if (statusOf(err) !== 404) throw err;
-    }
-    const started = Date.now();
-    ctx.onProgress?.(`pulling image ${ref}`);
-    this.o.log.info('pulling image', { image: ref });
-    const stream = (await this.streams.pull(ref)) as NodeJS.ReadableStream & { destroy?: () => void };
-    const onAbort = () => stream.destroy?.();
-    ctx.signal.addEventListener('abort', onAbort, { once: true });
-    const layers = new Map<string, { current: number; total: number }>();
-    let lastNote = Date.now();
-    try {
-      for await (const ev of jsonLines(stream as AsyncIterable<Buffer>)) {
-        const e = ev as { error?: string; errorDetail?: { message?: string }; status?: string; id?: string; progressDetail?: { current?: number; total?: number } };
-        if (e.error) throw new Error(e.errorDetail?.message ?? e.error);
-        if (e.id && e.progressDetail?.total) layers.set(e.id, { current: e.progressDetail.current ?? 0, total: e.progressDetail.total });
-        if (e.id && (e.status === 'Download complete' || e.status === 'Pull complete' || e.status === 'Already exists')) {
-          const l = layers.get(e.id);
-          if (l) l.current = l.total;
-        }
-        if (Date.now() - lastNote >= 5000 && layers.size) {
-          lastNote = Date.now();
-          let cur = 0;
-          let tot = 0;
-          for (const l of layers.values()) {
-            cur += l.current;
-            tot += l.total;
-          }
-          const note = `pulling image ${ref}: ${Math.floor((cur / Math.max(1, tot)) * 100)}% of ${(tot / 1e6).toFixed(1)} MB`;
-          ctx.onProgress?.(note);
-          this.o.log.info('pulling image', { image: ref, currentBytes: cur, totalBytes: tot });
-        }
-      }
-    } finally {
-      ctx.signal.removeEventListener('abort', onAbort);
-    }
-    if (ctx.signal.aborted) throw new Error('pull stopped');
-    const pulled = await this.api.getImage(ref).inspect();
-    const digest = pulled.RepoDigests?.[0] ?? pulled.Id;
-    const secs = ((Date.now() - started) / 1000).toFixed(1);
-    ctx.onProgress?.(`pulled image ${ref} (${digest}) in ${secs} s`);
-    this.o.log.info('pulled image', { image: ref, digest, seconds: Number(secs) });
-    return pulled.Id;
   }
 
   /** From a created or running (or already exited) container to the run's end. */

@@ -3,6 +3,8 @@ import { z } from 'zod';
 import { defaultLogCapBytes } from '../logs/shipper.ts';
 import { DockerRuntime, probeDocker, type RuntimeLogger } from './docker.ts';
 import type { Executor } from './executor.ts';
+import { defaultImageCacheMb, imageCacheReserveMb } from './images.ts';
+import type { RuntimePolicy } from '../hardware/host.ts';
 import { ProcessRuntime, processRuntimeWarning } from './process.ts';
 import { TestExecutor } from './test-executor.ts';
 
@@ -17,6 +19,8 @@ const RuntimeEnv = z.object({
   GANTRY_AGENT_LOG_CAP_BYTES: z.coerce.number().int().min(1024).default(defaultLogCapBytes),
   GANTRY_AGENT_OUTPUTS_MAX_BYTES: z.coerce.number().int().min(0).default(256 * 1024 * 1024),
   GANTRY_AGENT_KEEP_FAILED_CONTAINERS: flag.default(false),
+  /** The cap on the images the agent pulled for jobs; the advertised free disk leaves it out. */
+  GANTRY_AGENT_IMAGE_CACHE_MB: z.coerce.number().int().min(0).max(1_073_741_824).default(defaultImageCacheMb),
 });
 export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string };
 
@@ -28,6 +32,19 @@ export function runtimeSettings(stateDir: string, env: Env = process.env): Runti
     throw new RuntimeUnavailableError(`invalid setting ${String(issue.path[0])}: ${issue.message}`);
   }
   return { ...parsed.data, workDir: parsed.data.GANTRY_AGENT_WORK_DIR ?? join(stateDir, 'work') };
+}
+
+/**
+ * What the Docker runtime takes, for the hardware report: the registries the provider allows, the
+ * job networks it can isolate, and the disk its image cache may still grow into.
+ */
+export async function dockerRuntimePolicy(opts: { stateDir: string; allowedRegistries: readonly string[]; env?: Env }): Promise<RuntimePolicy> {
+  const settings = runtimeSettings(opts.stateDir, opts.env);
+  return {
+    registries: opts.allowedRegistries,
+    networks: ['bridge', 'none'],
+    reservedDiskMb: await imageCacheReserveMb(settings.workDir, settings.GANTRY_AGENT_IMAGE_CACHE_MB),
+  };
 }
 
 /** No runtime can run jobs here: the agent says why and does not take work. */
@@ -45,6 +62,7 @@ export async function selectExecutor(opts: {
   stateDir: string;
   unsafeProcessRuntime: boolean;
   testExecutor?: boolean;
+  allowedRegistries?: readonly string[];
   log: RuntimeLogger;
   say: (line: string) => void;
   env?: Env;
@@ -74,6 +92,8 @@ export async function selectExecutor(opts: {
     stopGraceSeconds: settings.GANTRY_AGENT_STOP_GRACE_SECONDS,
     outputsMaxBytes: settings.GANTRY_AGENT_OUTPUTS_MAX_BYTES,
     keepFailedContainers: settings.GANTRY_AGENT_KEEP_FAILED_CONTAINERS,
+    imageCacheMb: settings.GANTRY_AGENT_IMAGE_CACHE_MB,
+    ...(opts.allowedRegistries ? { allowedRegistries: opts.allowedRegistries } : {}),
     ...(settings.GANTRY_AGENT_PIDS_LIMIT ? { pidsLimit: settings.GANTRY_AGENT_PIDS_LIMIT } : {}),
   });
   return { executor, settings };

@@ -12,6 +12,7 @@ import { startCoordinator, type Coordinator } from '../../coordinator/server.ts'
 import { ApiClient } from '../../shared/client.ts';
 import { repoRoot } from './coordinator-process.ts';
 import { postgresAdminUrl } from './database.ts';
+import { testRegistryAgentEnv } from './docker-env.ts';
 import { lineCollector } from './lines.ts';
 
 export interface AgentProcess {
@@ -27,7 +28,9 @@ export interface AgentProcess {
 export function spawnAgent(args: string[], env: Record<string, string> = {}): AgentProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', 'provider-agent/main.ts', ...args], {
     cwd: repoRoot,
-    env: { ...process.env, ...env },
+    // The loopback registry of the test image, allowed as a provider would name it; a test of the
+    // default list passes its own GANTRY_AGENT_ALLOWED_REGISTRIES.
+    env: { ...process.env, ...testRegistryAgentEnv, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stdout: string[] = [];

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { containerSpec, nvidiaDeviceId, pullReference } from '../../../../provider-agent/runtime/docker-spec.ts';
+import { containerSpec, nvidiaDeviceId } from '../../../../provider-agent/runtime/docker-spec.ts';
 import { demux, sinceParam, splitTimestamp } from '../../../../provider-agent/runtime/engine-streams.ts';
 import { JobSpec } from '../../../../shared/jobs.ts';
 import type { LeaseGrant } from '../../../../shared/leases.ts';
@@ -76,14 +76,6 @@ describe('container spec', () => {
     expect(nvidiaDeviceId(gpuA)).toBe('GPU-aaaa');
     expect(nvidiaDeviceId(migWithUuid)).toBe('MIG-1111-2222');
     expect(nvidiaDeviceId(migLegacy)).toBe('MIG-GPU-cccc/3/0');
-  });
-
-  it('pulls one tag, never every tag of a bare name', () => {
-    expect(pullReference('busybox')).toBe('busybox:latest');
-    expect(pullReference('127.0.0.1:5000/gantry/busybox')).toBe('127.0.0.1:5000/gantry/busybox:latest');
-    expect(pullReference('127.0.0.1:5000/gantry/busybox:1.36')).toBe('127.0.0.1:5000/gantry/busybox:1.36');
-    const pinned = `registry.example/x@sha256:${'a'.repeat(64)}`;
-    expect(pullReference(pinned)).toBe(pinned);
   });
 });
 

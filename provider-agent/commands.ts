@@ -2,7 +2,10 @@
 // (args, output) → exit code. Progress goes straight to stdout, since `run` lasts; a failure is
 // thrown and main prints it as one line.
 import { parseJoinArgs, parseRunArgs, parseServiceArgs } from './config.ts';
-import { usage } from './cli-args.ts';
+import Docker from 'dockerode';
+import { usage, UsageError } from './cli-args.ts';
+import { dockerOptionsFromEnv } from './runtime/docker.ts';
+import { checkNetworkIsolation, installNetworkRules, jobNetworkName } from './runtime/network.ts';
 import { detectHardware } from './hardware/index.ts';
 import { joinCoordinator } from './join.ts';
 import { runAgent } from './run.ts';
@@ -31,6 +34,18 @@ export async function joinCommand(args: string[], output: Output): Promise<numbe
 export async function runCommand(args: string[], output: Output): Promise<number> {
   if (wantsHelp(args)) return void output.out.push(usage), 0;
   return runAgent(parseRunArgs(args));
+}
+
+export async function networkRulesCommand(args: string[], output: Output): Promise<number> {
+  if (wantsHelp(args)) return void output.out.push(usage), 0;
+  if (args.length) throw new UsageError(`network-rules takes no options, not ${args[0]}`);
+  if (process.getuid?.() !== 0) throw new Error('network-rules changes the firewall: run it as root (sudo gantry-agent network-rules)');
+  const docker = new Docker(dockerOptionsFromEnv(30_000));
+  await installNetworkRules(docker);
+  const check = await checkNetworkIsolation(docker, { root: true });
+  if (!check.isolated) throw new Error(`the rules were written but are not in force: ${check.why}`);
+  output.out.push(`Installed the rules that keep jobs' bridge network (${jobNetworkName}) from this host, its networks and other jobs.\n`);
+  return 0;
 }
 
 export async function installServiceCommand(args: string[], output: Output): Promise<number> {

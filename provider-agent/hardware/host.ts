@@ -31,6 +31,8 @@ export interface RuntimePolicy {
   networks: readonly JobNetwork[];
   /** Free disk the node does not offer: the room its image cache may still grow into. */
   reservedDiskMb: number;
+  /** Why `bridge` is not among the networks, for the report's warnings. */
+  networkWarning?: string;
 }
 
 export const defaultDockerTimeoutMs = 2_000;
@@ -129,6 +131,7 @@ export async function detectHost(opts: HostOptions): Promise<{ host: HostInfo; w
     detectContainerRuntime(env['DOCKER_HOST'], opts.dockerTimeoutMs),
   ]);
   if (runtime.warning) warnings.push(runtime.warning);
+  if (runtime.runtime.kind === 'docker' && opts.policy?.networkWarning) warnings.push(oneLine(opts.policy.networkWarning, 500));
   const cpus = os.cpus();
   return {
     host: {

@@ -21,6 +21,10 @@ export interface ContainerSpecOptions {
   imageId: string;
   inputsDir: string;
   outputsDir: string;
+  /** The job's network: the agent's isolated gantry-jobs for `bridge` (default: the spec's own name), or none. */
+  networkMode?: string;
+  /** Turn IPv6 off inside a job that has a network (a kernel without IPv6 has nothing to turn off). */
+  disableIpv6?: boolean;
   pidsLimit?: number;
   stopGraceSeconds: number;
   /** json-file rotation for the job's output, which the agent reads back from the engine. */
@@ -85,7 +89,9 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
       Tmpfs: { '/tmp': tmpfs, [jobHome]: tmpfs },
       ShmSize: (spec.resources.shmMb ?? defaultShmMb) * 1024 * 1024,
       Binds: [`${o.inputsDir}:/inputs:ro`, `${o.outputsDir}:/outputs:rw`],
-      NetworkMode: spec.network,
+      NetworkMode: o.networkMode ?? spec.network,
+      // No IPv6 in a job with a network: the isolation rules are written for IPv4.
+      ...(o.disableIpv6 && (o.networkMode ?? spec.network) !== 'none' ? { Sysctls: { 'net.ipv6.conf.all.disable_ipv6': '1' } } : {}),
       // A tiny init as PID 1: signals reach the job's process, and its orphans are reaped.
       Init: true,
       AutoRemove: false,

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Docker from 'dockerode';
@@ -8,6 +9,7 @@ import { defaultOutputsMaxBytes, saveOutputs } from '../outputs.ts';
 import { containerName, containerSpec, labels } from './docker-spec.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
+import { jobNetworkName, NetworkGuard } from './network.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
 
 export interface RuntimeLogger {
@@ -36,6 +38,8 @@ export interface DockerRuntimeOptions {
   allowedRegistries?: readonly string[];
   /** The cap on the images the agent pulled, least recently used of ended jobs removed first. */
   imageCacheMb?: number;
+  /** Run bridge jobs on Docker's default bridge where the isolation rules are not in force (the provider's own risk). */
+  unisolatedBridge?: boolean;
 }
 
 /** The engine's own words for a failure (its JSON message), not dockerode's wrapping. */
@@ -55,6 +59,7 @@ export function engineReason(err: unknown): string {
   return String(e?.message ?? err).replace(/^\(HTTP code \d+\)\s*[\w ]*-\s*/, '').trim();
 }
 
+const hostHasIpv6 = existsSync('/proc/sys/net/ipv6');
 const statusOf = (err: unknown) => (err as { statusCode?: number })?.statusCode;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -93,6 +98,7 @@ export class DockerRuntime implements Executor {
   private readonly streams: Docker;
   private readonly grace: number;
   private readonly images: ImageStore;
+  private readonly network: NetworkGuard;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     const base = o.docker ?? dockerOptionsFromEnv();
@@ -109,6 +115,7 @@ export class DockerRuntime implements Executor {
       log: o.log,
       engineReason,
     });
+    this.network = new NetworkGuard(this.api);
   }
 
   private jobDir(jobId: string, epoch: number) {
@@ -124,6 +131,17 @@ export class DockerRuntime implements Executor {
     }
     if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
 
+    let networkMode: string = 'none';
+    if (grant.spec.network === 'bridge') {
+      const isolation = await this.network.status();
+      if (isolation.isolated) networkMode = jobNetworkName;
+      else if (this.o.unisolatedBridge) networkMode = 'bridge';
+      else {
+        this.o.log.warn('bridge job refused: its network cannot be isolated here', { jobId: grant.jobId, why: isolation.why });
+        return { exitCode: null, reason: 'error', error: 'network not allowed on this node: it takes only network: none jobs' };
+      }
+    }
+
     let imageId: string;
     try {
       imageId = await this.images.acquire(grant.spec.image, ctx);
@@ -136,13 +154,13 @@ export class DockerRuntime implements Executor {
       return { exitCode: null, reason: 'error', error: why };
     }
     try {
-      return await this.start(grant, ctx, imageId);
+      return await this.start(grant, ctx, imageId, networkMode);
     } finally {
       await this.images.release(imageId);
     }
   }
 
-  private async start(grant: LeaseGrant, ctx: ExecutionContext, imageId: string): Promise<ExecutionResult> {
+  private async start(grant: LeaseGrant, ctx: ExecutionContext, imageId: string, networkMode: string): Promise<ExecutionResult> {
     const name = containerName(grant.jobId, grant.epoch);
     const dir = this.jobDir(grant.jobId, grant.epoch);
 
@@ -172,6 +190,8 @@ export class DockerRuntime implements Executor {
       imageId,
       inputsDir,
       outputsDir,
+      networkMode,
+      disableIpv6: hostHasIpv6,
       stopGraceSeconds: this.grace,
       ...(this.o.pidsLimit ? { pidsLimit: this.o.pidsLimit } : {}),
     });

@@ -1,7 +1,9 @@
 import { join } from 'node:path';
 import { z } from 'zod';
 import { defaultLogCapBytes } from '../logs/shipper.ts';
-import { DockerRuntime, probeDocker, type RuntimeLogger } from './docker.ts';
+import Docker from 'dockerode';
+import { DockerRuntime, dockerOptionsFromEnv, probeDocker, type RuntimeLogger } from './docker.ts';
+import { checkNetworkIsolation } from './network.ts';
 import type { Executor } from './executor.ts';
 import { defaultImageCacheMb, imageCacheReserveMb } from './images.ts';
 import type { RuntimePolicy } from '../hardware/host.ts';
@@ -21,6 +23,8 @@ const RuntimeEnv = z.object({
   GANTRY_AGENT_KEEP_FAILED_CONTAINERS: flag.default(false),
   /** The cap on the images the agent pulled for jobs; the advertised free disk leaves it out. */
   GANTRY_AGENT_IMAGE_CACHE_MB: z.coerce.number().int().min(0).max(1_073_741_824).default(defaultImageCacheMb),
+  /** Bridge jobs without the isolation rules, on Docker's default bridge: the provider's own risk (a dev machine). */
+  GANTRY_AGENT_UNISOLATED_BRIDGE: flag.default(false),
 });
 export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string };
 
@@ -38,12 +42,21 @@ export function runtimeSettings(stateDir: string, env: Env = process.env): Runti
  * What the Docker runtime takes, for the hardware report: the registries the provider allows, the
  * job networks it can isolate, and the disk its image cache may still grow into.
  */
-export async function dockerRuntimePolicy(opts: { stateDir: string; allowedRegistries: readonly string[]; env?: Env }): Promise<RuntimePolicy> {
+export async function dockerRuntimePolicy(opts: { stateDir: string; allowedRegistries: readonly string[]; env?: Env; workDir?: string }): Promise<RuntimePolicy> {
   const settings = runtimeSettings(opts.stateDir, opts.env);
+  const network = await checkNetworkIsolation(new Docker({ ...dockerOptionsFromEnv(), timeout: 5000 })).catch((err: Error) => ({ isolated: false as const, why: err.message }));
+  const bridge = network.isolated || settings.GANTRY_AGENT_UNISOLATED_BRIDGE;
   return {
     registries: opts.allowedRegistries,
-    networks: ['bridge', 'none'],
-    reservedDiskMb: await imageCacheReserveMb(settings.workDir, settings.GANTRY_AGENT_IMAGE_CACHE_MB),
+    networks: bridge ? ['bridge', 'none'] : ['none'],
+    reservedDiskMb: await imageCacheReserveMb(opts.workDir ?? settings.workDir, settings.GANTRY_AGENT_IMAGE_CACHE_MB),
+    ...(network.isolated
+      ? {}
+      : {
+          networkWarning: settings.GANTRY_AGENT_UNISOLATED_BRIDGE
+            ? `GANTRY_AGENT_UNISOLATED_BRIDGE=1: bridge jobs run on Docker's default bridge and can reach this host, its network and other jobs (${network.why})`
+            : `this node takes only network: none jobs: ${network.why}`,
+        }),
   };
 }
 
@@ -93,6 +106,7 @@ export async function selectExecutor(opts: {
     outputsMaxBytes: settings.GANTRY_AGENT_OUTPUTS_MAX_BYTES,
     keepFailedContainers: settings.GANTRY_AGENT_KEEP_FAILED_CONTAINERS,
     imageCacheMb: settings.GANTRY_AGENT_IMAGE_CACHE_MB,
+    unisolatedBridge: settings.GANTRY_AGENT_UNISOLATED_BRIDGE,
     ...(opts.allowedRegistries ? { allowedRegistries: opts.allowedRegistries } : {}),
     ...(settings.GANTRY_AGENT_PIDS_LIMIT ? { pidsLimit: settings.GANTRY_AGENT_PIDS_LIMIT } : {}),
   });

@@ -25,12 +25,15 @@ export interface AgentProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-export function spawnAgent(args: string[], env: Record<string, string> = {}): AgentProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'provider-agent/main.ts', ...args], {
+/** `wrap` runs the agent under another command, such as `nsenter --net=…` (which execs it: same pid). */
+export function spawnAgent(args: string[], env: Record<string, string> = {}, wrap: string[] = []): AgentProcess {
+  const argv = [process.execPath, '--import', 'tsx', 'provider-agent/main.ts', ...args];
+  const child = spawn(wrap[0] ?? argv[0]!, [...wrap.slice(1), ...(wrap.length ? argv : argv.slice(1))], {
     cwd: repoRoot,
-    // The loopback registry of the test image, allowed as a provider would name it; a test of the
-    // default list passes its own GANTRY_AGENT_ALLOWED_REGISTRIES.
-    env: { ...process.env, ...testRegistryAgentEnv, ...env },
+    // The loopback registry of the test image, allowed as a provider would name it, and bridge
+    // jobs without the isolation rules (the shared engine runs with --iptables=false); a test of
+    // either passes its own GANTRY_AGENT_ALLOWED_REGISTRIES or GANTRY_AGENT_UNISOLATED_BRIDGE.
+    env: { ...process.env, ...testRegistryAgentEnv, GANTRY_AGENT_UNISOLATED_BRIDGE: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stdout: string[] = [];
@@ -79,8 +82,8 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}): Ag
 }
 
 /** Runs a gantry-agent command to its end. */
-export async function runAgentCommand(args: string[], env: Record<string, string> = {}) {
-  const p = spawnAgent(args, env);
+export async function runAgentCommand(args: string[], env: Record<string, string> = {}, wrap: string[] = []) {
+  const p = spawnAgent(args, env, wrap);
   const { code } = await p.exited;
   return { code, stdout: p.stdout, stderr: p.stderr };
 }

@@ -69,6 +69,11 @@ describe('container spec', () => {
     expect(plain.Entrypoint).toBeUndefined();
     expect(plain.HostConfig!.ShmSize).toBe(1024 * 1024 * 1024);
     expect(plain.HostConfig!.NetworkMode).toBe('bridge');
+    // A bridge job on the agent's isolated network, with IPv6 off (the rules are IPv4's).
+    const isolated = containerSpec(grant({}), { ...opts, networkMode: 'gantry-jobs', disableIpv6: true }).HostConfig!;
+    expect(isolated.NetworkMode).toBe('gantry-jobs');
+    expect(isolated.Sysctls).toEqual({ 'net.ipv6.conf.all.disable_ipv6': '1' });
+    expect(containerSpec(grant({ network: 'none' }), { ...opts, networkMode: 'none', disableIpv6: true }).HostConfig!.Sysctls).toBeUndefined();
     expect(containerSpec(grant({ entrypoint: ['/bin/sh', '-c'] }), opts).Entrypoint).toEqual(['/bin/sh', '-c']);
   });
 

@@ -1,7 +1,7 @@
 // The node's commands of gantry-agent (join, run, install-service), in the dispatcher's shape:
 // (args, output) → exit code. Progress goes straight to stdout, since `run` lasts; a failure is
 // thrown and main prints it as one line.
-import { parseJoinArgs, parseRunArgs, parseServiceArgs } from './config.ts';
+import { allowedRegistriesOf, parseJoinArgs, parseRunArgs, parseServiceArgs } from './config.ts';
 import Docker from 'dockerode';
 import { usage, UsageError } from './cli-args.ts';
 import { dockerOptionsFromEnv } from './runtime/docker.ts';
@@ -24,7 +24,8 @@ export async function joinCommand(args: string[], output: Output): Promise<numbe
   if (wantsHelp(args)) return void output.out.push(usage), 0;
   const settings = parseJoinArgs(args);
   const docker = !settings.unsafeProcessRuntime && !settings.testExecutor;
-  const detect = async () => detectHardware({ workDir: settings.stateDir, ...(docker ? { policy: await dockerRuntimePolicy(settings) } : {}) });
+  const policy = async () => dockerRuntimePolicy({ ...settings, allowedRegistries: allowedRegistriesOf(settings) });
+  const detect = async () => detectHardware({ workDir: settings.stateDir, ...(docker ? { policy: await policy() } : {}) });
   const result = await joinCoordinator(settings, { detectHardware: detect, say });
   if (settings.run) return runAgent(settings, { initialHardware: result.hardware });
   if (result.joined) say('Run it with `gantry-agent run`, or install it as a service with `gantry-agent install-service`.\n');

@@ -24,12 +24,8 @@ const RunSettings = z.object({
   unsafeProcessRuntime: z.boolean().default(false),
   /** Run nothing: the lease runner's test executor (tests only). */
   testExecutor: z.boolean().default(false),
-  /** The registries jobs' images come from; given, it replaces the default list. */
-  allowedRegistries: z
-    .array(RegistryHost)
-    .min(1, 'names no registry')
-    .max(64)
-    .default(() => [...defaultAllowedRegistries]),
+  /** The registries jobs' images come from; given, it replaces the default list (allowedRegistriesOf). */
+  allowedRegistries: z.array(RegistryHost).min(1, 'names no registry').max(64).optional(),
 });
 export type RunSettings = z.infer<typeof RunSettings>;
 
@@ -170,6 +166,11 @@ export function parseServiceArgs(argv: string[], env: Env = process.env): Servic
     },
     flagOf,
   );
+}
+
+/** The registries a node pulls from: --allow-registry (or its variable), else the list given at join, else the public ones. */
+export function allowedRegistriesOf(settings: { allowedRegistries?: string[] | undefined }, node?: { allowedRegistries?: string[] | undefined } | null): string[] {
+  return settings.allowedRegistries ?? node?.allowedRegistries ?? [...defaultAllowedRegistries];
 }
 
 /** A coordinator URL the agent will not use as it is. */

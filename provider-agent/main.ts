@@ -5,8 +5,9 @@ import type { HardwareReport } from '../shared/hardware.ts';
 import { type CommandName, parseHardwareArgs, parseInvocation, usage, UsageError } from './cli-args.ts';
 import { detectHardware } from './hardware/index.ts';
 import { installServiceCommand, joinCommand, networkRulesCommand, runCommand } from './commands.ts';
-import { parseRunArgs } from './config.ts';
+import { allowedRegistriesOf, parseRunArgs } from './config.ts';
 import { dockerRuntimePolicy } from './runtime/select.ts';
+import { AgentState } from './state.ts';
 
 interface Output {
   out: string[];
@@ -72,7 +73,8 @@ const hardware: Command = async (args, output) => {
   }
   // What the Docker runtime would take with this environment's GANTRY_AGENT_* settings.
   const settings = parseRunArgs([]);
-  const policy = await dockerRuntimePolicy({ ...settings, workDir: opts.workDir });
+  const node = await new AgentState(settings.stateDir).readNode().catch(() => null);
+  const policy = await dockerRuntimePolicy({ ...settings, allowedRegistries: allowedRegistriesOf(settings, node), workDir: opts.workDir });
   const report = await detectHardware({ workDir: opts.workDir, timeoutMs: opts.timeoutMs, policy });
   output.out.push(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatHardware(report, opts.workDir));
   return 0;

@@ -1,7 +1,7 @@
 import { ApiClient } from '../shared/client.ts';
 import type { HardwareReport } from '../shared/hardware.ts';
 import { AgentTokenSigner } from './agent-token.ts';
-import { checkCoordinatorUrl, type RunSettings } from './config.ts';
+import { allowedRegistriesOf, checkCoordinatorUrl, type RunSettings } from './config.ts';
 import { detectHardware, sampleMetrics } from './hardware/index.ts';
 import { HeartbeatLoop } from './heartbeat.ts';
 import { agentVersion } from './join.ts';
@@ -29,6 +29,7 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
   const key = await state.loadKey();
   if (!key) throw new NotEnrolledError(`the node's key is missing from ${settings.stateDir}: join again with a fresh state dir`);
 
+  const allowedRegistries = allowedRegistriesOf(settings, node);
   const signer = new AgentTokenSigner(key.privateKey, node.nodeId, node.coordinatorName);
   const client = new ApiClient({ baseUrl: node.coordinatorUrl, token: () => signer.token() });
   const loop = new HeartbeatLoop({
@@ -39,7 +40,7 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     detectHardware: async () =>
       detectHardware({
         workDir: settings.stateDir,
-        ...(selected?.executor.name === 'docker' ? { policy: await dockerRuntimePolicy(settings) } : {}),
+        ...(selected?.executor.name === 'docker' ? { policy: await dockerRuntimePolicy({ ...settings, allowedRegistries }) } : {}),
       }),
     sampleMetrics: (onWarning) => sampleMetrics({ onWarning }),
     ...(opts.initialHardware ? { initialHardware: opts.initialHardware } : {}),
@@ -59,7 +60,7 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     stateDir: settings.stateDir,
     unsafeProcessRuntime: settings.unsafeProcessRuntime,
     testExecutor: settings.testExecutor,
-    allowedRegistries: settings.allowedRegistries,
+    allowedRegistries,
     log: runnerLog,
     say: log,
   }).catch((err) => {

@@ -70,7 +70,8 @@ export class ImageStore {
     const refusal = registryRefusal(ref, this.o.allowedRegistries);
     if (refusal) throw new ImageRefused(refusal);
     const repo = repositoryName(ref);
-    const digest = ref.digest ?? (await this.resolve(image, ref));
+    // Asked even for a pinned digest: a private image the provider pulled must not run for a client who knows its digest.
+    const digest = await this.resolve(image, ref);
     const pinned = `${repo}@${digest}`;
     let id = await this.present(pinned);
     if (!id) {
@@ -100,17 +101,19 @@ export class ImageStore {
     return Math.ceil(Object.values(await this.load()).reduce((s, e) => s + e.sizeBytes, 0) / mib);
   }
 
-  /** The digest the image's registry names for its tag now, asked anonymously through the engine. */
+  /** The digest the image's registry serves for its tag (or its pinned digest) now, asked anonymously through the engine. */
   private async resolve(image: string, ref: ImageRef): Promise<string> {
     try {
-      const info = await this.o.api.getImage(`${repositoryName(ref)}:${ref.tag ?? 'latest'}`).distribution();
+      const info = await this.o.api.getImage(ref.digest ? `${repositoryName(ref)}@${ref.digest}` : `${repositoryName(ref)}:${ref.tag ?? 'latest'}`).distribution();
       const digest = info?.Descriptor?.digest;
       if (typeof digest !== 'string' || !/^sha256:[a-f0-9]{64}$/.test(digest)) throw new Error('no digest in the answer');
+      if (ref.digest && digest !== ref.digest) throw new Error(`the registry serves ${digest} for ${ref.digest}`);
       return digest;
     } catch (err) {
       this.o.log.warn('image not resolved at its registry', { image, error: this.o.engineReason(err) });
       const status = statusOf(err);
-      if (status === 404 || status === 401 || status === 403) {
+      // The engine answers 500 for a registry that wants a login: its words tell (read here, never passed on).
+      if (status === 404 || status === 401 || status === 403 || /unauthorized|denied|not found|manifest unknown/i.test(this.o.engineReason(err))) {
         throw new ImageRefused(`image could not be pulled: ${image} is not a public image at ${ref.registry}`);
       }
       throw new ImageRefused(`image could not be pulled: its registry ${ref.registry} did not answer`);

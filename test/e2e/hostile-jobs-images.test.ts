@@ -3,8 +3,10 @@
 // machine's Docker engine and the loopback registry of .ci/docker-setup.sh. Every image the test
 // makes is its own repository (pushed to, or tagged for, 127.0.0.1:5000/gantry-test-images/…) so
 // that removing it leaves the shared test image alone.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -33,6 +35,49 @@ async function drain(stream: NodeJS.ReadableStream): Promise<void> {
   );
 }
 
+const freePort = async () => {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+};
+
+/**
+ * A registry that wants a login, as a provider's private one does: distribution's `silly` auth
+ * sends every client to a token endpoint, which here gives a token to any client with a
+ * username and password, and none to an anonymous one.
+ */
+async function startPrivateRegistry(dir: string): Promise<{ host: string; close(): Promise<void> }> {
+  const tokens = http.createServer((req, res) => {
+    if (!/^Basic /.test(req.headers.authorization ?? '')) return void res.writeHead(401).end('{}');
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ token: 'provider-login', access_token: 'provider-login' }));
+  });
+  await new Promise<void>((r) => tokens.listen(0, '127.0.0.1', r));
+  const port = await freePort();
+  const config = path.join(dir, 'registry.yml');
+  await writeFile(
+    config,
+    [
+      'version: 0.1',
+      'log: { level: warn }',
+      `storage: { filesystem: { rootdirectory: ${path.join(dir, 'registry')} } }`,
+      `http: { addr: 127.0.0.1:${port} }`,
+      `auth: { silly: { realm: "http://127.0.0.1:${(tokens.address() as net.AddressInfo).port}/token", service: gantry-test } }`,
+    ].join('\n'),
+  );
+  const registry: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
+  await until('the private registry', () => fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.status === 401, () => false), 30_000);
+  return {
+    host: `127.0.0.1:${port}`,
+    async close() {
+      registry.kill();
+      tokens.close();
+    },
+  };
+}
+
 describe.skipIf(!docker)('a job’s image reference cannot make the provider’s engine run or fetch what the provider did not allow', () => {
   const run = randomBytes(4).toString('hex');
   const repo = `${testRegistry}/gantry-test-images/${run}`;
@@ -42,6 +87,9 @@ describe.skipIf(!docker)('a job’s image reference cannot make the provider’s
   const localOnlyImage = `${repo}-local:1`;
   let c: LocalCoordinator;
   let work: string;
+  let privateRegistry: { host: string; close(): Promise<void> };
+  /** In the private registry, pushed with a login: the engine holds it, with its digest. */
+  let privateImage: string;
   let provider: ApiClient;
   let client: ApiClient;
   const agents: AgentProcess[] = [];
@@ -86,14 +134,21 @@ describe.skipIf(!docker)('a job’s image reference cannot make the provider’s
     await drain((await engine.getImage(publicImage).push({ authconfig: { serveraddress: testRegistry } } as never)) as unknown as NodeJS.ReadableStream);
     await local.tag({ repo: `${repo}-local`, tag: '1' });
 
-    c = await startLocalCoordinator('pglite', {});
     work = await mkdtemp(path.join(tmpdir(), 'gantry-hostile-images-'));
+    privateRegistry = await startPrivateRegistry(work);
+    privateImage = `${privateRegistry.host}/private/${run}:1`;
+    await local.tag({ repo: `${privateRegistry.host}/private/${run}`, tag: '1' });
+    await drain(
+      (await engine.getImage(privateImage).push({ authconfig: { username: 'provider', password: 'secret', serveraddress: privateRegistry.host } } as never)) as unknown as NodeJS.ReadableStream,
+    );
+
+    c = await startLocalCoordinator('pglite', {});
     const p = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'images-provider', kind: 'provider' });
     provider = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${p.id}/keys`, { scopes: ['provider'] })).key });
     const a = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'images-client', kind: 'client' });
     client = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${a.id}/keys`, { scopes: ['client'] })).key });
     [loopbackNode, defaultNode] = await Promise.all([
-      join('loopback', { GANTRY_AGENT_ALLOWED_REGISTRIES: testRegistry, GANTRY_AGENT_IMAGE_CACHE_MB: '1' }),
+      join('loopback', { GANTRY_AGENT_ALLOWED_REGISTRIES: `${testRegistry},${privateRegistry.host}`, GANTRY_AGENT_IMAGE_CACHE_MB: '1' }),
       // Empty: the agent's default list, not the loopback registry test support names.
       join('default', { GANTRY_AGENT_ALLOWED_REGISTRIES: '' }),
     ]);
@@ -102,10 +157,15 @@ describe.skipIf(!docker)('a job’s image reference cannot make the provider’s
   afterAll(async () => {
     for (const a of agents) await a.kill();
     await c?.close();
+    await privateRegistry?.close();
     if (work) await rm(work, { recursive: true, force: true });
-    for (const ref of [publicImage, localOnlyImage]) await engine.getImage(ref).remove().catch(() => {});
+    for (const ref of [publicImage, localOnlyImage, privateImage]) if (ref) await engine.getImage(ref).remove().catch(() => {});
     for (const img of await engine.listImages({ filters: { reference: [`${repo}-*`] } }).catch(() => [])) {
       for (const d of img.RepoDigests ?? []) if (d.startsWith(repo)) await engine.getImage(d).remove().catch(() => {});
+    }
+    const privateRepo = privateImage?.replace(/:1$/, '');
+    for (const d of (await engine.getImage(localTestImage).inspect().catch(() => null))?.RepoDigests ?? []) {
+      if (privateRepo && d.startsWith(privateRepo)) await engine.getImage(d).remove().catch(() => {});
     }
   });
 
@@ -115,6 +175,17 @@ describe.skipIf(!docker)('a job’s image reference cannot make the provider’s
     expect(end.status).toBe('failed');
     expect(end.error).toBe(`image could not be pulled: ${localOnlyImage} is not a public image at ${testRegistry}`);
     expect((await events(j.id)).map((e) => e.to)).not.toContain('running');
+  });
+
+  it('never runs a private image the provider pulled with their own login, by tag or by its digest', async () => {
+    const held = (await engine.getImage(privateImage).inspect()).RepoDigests.find((d) => d.startsWith(privateRegistry.host))!;
+    expect(held).toMatch(/@sha256:[0-9a-f]{64}$/);
+    for (const image of [privateImage, held]) {
+      const j = await client.post<Job>('/v1/jobs', spec(image, loopbackNode));
+      const end = await ended(j.id);
+      expect(end.status, image).toBe('failed');
+      expect(end.error).toBe(`image could not be pulled: ${image} is not a public image at ${privateRegistry.host}`);
+    }
   });
 
   it('refuses a loopback registry the provider did not name, without the engine reaching it', async () => {
@@ -160,7 +231,7 @@ describe.skipIf(!docker)('a job’s image reference cannot make the provider’s
 
   it('offers say which registries a node pulls from; a job from another waits, and the dry run says why', async () => {
     const offers = await client.get<Offers>('/v1/offers?gpus=0&limit=10');
-    expect(offers.items.find((o) => o.nodeId === loopbackNode)?.registries).toEqual([testRegistry]);
+    expect(offers.items.find((o) => o.nodeId === loopbackNode)?.registries).toEqual([testRegistry, privateRegistry.host]);
     const image = 'ghcr.io/acme/trainer:1';
     const dry = await client.post<DryRun>('/v1/jobs/dry-run', spec(image, loopbackNode));
     expect(dry.fits).toBe(false);

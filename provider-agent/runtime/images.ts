@@ -19,7 +19,7 @@ export interface ImageLogger {
 /** What the client is told when its image does not run here: plain words, never the engine's. */
 export class ImageRefused extends Error {}
 
-export const defaultImageCacheMb = 51_200;
+export const defaultImageCacheMb = 20_480;
 
 /** Why this node does not pull from the image's registry, or null when it does. */
 export function registryRefusal(ref: Pick<ImageRef, 'registry'>, allowed: readonly string[]): string | null {

@@ -5,6 +5,7 @@ import { isTerminal, type Job } from '../shared/jobs.ts';
 import { LogBatch } from '../shared/logs.ts';
 import { expectOk, getJob, serverSentEvents } from './api.ts';
 import type { Context } from './command.ts';
+import { printable } from './output.ts';
 import { formatDuration } from './units.ts';
 
 // Following a job: its state on a spinner while it waits (queued → leased → running, with the
@@ -34,12 +35,12 @@ export function describeWait(job: Job, now = Date.now()): string {
   }
 }
 
-/** The line that closes a followed job. */
+/** The line that closes a followed job (its error is the node's text, made printable). */
 export function describeEnd(job: Job): string {
   const took = job.startedAt && job.finishedAt ? ` in ${formatDuration((Date.parse(job.finishedAt) - Date.parse(job.startedAt)) / 1000)}` : '';
   if (job.status === 'succeeded') return `${job.id} succeeded${took}`;
   const code = job.exitCode !== null ? ` with exit code ${job.exitCode}` : '';
-  const why = job.error ? `: ${job.error}` : '';
+  const why = job.error ? `: ${printable(job.error)}` : '';
   return `${job.id} ${job.status}${code}${took}${why}`;
 }
 
@@ -49,9 +50,13 @@ export function jobExitCode(job: Job): number {
   return job.status === 'succeeded' ? 0 : 1;
 }
 
-/** Writes a chunk where it belongs: the job's stdout to ours, its stderr and system lines to our stderr. */
-export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'>) {
-  const { text } = batch;
+/**
+ * Writes a chunk where it belongs: the job's stdout to ours, its stderr and system lines to our
+ * stderr. Raw, it is written as the node sent it; otherwise only its colours, tabs, carriage
+ * returns and newlines reach the terminal.
+ */
+export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'>, raw = false) {
+  const text = raw ? batch.text : printable(batch.text, 'log');
   if (!text) return;
   if (batch.stream === 'stdout') ctx.stdout.write(text);
   else if (batch.stream === 'stderr') ctx.stderr.write(text);
@@ -62,7 +67,7 @@ export function writeBatch(ctx: Context, batch: Pick<LogBatch, 'stream' | 'text'
  * Streams the job's logs (GET /v1/jobs/:id/logs?follow=1, server-sent events) until the stream
  * ends or the signal fires. Returns false where this coordinator has no log endpoint.
  */
-async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: AbortSignal, onOutput: () => void): Promise<boolean> {
+async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: AbortSignal, raw: boolean, onOutput: () => void): Promise<boolean> {
   let lastId: string | undefined;
   // The seq of the last chunk shown: a reconnect asks for what comes after it.
   let seen = -1;
@@ -93,7 +98,7 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
         if (!batch.success || batch.data.seq <= seen) continue;
         seen = batch.data.seq;
         onOutput();
-        writeBatch(ctx, batch.data);
+        writeBatch(ctx, batch.data, raw);
       }
       return true;
     } catch {
@@ -108,7 +113,7 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
  * Follows a job to its end, showing its state while it waits and (with logs) its output, and
  * returns the ended job. Ctrl-C stops following, not the job.
  */
-export async function followJob(ctx: Context, api: ApiClient, jobId: string, opts: { logs: boolean }): Promise<Job> {
+export async function followJob(ctx: Context, api: ApiClient, jobId: string, opts: { logs: boolean; raw?: boolean }): Promise<Job> {
   const progress = ctx.progress();
   let outputStarted = false;
   let ended: Job | null = null;
@@ -116,7 +121,7 @@ export async function followJob(ctx: Context, api: ApiClient, jobId: string, opt
   const signal = AbortSignal.any([ctx.signal, stopLogs.signal]);
 
   const logs = opts.logs
-    ? streamLogs(ctx, api, jobId, signal, () => {
+    ? streamLogs(ctx, api, jobId, signal, opts.raw ?? false, () => {
         if (!outputStarted) progress.stop();
         outputStarted = true;
       })

@@ -1,5 +1,6 @@
 import { parseCommandArgs, renderHelp, createContext, type Command } from './command.ts';
 import { describeError, exitCodes, ExitWith, UsageError } from './errors.ts';
+import { printable } from './output.ts';
 import { cancel, job, jobs, wait } from './commands/jobs.ts';
 import { login, logout } from './commands/login.ts';
 import { logs, outputs } from './commands/logs.ts';
@@ -101,8 +102,9 @@ async function main(argv: string[]): Promise<number> {
       return exitCodes.interrupted;
     }
     const { message, exitCode } = describeError(err, name);
-    // "file:line: ..." lines stay as they are, so editors can jump to them.
-    for (const line of message.split('\n')) {
+    // "file:line: ..." lines stay as they are, so editors can jump to them. A message may quote
+    // what a coordinator or a node said: each line is made printable.
+    for (const line of message.split('\n').map((l) => printable(l))) {
       process.stderr.write(/^[^\s:]+:\d+: /.test(line) ? `${line}\n` : `gantry${name ? ` ${name}` : ''}: ${line}\n`);
     }
     if (process.env.GANTRY_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack}\n`);

@@ -47,11 +47,24 @@ export class Painter {
   }
 }
 
-// Control characters from names a provider or client chose must not drive the terminal.
+// Every string that came from elsewhere (a node's error, log or name, a coordinator's message)
+// passes through printable() before a terminal shows it: an escape sequence could retitle the
+// window, rewrite the screen or hide a line. Escape sequences (ECMA-48: CSI, the OSC/DCS/APC
+// string kinds, up to their end or the line's, two-byte ESC ones) are dropped; other control
+// characters become "?". A job's log keeps its colours (SGR) and its tabs, carriage returns
+// and newlines.
 // eslint-disable-next-line no-control-regex
-const controlChars = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
-export function sanitize(text: string): string {
-  return text.replace(controlChars, '?');
+const unprintable = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\n]*?(?:\x07|\x1b\\|(?=\n)|$)|\x1b[ -/]*[0-~]|[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+// eslint-disable-next-line no-control-regex
+const sgr = /^\x1b\[[0-9;:]*m$/;
+
+export function printable(text: string, as: 'text' | 'log' = 'text'): string {
+  return text.replace(unprintable, (s) => {
+    if (as === 'log' && (s === '\t' || s === '\r' || s === '\n' || sgr.test(s))) return s;
+    if (s[0] === '\x1b' && s.length > 1) return '';
+    if (as === 'log' && /[\u202a-\u202e\u2066-\u2069]/.test(s)) return s;
+    return '?';
+  });
 }
 
 // eslint-disable-next-line no-control-regex
@@ -77,7 +90,7 @@ function truncate(text: string, width: number): string {
 /** A plain text table: a header row, two spaces between columns, no trailing spaces. */
 export function table<T>(columns: Column<T>[], rows: T[], opts: { width?: number; painter?: Painter } = {}): string {
   const painter = opts.painter ?? new Painter(false);
-  const cells = rows.map((row) => columns.map((c) => sanitize(c.value(row))));
+  const cells = rows.map((row) => columns.map((c) => printable(c.value(row))));
   const widths = columns.map((c, i) => Math.max(visibleLength(c.header), ...cells.map((r) => visibleLength(r[i]!))));
   if (opts.width) {
     // Shorten the flexible columns, widest first, until the table fits.
@@ -112,7 +125,7 @@ export function table<T>(columns: Column<T>[], rows: T[], opts: { width?: number
 export function details(pairs: [string, string | null | undefined][], painter = new Painter(false)): string {
   const shown = pairs.filter((p): p is [string, string] => p[1] !== null && p[1] !== undefined && p[1] !== '');
   const width = Math.max(0, ...shown.map(([k]) => k.length));
-  return shown.map(([k, v]) => `${painter.paint('dim', k.padEnd(width))}  ${sanitize(v)}`).join('\n') + '\n';
+  return shown.map(([k, v]) => `${painter.paint('dim', k.padEnd(width))}  ${printable(v)}`).join('\n') + '\n';
 }
 
 /** "3m ago", "2h ago", "just now": for tables. */
@@ -146,7 +159,7 @@ export class Progress {
 
   /** key says what counts as news off a terminal (a state, not its ticking clock); default the text. */
   update(text: string, key: string = text) {
-    const clean = sanitize(text);
+    const clean = printable(text);
     if (!this.spin) {
       if (key !== this.lastPrinted) this.stream.write(`${clean}\n`);
       this.lastPrinted = key;
@@ -177,6 +190,6 @@ export class Progress {
   /** Replaces the spinner with a final line. */
   done(line: string) {
     this.stop();
-    this.stream.write(`${sanitize(line)}\n`);
+    this.stream.write(`${printable(line)}\n`);
   }
 }

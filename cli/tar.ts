@@ -101,8 +101,27 @@ export function safeEntryPath(root: string, name: string): { path: string } | { 
   return { path: target };
 }
 
-/** Reads a tar (gzipped or not) and unpacks it under dir, refusing whatever would leave it. */
-export async function extractTar(source: AsyncIterable<Uint8Array>, dir: string): Promise<Extracted> {
+/** How much an archive may put on disk: a small archive (gzipped, above all) can unpack to terabytes. */
+export interface ExtractLimits {
+  maxBytes: number;
+  maxEntries: number;
+}
+
+/** The archive went past a limit: unpacking stopped there, with what was written so far. */
+export class ExtractLimitError extends Error {
+  constructor(
+    readonly limit: 'bytes' | 'entries',
+    readonly so: Extracted,
+  ) {
+    super(limit === 'bytes' ? 'over the size limit' : 'over the entry limit');
+  }
+}
+
+/**
+ * Reads a tar (gzipped or not) and unpacks it under dir, refusing whatever would leave it, and
+ * stopping (ExtractLimitError) before it writes more bytes or takes more entries than allowed.
+ */
+export async function extractTar(source: AsyncIterable<Uint8Array>, dir: string, limits: ExtractLimits): Promise<Extracted> {
   await mkdir(dir, { recursive: true });
   const root = await realpath(dir);
   const result: Extracted = { files: 0, bytes: 0, skipped: [] };
@@ -117,8 +136,10 @@ export async function extractTar(source: AsyncIterable<Uint8Array>, dir: string)
     return real === root || real.startsWith(root + sep);
   };
 
+  let entries = 0;
   for await (const entry of extract) {
     const { header } = entry;
+    if (++entries > limits.maxEntries) throw new ExtractLimitError('entries', result);
     const where = safeEntryPath(root, header.name);
     const type = header.type ?? 'file';
     if ('refused' in where) {
@@ -144,6 +165,8 @@ export async function extractTar(source: AsyncIterable<Uint8Array>, dir: string)
       entry.resume();
       continue;
     }
+    // The header says how big the file is: refuse it before writing any of it.
+    if (result.bytes + (header.size ?? 0) > limits.maxBytes) throw new ExtractLimitError('bytes', result);
     const existing = await lstat(where.path).catch(() => null);
     if (existing && !existing.isFile()) {
       result.skipped.push(`${header.name} (would replace a ${existing.isSymbolicLink() ? 'link' : 'non-file'})`);
@@ -154,6 +177,7 @@ export async function extractTar(source: AsyncIterable<Uint8Array>, dir: string)
     const fh = await open(where.path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, (header.mode ?? 0o644) & 0o755);
     try {
       for await (const chunk of entry) {
+        if (result.bytes + (chunk as Buffer).length > limits.maxBytes) throw new ExtractLimitError('bytes', result);
         await fh.write(chunk as Buffer);
         result.bytes += (chunk as Buffer).length;
       }

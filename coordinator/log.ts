@@ -13,3 +13,21 @@ export function jsonLogger(write: (line: string) => void = (l) => process.stdout
 }
 
 export const silentLogger: Logger = { info() {}, warn() {}, error() {} };
+
+/**
+ * An error as a log line may show it: a failed query's SQL and parameters are left out (they
+ * hold job specs with their env values), and so are a database error's detail and context
+ * fields (which quote the values it refused). Its stack frames stay.
+ */
+export function describeFailure(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const frames = (e: Error) => (e.stack ?? '').split('\n').filter((l) => /^\s+at /.test(l)).join('\n');
+  const withFrames = (head: string, e: Error) => [head, frames(e)].filter(Boolean).join('\n');
+  const query = err as Error & { query?: unknown; params?: unknown; cause?: unknown };
+  if (query.query !== undefined || query.params !== undefined) {
+    const cause = query.cause instanceof Error ? query.cause : null;
+    const code = (cause as { code?: unknown } | null)?.code;
+    return withFrames(`${err.name}: a query failed${cause ? `: ${cause.message}${code ? ` (${String(code)})` : ''}` : ''}`, err);
+  }
+  return withFrames(`${err.name}: ${err.message}`, err);
+}

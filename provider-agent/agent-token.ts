@@ -20,13 +20,19 @@ export class AgentTokenSigner {
   async token(): Promise<string> {
     const now = (this.opts.now ?? Date.now)();
     const renewBeforeMs = (this.opts.renewBeforeSeconds ?? 15) * 1000;
-    if (this.current && this.current.expMs - now > renewBeforeMs) return this.current.token;
+    const left = this.current ? this.current.expMs - now : 0;
+    // More left than a whole lifetime: the clock moved back (the coordinator's clock became known); sign anew.
+    if (this.current && left > renewBeforeMs && left <= this.lifetimeSeconds() * 1000) return this.current.token;
     this.signing ??= this.sign(now).finally(() => (this.signing = null));
     return this.signing;
   }
 
+  private lifetimeSeconds(): number {
+    return Math.min(this.opts.lifetimeSeconds ?? agentTokenMaxLifetimeSeconds, agentTokenMaxLifetimeSeconds);
+  }
+
   private async sign(nowMs: number): Promise<string> {
-    const lifetime = Math.min(this.opts.lifetimeSeconds ?? agentTokenMaxLifetimeSeconds, agentTokenMaxLifetimeSeconds);
+    const lifetime = this.lifetimeSeconds();
     const iat = Math.floor(nowMs / 1000);
     const token = await new SignJWT({})
       .setProtectedHeader({ alg: 'EdDSA', typ: 'JWT' })

@@ -4,7 +4,7 @@
 import { allowedRegistriesOf, parseJoinArgs, parseRunArgs, parseServiceArgs } from './config.ts';
 import Docker from 'dockerode';
 import { usage, UsageError } from './cli-args.ts';
-import { dockerOptionsFromEnv } from './runtime/docker.ts';
+import { dockerOptionsFromEnv } from './runtime/docker-options.ts';
 import { checkNetworkIsolation, installNetworkRules, jobNetworkName } from './runtime/network.ts';
 import { detectHardware } from './hardware/index.ts';
 import { joinCoordinator } from './join.ts';

@@ -22,10 +22,7 @@ export interface HeartbeatOptions {
   initialHardware?: HardwareReport;
   /** The jobs this node holds, at the epoch it holds each with: the lease runner's answer. */
   heldJobs?: () => LeaseRef[];
-  /**
-   * Each heartbeat answer (renewed leases, cancellations), with the local time the heartbeat
-   * left (renewed expiries count from then): for the lease runner.
-   */
+  /** Each heartbeat answer (renewed leases, cancellations), with the local time the heartbeat left: for the lease runner. */
   onAnswer?: AnswerHandler;
   log: (line: string) => void;
   agentVersion?: string;

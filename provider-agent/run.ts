@@ -3,8 +3,10 @@ import type { HardwareReport } from '../shared/hardware.ts';
 import { AgentTokenSigner } from './agent-token.ts';
 import { allowedRegistriesOf, checkCoordinatorUrl, type RunSettings } from './config.ts';
 import { detectHardware, sampleMetrics } from './hardware/index.ts';
+import { CoordinatorClock } from './coordinator-clock.ts';
 import { HeartbeatLoop } from './heartbeat.ts';
 import { agentVersion } from './join.ts';
+import { ReportStore } from './leases/report-store.ts';
 import { LeaseRunner } from './leases/runner.ts';
 import { httpLogTransport } from './logs/transport.ts';
 import { LogShipper } from './logs/shipper.ts';
@@ -30,8 +32,15 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
   if (!key) throw new NotEnrolledError(`the node's key is missing from ${settings.stateDir}: join again with a fresh state dir`);
 
   const allowedRegistries = allowedRegistriesOf(settings, node);
-  const signer = new AgentTokenSigner(key.privateKey, node.nodeId, node.coordinatorName);
-  const client = new ApiClient({ baseUrl: node.coordinatorUrl, token: () => signer.token() });
+  // One estimate of the coordinator's clock, from the Date header of every answer: lease expiries
+  // and the agent's own token times are the coordinator's.
+  const clock = new CoordinatorClock();
+  const signer = new AgentTokenSigner(key.privateKey, node.nodeId, node.coordinatorName, { now: () => clock.coordinatorNow() });
+  const client = new ApiClient({
+    baseUrl: node.coordinatorUrl,
+    token: () => signer.token(),
+    onResponse: (res, sentAt, receivedAt) => clock.observe(res.headers.get('date'), sentAt, receivedAt),
+  });
   const loop = new HeartbeatLoop({
     client,
     intervalMs: settings.heartbeatSeconds * 1000,
@@ -75,6 +84,8 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
         issuer: node.coordinatorName,
         executor: selected.executor,
         log: runnerLog,
+        reports: new ReportStore(state.reportsDir),
+        clock,
         logSink: (grant) =>
           new LogShipper({
             transport: httpLogTransport(client, grant.jobId, grant.epoch),
@@ -83,11 +94,10 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
           }),
       })
     : null;
-  // The renewed expiries count from when the heartbeat left: the loop says when that was.
   loop.supplyHeldJobs(() => runner?.heldJobs() ?? []);
   // Without a runtime the node stays online for its metrics, but the scheduler places nothing on it.
   loop.supplyTakesWork(() => runner !== null);
-  loop.onAnswer((answer, sentAtMs) => runner?.onHeartbeatAnswer(answer, sentAtMs));
+  loop.onAnswer((answer) => runner?.onHeartbeatAnswer(answer));
 
   log(`gantry-agent ${agentVersion} running as node ${node.nodeId} (${node.name}) for ${node.coordinatorUrl}, heartbeat every ${settings.heartbeatSeconds} s`);
   const stopped = new Promise<string>((resolve) => {

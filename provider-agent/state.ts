@@ -1,6 +1,6 @@
-import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rename } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 'jose';
 import { z } from 'zod';
 import { RegistryHost } from '../shared/images.ts';
@@ -41,10 +41,13 @@ export interface AgentKey {
 export class AgentState {
   readonly nodeFile: string;
   readonly keyFile: string;
+  /** Finish reports not yet taken by the coordinator (leases/report-store.ts). */
+  readonly reportsDir: string;
 
   constructor(readonly dir: string) {
     this.nodeFile = join(dir, 'node.json');
     this.keyFile = join(dir, 'key.json');
+    this.reportsDir = join(dir, 'reports');
   }
 
   /** The node this machine is enrolled as, or null before the first join. */
@@ -57,7 +60,7 @@ export class AgentState {
   }
 
   async writeNode(state: NodeState): Promise<void> {
-    await this.writePrivate(this.nodeFile, `${JSON.stringify(state, null, 2)}\n`);
+    await writePrivateFile(this.nodeFile, `${JSON.stringify(state, null, 2)}\n`);
   }
 
   /** The agent's Ed25519 key pair: made on the first join, read back afterwards. */
@@ -66,7 +69,7 @@ export class AgentState {
     if (existing) return existing;
     const { privateKey, publicKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
     const jwk = await exportJWK(privateKey);
-    await this.writePrivate(this.keyFile, `${JSON.stringify({ ...jwk, alg: 'EdDSA' }, null, 2)}\n`);
+    await writePrivateFile(this.keyFile, `${JSON.stringify({ ...jwk, alg: 'EdDSA' }, null, 2)}\n`);
     return { privateKey, publicJwk: await exportJWK(publicKey) };
   }
 
@@ -79,15 +82,26 @@ export class AgentState {
     const privateKey = (await importJWK({ kty, crv, x, d }, 'EdDSA')) as CryptoKey;
     return { privateKey, publicJwk: { kty, crv, x } };
   }
+}
 
-  /** Written whole or not at all (temp file + rename), readable by its owner only. */
-  private async writePrivate(file: string, text: string): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, text, { mode: 0o600 });
-    await chmod(tmp, 0o600);
-    await rename(tmp, file);
+let tmpSeq = 0;
+
+/**
+ * Written whole or not at all (temp file, flushed to disk, renamed over the old one), readable by
+ * its owner only, in a folder only its owner can enter: every file of the state dir.
+ */
+export async function writePrivateFile(file: string, text: string): Promise<void> {
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.${++tmpSeq}.tmp`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
+  await chmod(tmp, 0o600);
+  await rename(tmp, file);
 }
 
 async function readIfExists(file: string): Promise<string | null> {

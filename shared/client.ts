@@ -20,6 +20,8 @@ export interface ClientOptions {
   token?: string | (() => Promise<string> | string);
   timeoutMs?: number;
   fetch?: typeof fetch;
+  /** Every answer, with the local times its request left and it came (the agent reads the coordinator's clock from it). */
+  onResponse?: (res: Response, sentAtMs: number, receivedAtMs: number) => void;
 }
 
 /** A small fetch wrapper shared by the CLI, the agent and the tests: JSON in, JSON out, problems as errors. */
@@ -33,7 +35,10 @@ export class ApiClient {
     const timeout = AbortSignal.timeout(init.timeoutMs ?? this.opts.timeoutMs ?? 30_000);
     const signal = init.signal ? AbortSignal.any([init.signal, timeout]) : timeout;
     try {
-      return await (this.opts.fetch ?? fetch)(new URL(path, this.opts.baseUrl), { method, headers, body: init.body, signal });
+      const sentAt = Date.now();
+      const res = await (this.opts.fetch ?? fetch)(new URL(path, this.opts.baseUrl), { method, headers, body: init.body, signal });
+      this.opts.onResponse?.(res, sentAt, Date.now());
+      return res;
     } catch (err) {
       if (init.signal?.aborted) throw err;
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { BlobDigest, JobSpec } from './jobs.ts';
 import { idPattern } from './ids.ts';
+import { cleanNodeMessage } from './text.ts';
 
 // Wire shapes of leases: the token's claims, what GET /v1/agent/work hands a node, what the
 // agent reports back, and what the lease side adds to a heartbeat answer.
@@ -96,7 +97,8 @@ export const FinishReport = z
     epoch: Epoch,
     reason: OutcomeReason,
     exitCode: z.number().int().min(-1_000_000).max(1_000_000).nullable().default(null),
-    error: z.string().max(4096).optional(),
+    // Cleaned, never refused: the agent drops a report answered 4xx, and the job would run again.
+    error: z.string().max(4096).overwrite(cleanNodeMessage).optional(),
     usage: ReportedUsage.optional(),
   })
   .strict();

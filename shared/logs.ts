@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { cleanLogLine, cleanNodeMessage } from './text.ts';
 
 export const logStreams = ['stdout', 'stderr', 'system'] as const;
 export const LogStream = z.enum(logStreams);
@@ -21,7 +22,11 @@ export const LogChunk = z
     seq: z.number().int().min(0).max(2_000_000_000),
     stream: LogStream,
     at: z.iso.datetime({ offset: true }),
-    lines: z.array(z.string().max(maxLogLineBytes).regex(/^[^\n]*$/, 'one line, no newline')).min(1).max(maxLinesPerChunk),
+    // Cleaned, never refused: a refused chunk would be dropped by the agent and the output lost.
+    lines: z
+      .array(z.string().max(maxLogLineBytes).regex(/^[^\n]*$/, 'one line, no newline').overwrite(cleanLogLine))
+      .min(1)
+      .max(maxLinesPerChunk),
   })
   .strict();
 export type LogChunk = z.infer<typeof LogChunk>;
@@ -72,6 +77,6 @@ export const LogEnd = z.object({ status: z.string(), exitCode: z.number().int().
 export const JobProgress = z
   .object({
     epoch: z.number().int().min(1),
-    message: z.string().min(1).max(512),
+    message: z.string().min(1).max(512).overwrite(cleanNodeMessage),
   })
   .strict();

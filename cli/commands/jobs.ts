@@ -3,7 +3,7 @@ import { getJob, idArg, listAll, naming } from '../api.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
 import { describeEnd, followJob, jobExitCode } from '../follow.ts';
-import { ago, type Column, details, table } from '../output.ts';
+import { ago, type Column, details, printable, table } from '../output.ts';
 import { formatDuration, formatSizeMb, parseWholeNumber } from '../units.ts';
 
 export function gpuSummary(job: Job): string {
@@ -138,7 +138,7 @@ export const cancel: Command = {
       return;
     }
     if (!values.wait) {
-      ctx.stdout.write(`Cancel requested: ${id} is ${j.status} on ${j.nodeId ?? 'a node'}, which stops it at its next heartbeat\n`);
+      ctx.stdout.write(printable(`Cancel requested: ${id} is ${j.status} on ${j.nodeId ?? 'a node'}, which stops it at its next heartbeat`) + '\n');
       return;
     }
     const ended = await followJob(ctx, api, id, { logs: false });

@@ -2,7 +2,7 @@ import type { EnrollmentToken, Node, NodeGpu } from '../../shared/nodes.ts';
 import { listAll } from '../api.ts';
 import { type Command, type Context, flagValue, list, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
-import { ago, type Column, table } from '../output.ts';
+import { ago, type Column, printable, table } from '../output.ts';
 import { formatSizeMb, parseDurationSeconds, parsePair, parseWholeNumber } from '../units.ts';
 
 export function gpuCounts(gpus: NodeGpu[]): string {
@@ -94,7 +94,7 @@ export const tokens: Command = {
       ctx.stdout.write(`${JSON.stringify(created, null, 2)}\n`);
       return;
     }
-    const labelText = Object.entries(created.labels).map(([k, v]) => `${k}=${v}`).join(', ');
+    const labelText = printable(Object.entries(created.labels).map(([k, v]) => `${k}=${v}`).join(', '));
     ctx.stdout.write(
       `Enrollment token (shown only this once; ${created.usesLeft} use${created.usesLeft === 1 ? '' : 's'}, until ${created.expiresAt}${labelText ? `; nodes get ${labelText}` : ''}):\n` +
         `  ${created.token}\n\n` +

@@ -2,7 +2,7 @@ import type { ApiClient } from '../../shared/client.ts';
 import type { JobSpec } from '../../shared/jobs.ts';
 import type { DryRun, Offer, Offers, Pool, PoolGpuModel, PoolQueueModel } from '../../shared/pool.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
-import { type Column, table } from '../output.ts';
+import { type Column, printable, table } from '../output.ts';
 import { formatDuration, formatSizeMb, parseDecimal, parseSizeMb, parseWholeNumber } from '../units.ts';
 
 const money = (n: number | null | undefined) => (n === null || n === undefined ? '-' : n.toFixed(2));
@@ -146,7 +146,7 @@ export async function showDryRun(ctx: Context, api: ApiClient, spec: JobSpec, js
   }
   if (answer.ruledOut.length) {
     out.write(`\n${answer.fits ? 'other nodes' : 'why not'}:\n`);
-    for (const r of answer.ruledOut) out.write(`  ${r.detail}\n`);
+    for (const r of answer.ruledOut) out.write(`  ${printable(r.detail)}\n`);
   } else if (!answer.fits) {
     out.write('  no node is registered yet\n');
   }

@@ -3,7 +3,7 @@ import { Heartbeat, HeartbeatAnswer, RegisterNode, RegisteredNode } from '../../
 import type { AppDeps } from '../deps.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { ingestHeartbeat, registerNode } from '../nodes/registry.ts';
-import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { agentAuth, createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 
@@ -28,7 +28,7 @@ export function agentRoutes(deps: AppDeps) {
       method: 'post',
       path: '/v1/agent/heartbeat',
       summary: "A node's heartbeat: liveness, metrics, held jobs, changed hardware (agent token)",
-      security: bearerAuth,
+      security: agentAuth,
       request: { body: { required: true, ...json(Heartbeat) } },
       responses: { 200: { description: 'Taken; may carry lease renewals and cancellations', ...json(HeartbeatAnswer) }, ...errorResponses },
     }),

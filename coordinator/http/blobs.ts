@@ -8,10 +8,8 @@ import { BlobTooLargeError, fromWebStream, toWebStream } from '../blobs/store.ts
 import type { AppDeps } from '../deps.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import type { AppEnv } from './env.ts';
-import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
 
-/** Agent routes authenticate with the agent's own signed token, not an API key. */
-const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const bytes = { content: { 'application/octet-stream': { schema: z.string().openapi({ format: 'binary' }) } } };
 const DigestParam = z.object({ digest: BlobDigest });

@@ -6,11 +6,10 @@ import { finishJob, markRunning } from '../jobs/transitions.ts';
 import type { JobRow } from '../jobs/lifecycle.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { topics } from '../signals.ts';
-import { createRouter, errorResponses } from './router.ts';
+import { agentAuth, createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
-const agentAuth = [{ agentToken: [] }];
 const Jwk = z.record(z.string(), z.unknown());
 
 const answer = (job: JobRow) => ({ jobId: job.id, status: job.status, epoch: job.leaseEpoch });

@@ -8,10 +8,8 @@ import type { AppDeps } from '../deps.ts';
 import { getOwnJob } from '../jobs/lifecycle.ts';
 import { appendChunk, jobEndState, logTopic, readChunks, readOwnLog, recordProgress } from '../logs/service.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
-import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
 
-/** Agent routes authenticate with the agent's own signed token, not an API key. */
-const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
 

@@ -3,14 +3,13 @@ import { JobOutputsInfo, JobResultUpload, maxResultBytes } from '../../shared/bl
 import { idPattern } from '../../shared/ids.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import { openJobOutputs, storeJobOutputs, storeJobResult } from '../blobs/service.ts';
+import { requirePlainTar } from '../blobs/plain-tar.ts';
 import { fromWebStream } from '../blobs/store.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { blobResponse, checkDeclaredLength, EpochQuery } from './blobs.ts';
-import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
 
-/** Agent routes authenticate with the agent's own signed token, not an API key. */
-const agentAuth = [{ agentToken: [] }];
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
 const tar = { content: { 'application/x-tar': { schema: z.string().openapi({ format: 'binary' }) } } };
@@ -26,7 +25,7 @@ export function outputRoutes(deps: AppDeps) {
     createRoute({
       method: 'post',
       path: '/v1/agent/jobs/{id}/outputs',
-      summary: "Agent: the tar of the job's /outputs, as the raw body (size-capped)",
+      summary: "Agent: the tar of the job's /outputs, as the raw body (a plain tar, size-capped; a compressed one is 415)",
       security: agentAuth,
       request: { params: JobIdParam, query: EpochQuery, body: { required: true, ...tar } },
       responses: { 201: { description: 'Stored', ...json(JobOutputsInfo) }, ...errorResponses },
@@ -38,7 +37,7 @@ export function outputRoutes(deps: AppDeps) {
         c.get('nodeId'),
         c.req.valid('param').id,
         c.req.valid('query').epoch,
-        fromWebStream(c.req.raw.body),
+        requirePlainTar(fromWebStream(c.req.raw.body)),
         deps.config.outputsMaxBytes,
       );
       return c.json(stored, 201);

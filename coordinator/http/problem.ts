@@ -3,6 +3,7 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { ZodError } from 'zod';
 import { type ErrorCode, type FieldError, type Problem, fieldErrors, problemTypePrefix } from '../../shared/errors.ts';
+import { describeFailure } from '../log.ts';
 import type { AppEnv } from './env.ts';
 
 /** The one error class of the coordinator: domain code throws it, onError renders it. */
@@ -98,6 +99,6 @@ export function renderError(err: Error, c: Context<AppEnv>): Response {
     if (err.status === 401) return problemResponse(c, 'unauthenticated', err.message || 'authentication required');
     if (err.status === 404) return problemResponse(c, 'not_found', 'not found');
   }
-  c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: String(err?.stack ?? err) });
+  c.get('log')?.error('request failed', { requestId: c.get('requestId'), error: describeFailure(err) });
   return problemResponse(c, 'internal', `internal error (request ${c.get('requestId')})`);
 }

@@ -1,14 +1,23 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { Problem } from '../../shared/errors.ts';
+import { findUnstorable } from '../../shared/text.ts';
 import type { AppEnv } from './env.ts';
-import { validationProblem } from './problem.ts';
+import { problemResponse, validationProblem } from './problem.ts';
 
-/** A resource's sub-app: validation failures from its declared schemas become problem+json. */
+/**
+ * A resource's sub-app: validation failures from its declared schemas become problem+json, and
+ * so does a NUL or a lone surrogate left in any validated string (PostgreSQL cannot store them:
+ * unchecked, they end as a 500). A node's free text is cleaned by its schema before this check.
+ */
 export function createRouter(): OpenAPIHono<AppEnv> {
   return new OpenAPIHono<AppEnv>({
     defaultHook: (result, c) => {
       if (!result.success) return validationProblem(c as never, result.target, result.error);
-      return undefined;
+      const at = findUnstorable(result.data);
+      if (at === null) return undefined;
+      const path = [result.target === 'json' ? '' : result.target, at].filter(Boolean).join('.');
+      const message = 'a NUL character or an unpaired surrogate is not allowed in text';
+      return problemResponse(c as never, 'validation', `${path || '(body)'}: ${message}`, [{ path, message }]);
     },
   });
 }
@@ -30,3 +39,5 @@ export const errorResponses = {
 } as const;
 
 export const bearerAuth = [{ bearerAuth: [] }];
+/** Agent routes: the agent's own signed token, not an API key. */
+export const agentAuth = [{ agentToken: [] }];

@@ -214,11 +214,11 @@ export async function endLeaseOnNode(tx: DbOrTx, jobId: string, why: string, at:
  */
 async function reportedJob(tx: DbOrTx, nodeId: string, jobId: string, epoch: number): Promise<JobRow> {
   const job = await lockJobAndNode(tx, jobId);
-  if (!job) throw new ApiError('not_found', 'job not found');
+  // The holder first: another node's job must not answer with its epoch or status.
+  if (!job || job.nodeId !== nodeId) throw new ApiError('not_found', 'job not found');
   if (job.leaseEpoch !== epoch) {
     throw new ApiError('stale_lease', `lease epoch ${epoch} is not the job's current one (${job.leaseEpoch}): nothing was changed`);
   }
-  if (job.nodeId !== nodeId) throw new ApiError('not_found', 'job not found');
   if (!(liveStatuses as readonly string[]).includes(job.status)) {
     throw new ApiError('stale_lease', `the job already ended ${job.status}: nothing was changed`);
   }

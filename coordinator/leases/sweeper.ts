@@ -3,7 +3,7 @@ import type { Clock } from '../clock.ts';
 import type { Database } from '../db/open.ts';
 import { jobs } from '../db/schema/index.ts';
 import { expireLease, liveStatuses } from '../jobs/transitions.ts';
-import type { Logger } from '../log.ts';
+import { describeFailure, type Logger } from '../log.ts';
 
 export interface SweeperOptions {
   database: Database;
@@ -36,7 +36,7 @@ export class LeaseSweeper {
     const tick = () => {
       if (this.stopped) return;
       this.timer = setTimeout(async () => {
-        await this.sweep().catch((err) => this.opts.log.error('lease sweep failed', { error: String(err) }));
+        await this.sweep().catch((err) => this.opts.log.error('lease sweep failed', { error: describeFailure(err) }));
         tick();
       }, every);
       this.timer.unref?.();

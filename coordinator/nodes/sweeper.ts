@@ -1,3 +1,4 @@
+import { describeFailure } from '../log.ts';
 import { and, eq, lt, sql } from 'drizzle-orm';
 import { metricsRetentionDays } from '../../shared/nodes.ts';
 import { toNumber, type DbOrTx } from '../db/open.ts';
@@ -49,7 +50,7 @@ export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'clock' | 'log
         if (pruned) deps.log.info('node metrics pruned', { rows: pruned });
       }
     } catch (err) {
-      if (!stopped) deps.log.warn('node sweep failed', { error: String(err) });
+      if (!stopped) deps.log.warn('node sweep failed', { error: describeFailure(err) });
     }
   };
   const timer = setInterval(() => {

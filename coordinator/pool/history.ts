@@ -4,7 +4,7 @@ import type { Clock } from '../clock.ts';
 import { lockKeys } from '../db/migrate.ts';
 import type { Database } from '../db/open.ts';
 import { poolHistory } from '../db/schema/index.ts';
-import type { Logger } from '../log.ts';
+import { describeFailure, type Logger } from '../log.ts';
 import { ApiError } from '../http/problem.ts';
 import type { PoolStats } from './stats.ts';
 
@@ -77,7 +77,7 @@ export class PoolHistoryWriter {
     this.timer = setTimeout(() => {
       this.running = this.tick()
         .then(() => {})
-        .catch((err) => this.log.warn('pool history tick failed', { error: String(err) }))
+        .catch((err) => this.log.warn('pool history tick failed', { error: describeFailure(err) }))
         .finally(() => {
           this.running = null;
           const stepMs = this.opts.stepSeconds * 1000;

@@ -2,7 +2,7 @@ import type postgres from 'postgres';
 import type { Clock } from '../clock.ts';
 import type { Database } from '../db/open.ts';
 import { lockKeys } from '../db/migrate.ts';
-import type { Logger } from '../log.ts';
+import { describeFailure, type Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
 import { schedulePass, type PassResult, type PassState } from './placement.ts';
 
@@ -166,7 +166,7 @@ export class SchedulerLoop {
         } catch (err) {
           this.totals.errors++;
           if (this.stopped) break;
-          this.opts.log.error('scheduler pass failed', { error: String((err as Error)?.stack ?? err) });
+          this.opts.log.error('scheduler pass failed', { error: describeFailure(err) });
           // Do not spin on a failing database: the tick brings the next pass.
           break;
         }

@@ -7,7 +7,7 @@ import type { Database, DbOrTx } from '../db/open.ts';
 import { toNumber } from '../db/open.ts';
 import { gpus, jobs, nodes, queueReasons } from '../db/schema/index.ts';
 import { executeRows, leaseJobs, PlacementConflict, ts, type Placement } from '../jobs/transitions.ts';
-import type { Logger } from '../log.ts';
+import { describeFailure, type Logger } from '../log.ts';
 import {
   countMatchingGpus,
   decide,
@@ -413,7 +413,7 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
         if (!isRetryable(err) || attempt >= 4) throw err;
         // Something moved under the plan: nothing of it was committed. Look again and re-plan.
         result.conflicts++;
-        deps.log.info('placement batch conflicted; planning it again', { error: String((err as Error).message ?? err), attempt });
+        deps.log.info('placement batch conflicted; planning it again', { error: describeFailure(err).split('\n')[0], attempt });
         state = await loadPassState(db, deps.clock.now().getTime());
         if (kept) kept.state = state;
         for (const [shape, reason] of failed) state.failed.set(shape, reason);

@@ -1,6 +1,7 @@
 import type { JSONWebKeySet } from 'jose';
 import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
 import {
+  FinishReport,
   LeaseHeartbeatExtras,
   type FinishReportInput,
   type LeaseGrant,
@@ -11,6 +12,8 @@ import { httpLogTransport } from '../logs/transport.ts';
 import { LogShipper } from '../logs/shipper.ts';
 import { leaseIo } from '../runtime/io.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun, type StopReason } from '../runtime/executor.ts';
+import { CoordinatorClock } from '../coordinator-clock.ts';
+import type { ReportStore, StoredReport } from './report-store.ts';
 import { JwksUnavailable, LeaseRefused, LeaseVerifier } from './verify.ts';
 
 export interface RunnerLog {
@@ -41,9 +44,14 @@ export interface LeaseRunnerOptions {
   io?: (grant: LeaseGrant) => Partial<ExecutionContext>;
   /** A recovered run waits this long for a heartbeat to say whether its lease is current. */
   recoveryWaitMs?: number;
+  /** Where finish reports wait until the coordinator takes them (in the state dir). */
+  reports: ReportStore;
+  /** The coordinator's clock, read from its answers: lease expiries are its times. */
+  clock?: CoordinatorClock;
 }
 
-type Phase = 'verifying' | 'running' | 'reporting' | 'recovering';
+/** `ending`: the job's process has ended and its outputs are being saved; the lease's end no longer stops it. */
+type Phase = 'verifying' | 'running' | 'ending' | 'reporting' | 'recovering';
 
 interface Run {
   grant: LeaseGrant;
@@ -54,16 +62,42 @@ interface Run {
   timer: NodeJS.Timeout | null;
   recovered?: RecoveredRun;
   done?: Promise<void>;
+  /** The job's process started (the runtime said so). */
+  started?: boolean;
+  /** The coordinator took the `running` report. */
+  runningTaken?: boolean;
+  /** The process ended after the lease had run out (the agent was frozen): its result is not reported. */
+  endedPastLease?: boolean;
+}
+
+/** A finish report on its way to the coordinator, kept on disk until it is taken or refused for good. */
+interface Delivery {
+  stored: StoredReport;
+  runningTaken: boolean;
+  /** Cuts the wait before the next try short: a heartbeat says the coordinator answers again. */
+  wake: () => void;
+  done: Promise<void>;
 }
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    if (signal?.aborted) return resolve();
+    const onAbort = () => {
       clearTimeout(t);
       resolve();
-    }, { once: true });
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
+
+/** A lease as `jobId.epoch`: the form of the long-poll's `have`. */
+const leaseKey = (l: { jobId: string; epoch: number }) => `${l.jobId}.${l.epoch}`;
+
+/** The wait before try `attempt` + 1 (0-based) of a call to the coordinator: doubling from 500 ms up to `capMs`, with jitter. */
+const retryDelay = (attempt: number, capMs: number) => Math.min(capMs, 500 * 2 ** Math.min(attempt, 16)) * (0.5 + Math.random());
 
 /** An answer that will not change when asked again: 4xx other than 401/408/429. */
 const isFinal = (err: unknown) => err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && ![401, 408, 429].includes(err.status);
@@ -74,26 +108,40 @@ const isGone = (err: unknown) => err instanceof ApiRequestError && (err.status =
  * runs (refusing, and reporting, one that fails), runs it through the executor, reports
  * `running` and the end with the lease epoch. Heartbeat answers renew each lease's expiry, cancel
  * jobs and revoke stale ones. Cut off from the coordinator, a job keeps running until its lease
- * expires as last renewed, and is stopped then, so it never runs on two nodes at once.
+ * expires as last renewed, and is stopped then, so it never runs on two nodes at once. A run
+ * that ended is reported once the coordinator answers, from the state dir if the agent restarted
+ * meanwhile; the coordinator takes it if the epoch is still the job's.
  */
 export class LeaseRunner {
   private runs = new Map<string, Run>();
+  /** By `jobId.epoch`: a job may hold a new lease here while the end of its old one is still to be delivered. */
+  private deliveries = new Map<string, Delivery>();
   private stopping = new AbortController();
   private polling: Promise<void> | null = null;
   private verifier: LeaseVerifier;
   private draining = false;
+  private readonly clock: CoordinatorClock;
 
   constructor(private o: LeaseRunnerOptions) {
+    this.clock = o.clock ?? new CoordinatorClock();
     this.verifier = new LeaseVerifier({
       issuer: o.issuer,
       nodeId: o.nodeId,
       fetchJwks: () => o.client.get<JSONWebKeySet>('/.well-known/jwks.json', { timeoutMs: 10_000 }),
+      // A lease token's exp is the coordinator's time.
+      now: () => new Date(this.clock.coordinatorNow()),
     });
   }
 
-  /** What the heartbeat reports: every lease this agent holds, starting, running or still reporting. */
+  /**
+   * What the heartbeat reports: every lease this agent holds, starting, running or still to be
+   * reported (so that the coordinator keeps it until the report comes).
+   */
   heldJobs(): LeaseRef[] {
-    return [...this.runs.values()].filter((r) => r.phase !== 'verifying').map((r) => ({ jobId: r.grant.jobId, epoch: r.grant.epoch }));
+    const held = new Map<string, LeaseRef>();
+    for (const r of this.runs.values()) if (r.phase !== 'verifying') held.set(leaseKey(r.grant), { jobId: r.grant.jobId, epoch: r.grant.epoch });
+    for (const [key, d] of this.deliveries) held.set(key, { jobId: d.stored.jobId, epoch: d.stored.epoch });
+    return [...held.values()];
   }
 
   get isDraining(): boolean {
@@ -106,11 +154,10 @@ export class LeaseRunner {
     return [...this.runs.values()].map((r) => ({ jobId: r.grant.jobId, epoch: r.grant.epoch, phase: r.phase, expiresInMs: r.deadline - now }));
   }
 
-  /**
-   * A heartbeat's answer. `sentAtMs` is when the heartbeat left: the renewed expiry counts from
-   * then, so the agent's deadline is never later than the coordinator's.
-   */
-  onHeartbeatAnswer(answer: unknown, sentAtMs: number): void {
+  /** A heartbeat's answer: renewed expiries (the coordinator's times), cancellations, revocations. */
+  onHeartbeatAnswer(answer: unknown): void {
+    // The coordinator answers again: a report waiting for its next try goes now.
+    for (const d of this.deliveries.values()) d.wake();
     const parsed = LeaseHeartbeatExtras.partial().safeParse(answer);
     if (!parsed.success) {
       this.o.log.warn('heartbeat answer without a lease part', { error: parsed.error.message });
@@ -124,7 +171,7 @@ export class LeaseRunner {
     for (const l of a.leases ?? []) {
       const run = this.runs.get(l.jobId);
       if (!run || run.grant.epoch !== l.epoch) continue;
-      this.arm(run, sentAtMs + l.expiresInMs);
+      this.arm(run, this.localDeadline(l.expiresAt, l.expiresInMs));
       if (l.token) {
         this.verifier.verifyRenewal(l.token, l.jobId, l.epoch).then(
           () => {
@@ -137,7 +184,8 @@ export class LeaseRunner {
     }
     for (const c of a.cancel ?? []) {
       const run = this.runs.get(c.jobId);
-      if (run && run.grant.epoch === c.epoch && run.phase !== 'reporting') this.stopRun(run, 'cancelled');
+      // A run that has ended already is reported as it ended.
+      if (run && run.grant.epoch === c.epoch && run.phase !== 'reporting' && run.phase !== 'ending') this.stopRun(run, 'cancelled');
     }
     for (const r of a.revoked ?? []) {
       const run = this.runs.get(r.jobId);
@@ -151,39 +199,50 @@ export class LeaseRunner {
   }
 
   async start(): Promise<void> {
+    await this.resumeDeliveries();
     await this.recover();
     this.polling = this.pollLoop();
   }
 
-  /** Stops polling and every run (their leases lapse or a restarted agent picks them up). */
+  /**
+   * Stops polling and every run (their leases lapse or a restarted agent picks them up); reports
+   * not yet taken stay on disk for the next agent.
+   */
   async stop(): Promise<void> {
     this.stopping.abort();
-    for (const run of this.runs.values()) if (run.phase !== 'reporting') this.stopRun(run, 'shutdown');
+    for (const run of this.runs.values()) if (run.phase !== 'reporting' && run.phase !== 'ending') this.stopRun(run, 'shutdown');
     await this.polling?.catch(() => {});
     await Promise.all([...this.runs.values()].map((r) => r.done?.catch(() => {})));
+    await Promise.all([...this.deliveries.values()].map((d) => d.done.catch(() => {})));
+  }
+
+  /** A lease expiry (the coordinator's time) as a local deadline; the duration when the time does not parse. */
+  private localDeadline(expiresAt: string, expiresInMs: number): number {
+    const at = Date.parse(expiresAt);
+    return Number.isFinite(at) ? this.clock.toLocal(at) : Date.now() + expiresInMs;
   }
 
   private async pollLoop(): Promise<void> {
     const wait = this.o.pollWaitSeconds ?? 30;
-    let backoff = 500;
+    let failures = 0;
     while (!this.stopping.signal.aborted) {
       try {
-        const have = [...this.runs.values()].map((r) => `${r.grant.jobId}.${r.grant.epoch}`).join(',');
-        const sentAt = Date.now();
+        const held = new Set(this.deliveries.keys());
+        for (const r of this.runs.values()) held.add(leaseKey(r.grant));
+        const have = [...held].join(',');
         const work = await this.o.client.get<Work>(`/v1/agent/work?wait=${wait}${have ? `&have=${encodeURIComponent(have)}` : ''}`, {
           signal: this.stopping.signal,
           timeoutMs: (wait + 15) * 1000,
         });
-        backoff = 500;
+        failures = 0;
         for (const grant of work.leases) {
-          if (this.runs.has(grant.jobId)) continue;
-          this.accept(grant, sentAt);
+          if (this.runs.has(grant.jobId) || this.deliveries.has(leaseKey(grant))) continue;
+          this.accept(grant);
         }
       } catch (err) {
         if (this.stopping.signal.aborted) break;
         this.o.log.warn('work poll failed', { error: String((err as Error)?.message ?? err) });
-        await sleep(backoff * (0.5 + Math.random()), this.stopping.signal);
-        backoff = Math.min(15_000, backoff * 2);
+        await sleep(retryDelay(failures++, 15_000), this.stopping.signal);
       }
     }
   }
@@ -192,10 +251,12 @@ export class LeaseRunner {
   private arm(run: Run, deadline: number) {
     run.deadline = deadline;
     if (run.timer) clearTimeout(run.timer);
-    if (run.phase === 'reporting') return;
+    if (run.phase === 'reporting' || run.phase === 'ending') return;
+    // A recovered run's deadline is only how long it waits for a heartbeat, not its lease's end.
+    if (run.phase !== 'recovering') this.o.executor.leaseDeadline?.({ jobId: run.grant.jobId, epoch: run.grant.epoch }, deadline);
     run.timer = setTimeout(() => {
       if (run.phase === 'recovering') return this.discard(run);
-      if (run.phase !== 'reporting') {
+      if (run.phase === 'verifying' || run.phase === 'running') {
         this.o.log.warn('lease expired without renewal: stopping the job', { jobId: run.grant.jobId, epoch: run.grant.epoch });
         this.stopRun(run, 'lease-expired');
       }
@@ -207,8 +268,10 @@ export class LeaseRunner {
     if (!run.abort.signal.aborted) run.abort.abort(why);
   }
 
-  private accept(grant: LeaseGrant, receivedAt: number) {
-    const run: Run = { grant, phase: 'verifying', abort: new AbortController(), deadline: receivedAt + grant.expiresInMs, timer: null };
+  /** A new lease: it runs until its own expiry (the coordinator's time), however long the poll that brought it waited. */
+  private accept(grant: LeaseGrant) {
+    const deadline = this.localDeadline(grant.expiresAt, grant.expiresInMs);
+    const run: Run = { grant, phase: 'verifying', abort: new AbortController(), deadline, timer: null };
     this.runs.set(grant.jobId, run);
     run.done = this.execute(run).finally(() => {
       if (run.timer) clearTimeout(run.timer);
@@ -232,7 +295,7 @@ export class LeaseRunner {
         const why = err instanceof LeaseRefused ? err.message : String(err);
         this.o.log.warn('lease refused', { ...fields, error: why });
         run.phase = 'reporting';
-        await this.report(run, { epoch: grant.epoch, reason: 'refused', exitCode: null, error: why });
+        await this.finish(run, { epoch: grant.epoch, reason: 'refused', exitCode: null, error: why });
         return;
       }
     }
@@ -240,13 +303,22 @@ export class LeaseRunner {
     this.arm(run, run.deadline);
     this.o.log.info(resumed ? 'lease resumed' : 'lease accepted', { ...fields, gpus: grant.gpus.map((g) => g.id), executor: this.o.executor.name });
     const sink = (this.o.logSink ?? this.defaultSink)(grant);
-    let runningSent: Promise<void> = Promise.resolve();
+    // The `running` report is retried only while the job runs: the finish report sends it first if it was not taken.
+    const runningTries = new AbortController();
+    const exited = () => {
+      if (run.phase !== 'running') return;
+      run.endedPastLease = Date.now() >= run.deadline;
+      run.phase = 'ending';
+      if (run.timer) clearTimeout(run.timer);
+    };
     const ctx: ExecutionContext = {
       ...(this.o.io ? this.o.io(grant) : leaseIo(this.o.client, grant, (m, f) => this.o.log.warn(m, f))),
       signal: run.abort.signal,
       onRunning: () => {
-        runningSent = this.reportRunning(run);
+        run.started = true;
+        void this.reportRunning(run, runningTries.signal);
       },
+      onExited: exited,
       onLog: (stream, text) => sink.write(stream, text),
     };
     let result: ExecutionResult;
@@ -255,12 +327,17 @@ export class LeaseRunner {
     } catch (err) {
       result = { exitCode: null, reason: 'error', error: `the runtime failed: ${(err as Error)?.message ?? String(err)}` };
     }
-    await runningSent;
-    await sink.close().catch((err) => this.o.log.warn('log shipping did not finish', { ...fields, error: String(err) }));
-    const stop = stopReason(run.abort.signal);
+    exited();
+    runningTries.abort();
+    let stop = stopReason(run.abort.signal);
+    // Ended past its lease (the agent was frozen, and a watchdog may have stopped it): the job
+    // may run elsewhere by now, and the end is not the job's own.
+    if (!stop && run.endedPastLease) stop = 'lease-expired';
     if (stop === 'shutdown' || stop === 'lease-lost' || stop === 'lease-expired') {
       // Not ours to report: the coordinator took the lease back, or it lapses and the job runs again elsewhere.
       this.o.log.info('job stopped without a report', { ...fields, why: stop });
+      // What output is left goes while it can (the coordinator may be away: at most the shipper's deadline).
+      await sink.close().catch((err) => this.o.log.warn('log shipping did not finish', { ...fields, error: String(err) }));
       return;
     }
     run.phase = 'reporting';
@@ -274,19 +351,40 @@ export class LeaseRunner {
             ...(result.error ? { error: result.error.slice(0, 4096) } : {}),
             ...(result.usage ? { usage: result.usage } : {}),
           };
-    await this.report(run, report);
+    await this.finish(run, report, sink);
+  }
+
+  /**
+   * A run's end: kept on disk first (the coordinator may be away, and the agent may restart before
+   * it is back), then its output shipped (the coordinator takes no output after the end), then
+   * reported.
+   */
+  private async finish(run: Run, report: FinishReportInput, sink?: LogSink): Promise<void> {
+    const { jobId, epoch } = run.grant;
+    const stored: StoredReport = { jobId, epoch, report: FinishReport.parse(report), started: run.started ?? false, endedAt: new Date().toISOString() };
+    try {
+      await this.o.reports.save(stored);
+    } catch (err) {
+      this.o.log.warn('could not keep the finish report on disk; it is lost if the agent stops before the coordinator takes it', { jobId, epoch, error: String((err as Error)?.message ?? err) });
+    }
+    this.o.log.info('job ended; its report is kept until the coordinator takes it', { jobId, epoch, reason: stored.report.reason });
+    await sink?.close().catch((err) => this.o.log.warn('log shipping did not finish', { jobId, epoch, error: String(err) }));
+    await this.deliver(stored, run.runningTaken ?? false);
   }
 
   private defaultSink = (grant: LeaseGrant): LogSink =>
     new LogShipper({ transport: httpLogTransport(this.o.client, grant.jobId, grant.epoch), warn: (m, f) => this.o.log.warn(m, f) });
 
-  private async reportRunning(run: Run): Promise<void> {
+  private async reportRunning(run: Run, tries: AbortSignal): Promise<void> {
     const { jobId, epoch } = run.grant;
-    for (let delay = 500; !run.abort.signal.aborted; delay = Math.min(10_000, delay * 2)) {
+    for (let attempt = 0; !run.abort.signal.aborted && !tries.aborted; attempt++) {
       try {
         await this.o.client.post(`/v1/agent/jobs/${encodeURIComponent(jobId)}/running`, { epoch });
+        run.runningTaken = true;
         return;
       } catch (err) {
+        // The run ended meanwhile: its finish report speaks for it now.
+        if (tries.aborted) return;
         if (isGone(err)) {
           this.o.log.warn('the coordinator says this lease is gone: stopping the job', { jobId, epoch, error: String((err as Error).message) });
           this.stopRun(run, 'lease-lost');
@@ -296,32 +394,79 @@ export class LeaseRunner {
           this.o.log.error('running report refused', { jobId, epoch, error: String((err as Error).message) });
           return;
         }
-        await sleep(delay, run.abort.signal);
+        await sleep(retryDelay(attempt, 10_000), AbortSignal.any([run.abort.signal, tries]));
       }
     }
   }
 
   /**
-   * The end of a run, retried until the coordinator gives an answer that will not change: the
-   * database is the truth, and a report with the current epoch counts even after an outage.
-   * Meanwhile the job stays in the heartbeat, so its lease is renewed, not expired.
+   * Delivers a kept report, retried with backoff until the coordinator gives an answer that will
+   * not change: the database is the truth, and a report with the job's current epoch counts even
+   * after an outage (meanwhile the job stays in the heartbeat, so its lease is renewed, not
+   * expired). A 409 (the epoch is not the job's any more) or another final 4xx drops it; the agent
+   * stopping leaves it on disk for the next one.
    */
-  private async report(run: Run, report: FinishReportInput): Promise<void> {
-    const { jobId } = run.grant;
-    for (let delay = 500; ; delay = Math.min(30_000, delay * 2)) {
+  private deliver(stored: StoredReport, runningTaken: boolean): Promise<void> {
+    const key = leaseKey(stored);
+    const existing = this.deliveries.get(key);
+    if (existing) return existing.done;
+    const d: Delivery = { stored, runningTaken: runningTaken || !stored.started, wake: () => {}, done: Promise.resolve() };
+    this.deliveries.set(key, d);
+    d.done = this.deliverLoop(d).finally(() => {
+      if (this.deliveries.get(key) === d) this.deliveries.delete(key);
+    });
+    return d.done;
+  }
+
+  private async deliverLoop(d: Delivery): Promise<void> {
+    const { jobId, epoch, report } = d.stored;
+    const path = `/v1/agent/jobs/${encodeURIComponent(jobId)}`;
+    for (let attempt = 0; ; attempt++) {
       try {
-        const a = await this.o.client.post<{ status: string }>(`/v1/agent/jobs/${encodeURIComponent(jobId)}/finish`, report);
-        this.o.log.info('job reported', { jobId, epoch: report.epoch, reason: report.reason, status: a.status });
-        return;
+        // In order: the coordinator records when the job started from the `running` report (again is harmless).
+        if (!d.runningTaken) {
+          await this.o.client.post(`${path}/running`, { epoch });
+          d.runningTaken = true;
+        }
+        const a = await this.o.client.post<{ status: string }>(`${path}/finish`, report);
+        this.o.log.info('job reported', { jobId, epoch, reason: report.reason, status: a.status });
+        break;
       } catch (err) {
+        if (err instanceof ApiRequestError && err.status === 409) {
+          this.o.log.info('report dropped: the job is no longer held at this epoch', { jobId, epoch, error: err.message });
+          break;
+        }
         if (isFinal(err)) {
-          this.o.log.warn('finish report not taken', { jobId, epoch: report.epoch, error: String((err as Error).message) });
-          return;
+          this.o.log.warn('report dropped: the coordinator refused it', { jobId, epoch, status: (err as ApiRequestError).status, error: (err as Error).message });
+          break;
         }
         if (this.stopping.signal.aborted) return;
-        await sleep(delay * (0.5 + Math.random()), this.stopping.signal);
+        const woken = new AbortController();
+        d.wake = () => woken.abort();
+        await sleep(retryDelay(attempt, 30_000), AbortSignal.any([this.stopping.signal, woken.signal]));
+        d.wake = () => {};
         if (this.stopping.signal.aborted) return;
       }
+    }
+    await this.o.reports.remove(jobId, epoch).catch((err) => this.o.log.warn('could not remove a delivered report', { jobId, epoch, error: String(err) }));
+  }
+
+  /** Reports kept by an earlier agent (the coordinator was away when their runs ended): delivered now. */
+  private async resumeDeliveries(): Promise<void> {
+    let found: Awaited<ReturnType<ReportStore['list']>>;
+    try {
+      found = await this.o.reports.list();
+    } catch (err) {
+      this.o.log.warn('could not read the kept reports', { dir: this.o.reports.dir, error: String((err as Error)?.message ?? err) });
+      return;
+    }
+    for (const name of found.damaged) {
+      this.o.log.warn('removing a kept report that does not read back', { file: name });
+      await this.o.reports.removeDamaged(name).catch(() => {});
+    }
+    for (const stored of found.reports) {
+      this.o.log.info('delivering a report kept from before', { jobId: stored.jobId, epoch: stored.epoch, reason: stored.report.reason, endedAt: stored.endedAt });
+      void this.deliver(stored, false);
     }
   }
 
@@ -336,7 +481,14 @@ export class LeaseRunner {
       return;
     }
     for (const rec of found) {
-      if (!rec.grant || rec.grant.jobId !== rec.jobId || rec.grant.epoch !== rec.epoch) {
+      if (rec.stoppedAtLeaseEnd) {
+        this.o.log.info('discarding a run whose lease is gone (stopped at its lease end while no agent ran)', { jobId: rec.jobId, epoch: rec.epoch });
+        void this.o.executor.discard?.(rec).catch(() => {});
+        continue;
+      }
+      // A run whose end is kept already: what is left of it goes.
+      const reported = this.deliveries.has(leaseKey(rec));
+      if (reported || !rec.grant || rec.grant.jobId !== rec.jobId || rec.grant.epoch !== rec.epoch) {
         void this.o.executor.discard?.(rec).catch(() => {});
         continue;
       }

@@ -1,16 +1,19 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import Docker from 'dockerode';
 import { defaultAllowedRegistries } from '../../shared/images.ts';
-import type { LeaseGrant, ReportedUsage } from '../../shared/leases.ts';
+import type { LeaseGrant, LeaseRef, ReportedUsage } from '../../shared/leases.ts';
 import { InputError, prepareInputs } from '../inputs.ts';
 import { defaultOutputsMaxBytes, saveOutputs } from '../outputs.ts';
+import { writePrivateFile } from '../state.ts';
+import { dockerOptionsFromEnv } from './docker-options.ts';
 import { containerName, containerSpec, labels } from './docker-spec.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
 import { jobNetworkName, NetworkGuard } from './network.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
+import { startWatchdog, stoppedByWatchdog, type DeadlineFile } from './watchdog.ts';
 
 export interface RuntimeLogger {
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -40,6 +43,11 @@ export interface DockerRuntimeOptions {
   imageCacheMb?: number;
   /** Run bridge jobs on Docker's default bridge where the isolation rules are not in force (the provider's own risk). */
   unisolatedBridge?: boolean;
+  /**
+   * How long after its lease's end a container's watchdog stops it when the agent has not (the
+   * agent, when it runs, stops the job at the end itself). Default 2 s.
+   */
+  watchdogMarginMs?: number;
 }
 
 /** The engine's own words for a failure (its JSON message), not dockerode's wrapping. */
@@ -63,11 +71,6 @@ const hostHasIpv6 = existsSync('/proc/sys/net/ipv6');
 const statusOf = (err: unknown) => (err as { statusCode?: number })?.statusCode;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-export function dockerOptionsFromEnv(timeoutMs?: number): Docker.DockerOptions {
-  // With DOCKER_HOST set, docker-modem reads it itself; without, say the system socket.
-  const base: Docker.DockerOptions = process.env.DOCKER_HOST ? {} : { socketPath: '/var/run/docker.sock' };
-  return timeoutMs === undefined ? base : { ...base, timeout: timeoutMs };
-}
 
 /** Whether an engine answers, and its version: what the agent reports at join. */
 export async function probeDocker(opts: Docker.DockerOptions = dockerOptionsFromEnv()): Promise<{ ok: true; version: string; apiVersion: string } | { ok: false; why: string }> {
@@ -99,6 +102,10 @@ export class DockerRuntime implements Executor {
   private readonly grace: number;
   private readonly images: ImageStore;
   private readonly network: NetworkGuard;
+  /** Each run's lease end (local ms) as last renewed, by `jobId.epoch`. */
+  private readonly deadlines = new Map<string, number>();
+  /** Runs whose container has a watchdog reading their deadline file; each file's writes in order. */
+  private readonly guarded = new Map<string, Promise<void>>();
 
   constructor(private readonly o: DockerRuntimeOptions) {
     const base = o.docker ?? dockerOptionsFromEnv();
@@ -122,7 +129,58 @@ export class DockerRuntime implements Executor {
     return join(this.o.workDir, 'jobs', `${jobId}.${epoch}`);
   }
 
+  private deadlineFile(jobId: string, epoch: number) {
+    return join(this.jobDir(jobId, epoch), 'lease-deadline.json');
+  }
+
+  leaseDeadline(lease: LeaseRef, deadlineMs: number): void {
+    const key = `${lease.jobId}.${lease.epoch}`;
+    this.deadlines.set(key, deadlineMs);
+    if (this.guarded.has(key)) this.writeDeadline(lease);
+  }
+
+  /** The run's lease end into the file its watchdog reads, after any earlier write of it. */
+  private writeDeadline(lease: LeaseRef): Promise<void> {
+    const key = `${lease.jobId}.${lease.epoch}`;
+    const write = async () => {
+      const deadlineMs = this.deadlines.get(key);
+      if (deadlineMs === undefined || !this.guarded.has(key)) return;
+      const body: DeadlineFile = { deadlineMs };
+      await writePrivateFile(this.deadlineFile(lease.jobId, lease.epoch), JSON.stringify(body)).catch((err) =>
+        this.o.log.warn('could not write the lease deadline for the container watchdog', { jobId: lease.jobId, error: String((err as Error)?.message ?? err) }),
+      );
+    };
+    const next = (this.guarded.get(key) ?? Promise.resolve()).then(write);
+    this.guarded.set(key, next);
+    return next;
+  }
+
+  /**
+   * Gives the container a deadline that holds without the agent: its lease end on disk, and a
+   * watchdog process (runtime/watchdog.ts) that stops it past that end unless the agent renewed it.
+   */
+  private async guard(grant: LeaseGrant, containerId: string): Promise<void> {
+    const key = `${grant.jobId}.${grant.epoch}`;
+    if (!this.deadlines.has(key)) this.deadlines.set(key, Date.now() + grant.expiresInMs);
+    this.guarded.set(key, this.guarded.get(key) ?? Promise.resolve());
+    await this.writeDeadline(grant);
+    try {
+      await startWatchdog(containerId, this.deadlineFile(grant.jobId, grant.epoch), this.grace, this.o.watchdogMarginMs ?? 2000);
+    } catch (err) {
+      this.o.log.warn('could not start the container watchdog: the job stops at its lease end only while the agent runs', { jobId: grant.jobId, error: String((err as Error)?.message ?? err) });
+    }
+  }
+
   async run(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
+    try {
+      return await this.runContainer(grant, ctx);
+    } finally {
+      const key = `${grant.jobId}.${grant.epoch}`;
+      if (!this.guarded.has(key)) this.deadlines.delete(key);
+    }
+  }
+
+  private async runContainer(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
     const name = containerName(grant.jobId, grant.epoch);
     const existing = await this.inspectByName(name);
     if (existing) {
@@ -229,6 +287,7 @@ export class DockerRuntime implements Executor {
     const cursorFile = join(dir, 'log-cursor');
     const outputsDir = join(dir, 'outputs');
     const fresh = info.State.Status === 'created';
+    if (fresh || info.State.Running) await this.guard(grant, info.Id);
 
     let exited: Promise<{ StatusCode?: number; Error?: { Message?: string } | null }>;
     if (fresh) {
@@ -289,6 +348,8 @@ export class DockerRuntime implements Executor {
         await sampler.stop();
         return { exitCode: null, reason: 'cancelled', error: 'the agent stopped; the container runs on and the next agent resumes it' };
       }
+      // Nothing runs any more: saving the outputs may outlast the lease (an outage) without cost.
+      ctx.onExited?.();
       await stopping;
       // Every line the engine kept, then the figures.
       await Promise.race([pump, sleep(120_000)]);
@@ -455,6 +516,12 @@ export class DockerRuntime implements Executor {
   }
 
   private async remove(id: string, dir: string): Promise<void> {
+    // The watchdog goes with the folder; a deadline write still under way finishes first.
+    const key = basename(dir);
+    const writes = this.guarded.get(key);
+    this.guarded.delete(key);
+    this.deadlines.delete(key);
+    await writes?.catch(() => {});
     await this.api
       .getContainer(id)
       .remove({ force: true, v: true })
@@ -480,7 +547,8 @@ export class DockerRuntime implements Executor {
       } catch {
         grant = null;
       }
-      runs.push({ jobId, epoch, grant, running: c.State === 'running' });
+      const stoppedAtLeaseEnd = await stat(join(this.jobDir(jobId, epoch), stoppedByWatchdog)).then(() => true, () => false);
+      runs.push({ jobId, epoch, grant, running: c.State === 'running', ...(stoppedAtLeaseEnd ? { stoppedAtLeaseEnd } : {}) });
     }
     return runs;
   }

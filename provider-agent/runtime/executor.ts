@@ -1,4 +1,4 @@
-import type { LeaseGrant, OutcomeReason, ReportedUsage } from '../../shared/leases.ts';
+import type { LeaseGrant, LeaseRef, OutcomeReason, ReportedUsage } from '../../shared/leases.ts';
 
 /**
  * THE interface a runtime implements (Docker, the test executor). The lease runner calls run()
@@ -18,6 +18,12 @@ export interface Executor {
   recover?(): Promise<RecoveredRun[]>;
   /** Stops and removes what is left of a run whose lease is gone (found by recover()). */
   discard?(run: RecoveredRun): Promise<void>;
+  /**
+   * The local time (ms) a run's lease ends at, as last renewed: called at the start and at every
+   * renewal. A runtime that can stop the job at that time without the agent (Docker: a watchdog
+   * process, runtime/watchdog.ts) keeps it where that stop can read it.
+   */
+  leaseDeadline?(lease: LeaseRef, deadlineMs: number): void;
 }
 
 /** A run found after an agent restart: the job, the epoch it ran under, and the grant it was started with. */
@@ -28,6 +34,8 @@ export interface RecoveredRun {
   grant: LeaseGrant | null;
   /** Whether the job's process is still running (false: it ended while the agent was away). */
   running: boolean;
+  /** Stopped at its lease's end while no agent ran (its watchdog did): its end is not the job's own, it is never resumed. */
+  stoppedAtLeaseEnd?: boolean;
 }
 
 /** Why the runner aborted a run: what ctx.signal.reason holds. */
@@ -41,6 +49,12 @@ export interface ExecutionContext {
   signal: AbortSignal;
   /** Call once the job's process has started (the container runs): the runner reports `running`. */
   onRunning(): void;
+  /**
+   * Call once the job's process has ended, before its outputs are saved: from then on the end of
+   * the lease no longer stops the run (nothing runs any more), so a slow upload during an outage
+   * does not cost the result. Without the call, run()'s return counts as the end.
+   */
+  onExited?(): void;
   /**
    * Output as it comes, in order per stream; the log shipper numbers and sends it. When it
    * returns a promise the runtime waits for it before reading more output (the shipper's

@@ -11,6 +11,8 @@ import { stopReason, type ExecutionContext, type ExecutionResult, type Executor 
  *   GANTRY_TEST_OUTCOME  succeed (default) | fail | hang | oom | error
  *   GANTRY_TEST_EXIT     the exit code of `fail` (default 1)
  *   GANTRY_TEST_SLEEP_MS how long the run lasts before it ends (default 0)
+ *   GANTRY_TEST_START_MS how long the job takes to start, before `running` (default 0: an image
+ *                        pull, a slow container start)
  *   GANTRY_TEST_RECORD   a file to append one JSON line to at each start and end (for tests
  *                        that check a job never ran on two nodes at once)
  */
@@ -23,12 +25,14 @@ export class TestExecutor implements Executor {
     const env = grant.spec.env ?? {};
     const outcome = env.GANTRY_TEST_OUTCOME ?? 'succeed';
     const sleepMs = Math.max(0, Number(env.GANTRY_TEST_SLEEP_MS ?? 0) || 0);
+    const startMs = Math.max(0, Number(env.GANTRY_TEST_START_MS ?? 0) || 0);
     const record = (event: 'start' | 'end', extra: Record<string, unknown> = {}) => {
       if (!env.GANTRY_TEST_RECORD) return;
       const line = { event, jobId: grant.jobId, epoch: grant.epoch, nodeId: this.opts.nodeId ?? null, gpus: grant.gpus.map((g) => g.id), at: Date.now(), ...extra };
       appendFileSync(env.GANTRY_TEST_RECORD, `${JSON.stringify(line)}\n`);
     };
     if (outcome === 'error') return { exitCode: null, reason: 'error', error: 'the test executor was told to fail to start (GANTRY_TEST_OUTCOME=error)' };
+    if (startMs > 0) await wait(startMs, ctx.signal);
     if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
     const started = Date.now();
     record('start');
@@ -36,13 +40,7 @@ export class TestExecutor implements Executor {
     await ctx.onLog('stdout', `test executor: ${grant.spec.command.join(' ')}\n`);
     const timeoutMs = grant.spec.timeoutSeconds * 1000;
     const ends = outcome === 'hang' ? timeoutMs : Math.min(sleepMs, timeoutMs);
-    const how = await new Promise<'done' | 'aborted'>((resolve) => {
-      const timer = setTimeout(() => resolve('done'), ends);
-      ctx.signal.addEventListener('abort', () => {
-        clearTimeout(timer);
-        resolve('aborted');
-      }, { once: true });
-    });
+    const how = await wait(ends, ctx.signal);
     const usage = { wallSeconds: (Date.now() - started) / 1000 };
     if (how === 'aborted') {
       record('end', { reason: stopReason(ctx.signal) });
@@ -59,4 +57,16 @@ export class TestExecutor implements Executor {
     }
     return { exitCode: 0, reason: 'succeeded', usage };
   }
+}
+
+/** Resolves after `ms`, or at once when the run is stopped. */
+function wait(ms: number, signal: AbortSignal): Promise<'done' | 'aborted'> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve('aborted');
+    const timer = setTimeout(() => resolve('done'), ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(timer);
+      resolve('aborted');
+    }, { once: true });
+  });
 }

@@ -7,10 +7,11 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eq } from 'drizzle-orm';
-import { jobs } from '../../coordinator/db/schema/index.ts';
+import { eq, sql } from 'drizzle-orm';
+import { jobs, nodes } from '../../coordinator/db/schema/index.ts';
 import { changeStatus } from '../../coordinator/jobs/lifecycle.ts';
 import { toMicros } from '../../shared/money.ts';
 import type { RegisteredNode } from '../../shared/nodes.ts';
@@ -504,6 +505,131 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
       expect(r.stdout).toMatch(new RegExp(`^${j.id}\\s+metered\\s+succeeded\\s+${node.nodeId}\\s+30m\\s+30m\\s+1\\.50$`, 'm'));
       const bad = await gantry(['usage', '--since', 'yesterday']);
       expect(bad.code).toBe(2);
+    });
+  });
+
+  describe('a hostile node', () => {
+    // What a node sends is data: escape sequences (a window title, a screen clear, a cursor move),
+    // a bell, NUL and lone surrogates in its finish error, progress notes, log lines and archive
+    // names never reach the client's terminal as such, and its outputs never fill the disk.
+    const hostile = `boom\u001b]0;owned\u0007\u001b[2J\u001b[1;1H\u001b[31mred\u001b[0m\u0000\ud800\udfff\u009b2J\u0007`;
+    /** What is left of terminal output once its colours (SGR) are taken out: no control character but \t, \n and \r. */
+    const expectNoEscapes = (what: string, out: string) => expect(out.replace(/\x1b\[[0-9;]*m/g, ''), what).not.toMatch(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]/);
+    const asAgent = (path: string, body: unknown) =>
+      node.fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    /** Leases a job to the test node as the scheduler would: running, with its CPU and memory taken from the node. */
+    async function running(jobId: string) {
+      await leaseTo(h, jobId, node.nodeId, 'running');
+      await h.coordinator.deps.database.db
+        .update(nodes)
+        .set({ allocatedCpuMillis: sql`${nodes.allocatedCpuMillis} + 1000`, allocatedMemoryMb: sql`${nodes.allocatedMemoryMb} + 1024` })
+        .where(eq(nodes.id, node.nodeId));
+    }
+    const queuedJob = () => ['--image', 'busybox', '--gpus', '1', '--gpu-model', 'NoSuchGPU', '--cpu', '1', '--memory', '1G'];
+
+    it('cannot reach the terminal through wait, logs -f, submit --follow, job and logs', async () => {
+      const f = start(['submit', ...queuedJob(), '--follow', '--', 'true'], asClient);
+      const followers = [f];
+      try {
+        const jobId = await until('the job id', () => f.output().stdout.match(/^(job_\w+)\n/)?.[1]);
+        const waiter = start(['wait', jobId], asClient);
+        const logsF = start(['logs', '-f', jobId], asClient);
+        followers.push(waiter, logsF);
+        await until('the followers waiting', () => waiter.output().stderr.includes('queued') && logsF.output().stderr.includes('queued'));
+        await running(jobId);
+        const at = new Date().toISOString();
+        expect((await asAgent(`/v1/agent/jobs/${jobId}/logs`, { epoch: 1, seq: 0, stream: 'stdout', at, lines: [`plain line`, `colour \u001b[31mred\u001b[0m and ${hostile}`] })).status).toBe(200);
+        expect((await asAgent(`/v1/agent/jobs/${jobId}/logs`, { epoch: 1, seq: 1, stream: 'stderr', at, lines: [`progress 10%\rprogress 20%\t${hostile}`] })).status).toBe(200);
+        expect((await asAgent(`/v1/agent/jobs/${jobId}/progress`, { epoch: 1, message: `pulling ${hostile}` })).status).toBe(204);
+        await until('the log lines', () => f.output().stdout.includes('plain line') && logsF.output().stdout.includes('plain line'));
+        const finish = await asAgent(`/v1/agent/jobs/${jobId}/finish`, { epoch: 1, reason: 'error', exitCode: null, error: hostile });
+        expect(finish.status, await finish.clone().text()).toBe(200);
+        const [sub, waited, followed] = await Promise.all([f.done, waiter.done, logsF.done]);
+        for (const [what, r, code] of [['submit --follow', sub, 1], ['wait', waited, 1], ['logs -f', followed, 0]] as const) {
+          expect(r.code, what).toBe(code);
+          expect(r.stderr, what).toMatch(new RegExp(`${jobId} failed: boom`));
+          expectNoEscapes(`${what} stdout`, r.stdout);
+          expectNoEscapes(`${what} stderr`, r.stderr);
+        }
+        // The job's colours are kept in its log, and so are its carriage returns and tabs.
+        expect(sub.stdout).toContain('colour \x1b[31mred\x1b[0m and boom');
+        expect(followed.stderr).toContain('progress 10%\rprogress 20%\tboom');
+
+        const shown = await gantry(['job', jobId]);
+        expect(shown.code).toBe(0);
+        expect(shown.stdout).toMatch(/pulling boom/);
+        expectNoEscapes('job', shown.stdout + shown.stderr);
+        const logs = await gantry(['logs', jobId]);
+        expect(logs.code).toBe(0);
+        expectNoEscapes('logs', logs.stdout + logs.stderr);
+        expect(logs.stdout).toContain('\x1b[31mred\x1b[0m');
+        // --raw gives the log as the node sent it (less what the coordinator cleaned: NUL and the like).
+        const raw = await gantry(['logs', jobId, '--raw']);
+        expect(raw.code).toBe(0);
+        expect(raw.stdout).toContain('\x1b]0;owned');
+        expect(raw.stdout).toContain('\x1b[2J');
+      } finally {
+        for (const p of followers) p.child.kill();
+      }
+    });
+
+    it('cannot reach the terminal through cancel --wait', async () => {
+      const job = await h.client(client.key).post<Job>('/v1/jobs', { name: 'to-cancel', image: 'busybox', command: ['true'], resources: { cpu: 1, memoryMb: 1024, gpus: 1, gpu: { model: 'NoSuchGPU' } } });
+      await running(job.id);
+      const c = start(['cancel', '--wait', job.id], asClient);
+      try {
+        await until('the cancel asked', async () => (await h.client(client.key).get<Job>(`/v1/jobs/${job.id}`)).cancelRequestedAt);
+        expect((await asAgent(`/v1/agent/jobs/${job.id}/finish`, { epoch: 1, reason: 'cancelled', exitCode: 137, error: hostile })).status).toBe(200);
+        const r = await c.done;
+        expect(r.code).toBe(0);
+        expect(r.stdout).toMatch(new RegExp(`${job.id} cancelled with exit code 137.*: boom`));
+        expectNoEscapes('cancel --wait', r.stdout + r.stderr);
+      } finally {
+        c.child.kill();
+      }
+    });
+
+    it('cannot reach the terminal through archive names, nor fill the disk past the caps', async () => {
+      const job = await h.client(client.key).post<Job>('/v1/jobs', { name: 'out-hostile', image: 'busybox', command: ['true'], resources: { cpu: 1, memoryMb: 64 } });
+      await leaseTo(h, job.id, node.nodeId, 'running');
+      // A gzip bomb (64 MiB of zeros in about 64 KiB) is not taken at all.
+      const zeros = tar.pack();
+      zeros.entry({ name: 'zeros.bin' }, Buffer.alloc(64 << 20));
+      zeros.finalize();
+      const zeroParts: Buffer[] = [];
+      for await (const c of zeros) zeroParts.push(Buffer.from(c as Uint8Array));
+      const bomb = gzipSync(Buffer.concat(zeroParts));
+      const refused = await node.fetch(`/v1/agent/jobs/${job.id}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(bomb), headers: { 'content-type': 'application/x-tar' } });
+      expect(refused.status).toBe(415);
+      const none = await gantry(['outputs', job.id, '-o', join(home, 'no-outputs')]);
+      expect(none.code).toBe(1);
+      expect(none.stderr).toMatch(/not found/);
+      const pack = tar.pack();
+      pack.entry({ name: 'ok.txt' }, 'fine');
+      pack.entry({ name: `\u001b]0;owned\u0007\u001b[2J/../../escape.txt` }, 'no');
+      pack.entry({ name: `\u001b[31mlink\u001b[0m`, type: 'symlink', linkname: '/etc/passwd' });
+      pack.entry({ name: 'big.bin' }, Buffer.alloc(3 << 20));
+      pack.finalize();
+      const parts: Buffer[] = [];
+      for await (const c of pack) parts.push(Buffer.from(c as Uint8Array));
+      const up = await node.fetch(`/v1/agent/jobs/${job.id}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(Buffer.concat(parts)), headers: { 'content-type': 'application/x-tar' } });
+      expect(up.status).toBe(201);
+
+      const dir = join(await mkdtemp(join(home, 'hostile-')), 'out');
+      const r = await gantry(['outputs', job.id, '-o', dir]);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toMatch(/left out .*escape\.txt/);
+      expectNoEscapes('outputs', r.stdout + r.stderr);
+
+      // Past a cap: one line, exit 1, and no more on disk than the cap allows.
+      const capped = join(await mkdtemp(join(home, 'capped-')), 'out');
+      const big = await gantry(['outputs', job.id, '-o', capped, '--max-size', '1M']);
+      expect(big.code).toBe(1);
+      expect(big.stderr).toBe(`gantry outputs: the outputs of ${job.id} hold more than 1M (--max-size): stopped after 1 file (4 bytes) in ${capped}\n`);
+      await expect(stat(join(capped, 'big.bin'))).rejects.toThrow();
+      const few = await gantry(['outputs', job.id, '-o', join(capped, 'few'), '--max-files', '1']);
+      expect(few.code).toBe(1);
+      expect(few.stderr).toBe(`gantry outputs: the outputs of ${job.id} hold more than 1 entries (--max-files): stopped after 1 file (4 bytes) in ${join(capped, 'few')}\n`);
     });
   });
 

@@ -141,6 +141,14 @@ describe.skipIf(dbSkipReason)('leases', () => {
     const path = `/v1/agent/jobs/${grant.jobId}`;
     const status = (p: Promise<unknown>) => p.then(() => 200, (e: ApiRequestError) => `${e.status} ${e.problem?.code}`);
     expect(await status(b.api.post(`${path}/running`, { epoch: grant.epoch }))).toBe('404 not_found');
+    // No oracle: a wrong epoch on another node's job is the same 404, saying nothing of the lease.
+    for (const route of ['running', 'finish']) {
+      const body = route === 'running' ? { epoch: grant.epoch + 7 } : { epoch: grant.epoch + 7, reason: 'succeeded' };
+      const wrong = await b.api.post(`${path}/${route}`, body).catch((e: ApiRequestError) => e);
+      expect(wrong, route).toBeInstanceOf(ApiRequestError);
+      expect(`${(wrong as ApiRequestError).status} ${(wrong as ApiRequestError).problem?.code}`, route).toBe('404 not_found');
+      expect((wrong as ApiRequestError).problem?.detail, route).not.toMatch(/epoch|\d/);
+    }
     expect(await status(a.api.post(`${path}/running`, { epoch: grant.epoch + 1 }))).toBe('409 stale_lease');
     expect((await db().select().from(jobs).where(eq(jobs.id, grant.jobId)))[0]!.status).toBe('leased');
     expect(await status(a.api.post(`${path}/running`, { epoch: grant.epoch }))).toBe(200);

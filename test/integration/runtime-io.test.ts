@@ -1,4 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
+import tarStream from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eq } from 'drizzle-orm';
 import { jobs } from '../../coordinator/db/schema/index.ts';
@@ -15,6 +17,15 @@ const spec = (extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 const postJson = (body: unknown) => ({ method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+/** A plain tar holding one file of these bytes, as the agent packs /outputs. */
+async function tarOf(name: string, bytes: Buffer): Promise<Buffer> {
+  const pack = tarStream.pack();
+  pack.entry({ name }, bytes);
+  pack.finalize();
+  const parts: Buffer[] = [];
+  for await (const c of pack) parts.push(Buffer.from(c as Uint8Array));
+  return Buffer.concat(parts);
+}
 const chunk = (seq: number, lines: string[], stream = 'stdout', epoch = 1) => ({ epoch, seq, stream, at: new Date().toISOString(), lines });
 
 describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
@@ -193,13 +204,22 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
 
   it('stores outputs and result for the job owner, fenced by the lease', async () => {
     const jobId = await submitRunning();
-    const tar = randomBytes(50_000);
+    const tar = await tarOf('model.bin', randomBytes(50_000));
     const up = await node.fetch(`/v1/agent/jobs/${jobId}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(tar), headers: { 'content-type': 'application/x-tar' } });
     expect(up.status).toBe(201);
     expect(await up.json()).toEqual({ digest: sha(tar), size: tar.length });
     expect((await node.fetch(`/v1/agent/jobs/${jobId}/outputs?epoch=2`, { method: 'POST', body: new Uint8Array(tar) })).status).toBe(409);
     expect((await node.fetch(`/v1/agent/jobs/${jobId}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(randomBytes(100_001)) })).status).toBe(413);
     expect((await node.fetch(`/v1/agent/jobs/${jobId}/result`, postJson({ epoch: 1, result: { loss: 0.25, ok: true } }))).status).toBe(204);
+    // Only a plain tar: a gzipped one (4 MB of zeros in 4 KB here) and bytes that are no tar are
+    // refused, and the outputs stored before stay.
+    const bomb = gzipSync(await tarOf('zeros.bin', Buffer.alloc(4 << 20)));
+    expect(bomb.length).toBeLessThan(100_000);
+    for (const body of [bomb, randomBytes(50_000), Buffer.from('tiny')]) {
+      const refused = await node.fetch(`/v1/agent/jobs/${jobId}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(body), headers: { 'content-type': 'application/x-tar' } });
+      expect(refused.status).toBe(415);
+      expect((await refused.json()).detail).toMatch(/plain, uncompressed tar/);
+    }
 
     const down = await h.fetch(`/v1/jobs/${jobId}/outputs`, { key: client.key });
     expect(down.status).toBe(200);

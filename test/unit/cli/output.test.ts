@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { interactive, Painter, Progress, sanitize, table, type Column } from '../../../cli/output.ts';
+import { interactive, Painter, printable, Progress, table, type Column } from '../../../cli/output.ts';
 
 interface Row {
   id: string;
@@ -30,7 +30,17 @@ describe('tables', () => {
   it('never lets a name drive the terminal', () => {
     const out = table(cols, [{ id: 'a', name: 'evil\x1b]0;pwned\x07\x1b[2J', n: 1 }]);
     expect(out).not.toMatch(/\x1b|\x07/);
-    expect(sanitize('a\nb\u009bc')).toBe('a?b?c');
+    expect(printable('a\nb\u009bc')).toBe('a?b?c');
+  });
+
+  it('keeps only colours, tabs, carriage returns and newlines of a log, and nothing of the kind in other text', () => {
+    const hostile = 'a\x1b[31mred\x1b[0m\tb\rc\n\x1b]0;title\x07\x1b]8;;http://x\x1b\\link\x1b[2J\x1b[1;1H\x1bc\x1bP1$q\x1b\\\x07\b\u009b2J\u202eevil\x1b';
+    expect(printable(hostile, 'log')).toBe('a\x1b[31mred\x1b[0m\tb\rc\nlink???2J\u202eevil?');
+    expect(printable(hostile)).toBe('ared?b?c?link???2J?evil?');
+    // Only SGR survives in a log: whatever else is left has no ESC in it.
+    expect(printable(hostile, 'log').replace(/\x1b\[[0-9;]*m/g, '')).not.toMatch(/[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]/);
+    // A string never ended hides the rest of its line, not the lines after it.
+    expect(printable('a\x1b]0;never ended\nnext line\n', 'log')).toBe('a\nnext line\n');
   });
 
   it('paints only when colour is on, and measures widths without the escape codes', () => {

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ApiClient } from '../shared/client.ts';
 import { ApiRequestError } from '../shared/client.ts';
 import { isTerminal, type Job } from '../shared/jobs.ts';
-import { LogBatch } from '../shared/logs.ts';
+import { LogBatch, LogStreamEnd, resumableEnds } from '../shared/logs.ts';
 import { expectOk, getJob, serverSentEvents } from './api.ts';
 import type { Context } from './command.ts';
 import { printable } from './output.ts';
@@ -79,6 +79,13 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
         signal,
         timeoutMs: 24 * 3600_000,
       });
+      if (res.status === 429) {
+        // Too many streams open for this key right now: wait as told, the job goes on.
+        const retryAfter = Number(res.headers.get('retry-after'));
+        await res.body?.cancel();
+        await sleep(retryAfter > 0 ? retryAfter * 1000 : 10_000, undefined, { signal }).catch(() => {});
+        continue;
+      }
       await expectOk(res);
     } catch (err) {
       if (signal.aborted) return true;
@@ -89,9 +96,15 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
       continue;
     }
     try {
+      let end: 'final' | 'resume' | null = null;
       for await (const ev of serverSentEvents(res.body!)) {
         if (ev.id !== undefined) lastId = ev.id;
-        if (ev.event === 'end') return true;
+        if (ev.event === 'end') {
+          // The stream's longest life, a slow reader, a restarting coordinator: resume from the last id at once.
+          const why = LogStreamEnd.safeParse(safeJson(ev.data));
+          end = why.success && resumableEnds.includes(why.data.reason) ? 'resume' : 'final';
+          break;
+        }
         if (ev.event !== 'log') continue;
         const batch = LogBatch.safeParse(safeJson(ev.data));
         // A reconnect may replay chunks already shown.
@@ -100,7 +113,14 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
         onOutput();
         writeBatch(ctx, batch.data, raw);
       }
-      return true;
+      if (end === 'final') return true;
+      if (end === 'resume') {
+        attempt = -1;
+        continue;
+      }
+      // Closed without an end event: the coordinator went away; try again shortly.
+      await sleep(500, undefined, { signal }).catch(() => {});
+      attempt = -1;
     } catch {
       if (signal.aborted) return true;
       attempt = 0;

@@ -42,6 +42,11 @@ const Env = z
     GANTRY_BLOB_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
     GANTRY_OUTPUTS_MAX_BYTES: positiveInt.default(256 * 1024 * 1024),
     GANTRY_LOG_MAX_BYTES_PER_JOB: positiveInt.default(64 * 1024 * 1024),
+    // Log streams (GET /v1/jobs/:id/logs?follow=1) open at once on this coordinator: per key, and in all.
+    GANTRY_LOG_STREAMS_PER_KEY: positiveInt.max(100_000).default(100),
+    GANTRY_LOG_STREAMS_MAX: positiveInt.max(1_000_000).default(10_000),
+    // A log stream ends after this long with a final event; the client reconnects from its last id.
+    GANTRY_LOG_STREAM_MAX_SECONDS: positiveInt.max(86_400).default(3600),
   })
   .refine((e) => Boolean(e.GANTRY_TLS_CERT) === Boolean(e.GANTRY_TLS_KEY), {
     message: 'GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both or neither',
@@ -71,6 +76,9 @@ export interface Config {
   blobMaxBytes: number;
   outputsMaxBytes: number;
   logMaxBytesPerJob: number;
+  logStreamsPerKey: number;
+  logStreamsMax: number;
+  logStreamMaxSeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -120,5 +128,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     blobMaxBytes: e.GANTRY_BLOB_MAX_BYTES,
     outputsMaxBytes: e.GANTRY_OUTPUTS_MAX_BYTES,
     logMaxBytesPerJob: e.GANTRY_LOG_MAX_BYTES_PER_JOB,
+    logStreamsPerKey: e.GANTRY_LOG_STREAMS_PER_KEY,
+    logStreamsMax: e.GANTRY_LOG_STREAMS_MAX,
+    logStreamMaxSeconds: e.GANTRY_LOG_STREAM_MAX_SECONDS,
   };
 }

@@ -9,6 +9,7 @@ import type { PoolStats } from './pool/stats.ts';
 import type { AgentVerifier } from './nodes/agent-auth.ts';
 import type { Signals } from './signals.ts';
 import type { LeaseService } from './leases/service.ts';
+import type { LogFollowers } from './logs/followers.ts';
 import type { SchedulerLoop } from './scheduler/loop.ts';
 
 /** What the lease side adds to a heartbeat answer (renewed tokens, cancellations). */
@@ -53,4 +54,6 @@ export interface AppDeps {
   /** The pool's figures, cached for a crowd of readers (GET /v1/pool, /metrics, the dashboard). */
   pool: PoolStats;
   metrics: Metrics;
+  /** Every open log stream of this coordinator: one read per followed job, caps, max life. */
+  logFollowers: LogFollowers;
 }

@@ -12,8 +12,9 @@ import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
 import { noHeartbeatHook, type AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
-import { AgentVerifier } from './nodes/agent-auth.ts';
+import { AgentVerifier, nodeRetiredChannel } from './nodes/agent-auth.ts';
 import { startNodeSweeper } from './nodes/sweeper.ts';
+import { LogFollowers } from './logs/followers.ts';
 import { Signals } from './signals.ts';
 import { createLeaseSide } from './leases/start.ts';
 import { Metrics } from './metrics/registry.ts';
@@ -50,21 +51,29 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const adminKey = await bootstrapAdmin(database);
     const signals = new Signals();
     const leaseSide = await createLeaseSide({ database, clock, config, log, signals });
+    const keys = new KeyVerifier(database, clock);
     const deps: AppDeps = {
       config,
       database,
       clock,
       log,
       signals,
-      keys: new KeyVerifier(database, clock),
+      keys,
       agents: new AgentVerifier(database.db, clock, config.name),
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
       scheduler: leaseSide.scheduler,
       ...poolParts(database, clock, config, leaseSide.scheduler),
+      logFollowers: new LogFollowers(
+        database,
+        signals,
+        { perKey: config.logStreamsPerKey, total: config.logStreamsMax, maxLifeMs: config.logStreamMaxSeconds * 1000 },
+        (fn) => keys.onRevoked(fn),
+      ),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();
+    const stopRetiredListener = await database.listen(nodeRetiredChannel, (nodeId) => deps.agents.forgetNode(nodeId));
     const app = createApp(deps);
     const server: ServerType = await new Promise((resolve) => {
       const s = serve(
@@ -101,8 +110,9 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       adminKey,
       close: () =>
         (closing ??= (async () => {
-          // The scheduler and sweeper stop first; waiting long-polls answer at once.
+          // The scheduler and sweeper stop first; waiting long-polls answer at once, log streams end.
           await leaseSide.stop();
+          await deps.logFollowers.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {
             const http = server as { closeIdleConnections?: () => void; closeAllConnections?: () => void };
@@ -121,6 +131,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
             http.closeIdleConnections?.();
           });
           await stopKeyListener().catch(() => {});
+          await stopRetiredListener().catch(() => {});
           await nodeSweeper.stop();
           await poolHistory.stop();
           if (ownsDatabase) await database.close();

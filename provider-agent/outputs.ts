@@ -1,7 +1,8 @@
 import { createWriteStream } from 'node:fs';
 import { openAsBlob } from 'node:fs';
-import { lstat, open, readdir, readlink, stat } from 'node:fs/promises';
+import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 
@@ -101,39 +102,135 @@ async function fileEntry(pack: tar.Pack, header: TarHeader, path: string): Promi
 
 export type ResultRead = { ok: true; value: unknown } | { ok: false; why: string } | null;
 
-/** /outputs/result.json when present: its value if it is valid JSON of at most maxResultBytes. */
-export async function readResult(outputsDir: string): Promise<ResultRead> {
-  const path = join(outputsDir, 'result.json');
-  const s = await stat(path).catch(() => null);
-  if (!s) return null;
-  if (!s.isFile()) return { ok: false, why: 'result.json is not a file' };
-  if (s.size > maxResultBytes) return { ok: false, why: `result.json is ${s.size} bytes, over the ${maxResultBytes}-byte limit` };
-  const text = (await (await openAsBlob(path)).text()).trim();
-  try {
-    return { ok: true, value: JSON.parse(text) };
-  } catch (err) {
-    return { ok: false, why: `result.json is not valid JSON (${(err as Error).message})` };
-  }
+/**
+ * What result.json holds, judged without quoting it: a job can point it at any file the reader
+ * could see, so a refusal says what is wrong and never shows a byte of the content.
+ */
+export function judgeResult(kind: 'file' | 'link' | 'other', size: number, read: () => Promise<string>): Promise<ResultRead> | ResultRead {
+  if (kind === 'link') return { ok: false, why: 'result.json is a link, not a file' };
+  if (kind === 'other') return { ok: false, why: 'result.json is not a regular file' };
+  if (size > maxResultBytes) return { ok: false, why: `result.json is ${size} bytes, over the ${maxResultBytes}-byte limit` };
+  return read().then((text) => {
+    try {
+      return { ok: true, value: JSON.parse(text.trim()) };
+    } catch {
+      return { ok: false, why: 'result.json is not valid JSON' };
+    }
+  });
 }
 
+/** /outputs/result.json in a folder of the agent's own (the process runtime): the link itself, never its target. */
+export async function readResult(outputsDir: string): Promise<ResultRead> {
+  const path = join(outputsDir, 'result.json');
+  const s = await lstat(path).catch(() => null);
+  if (!s) return null;
+  const kind = s.isSymbolicLink() ? 'link' : s.isFile() ? 'file' : 'other';
+  return judgeResult(kind, s.size, async () => (await openAsBlob(path)).text());
+}
+
+/** What a run left in /outputs, read once: result.json judged, the rest packed (capped). */
+export interface OutputsRead {
+  result: ResultRead;
+  packed: PackedOutputs | null;
+  /** Every entry read (folders, files, links), /outputs itself included. */
+  entries: number;
+  /** The length of the longest folder path read ("outputs/..."). */
+  deepestFolder: number;
+}
 
 /**
- * What a run leaves in its outputs folder, made safe before its end is reported: result.json
- * stored on the job, the folder packed (capped) and uploaded with the lease. A failure here is
- * noted in the job's events and the agent's log; the run's own outcome stands.
+ * Repacks the engine's archive of a container's /outputs (GET /containers/{id}/archive, whose
+ * entries are named "outputs/...") into a tar of what is under it, files up to maxBytes of
+ * content in all, and picks result.json out of it on the way. Links stay links: nothing is
+ * followed, and nothing is read through a host path.
+ */
+export async function repackArchive(archive: AsyncIterable<Buffer> | Iterable<Buffer>, file: string, maxBytes: number): Promise<OutputsRead> {
+  const pack = tar.pack();
+  const written = pipeline(pack, createWriteStream(file, { mode: 0o600 }));
+  const extract = tar.extract();
+  let result: ResultRead = null;
+  let bytes = 0;
+  let files = 0;
+  let skipped = 0;
+  let packedEntries = 0;
+  let entries = 0;
+  let deepestFolder = 0;
+  const reading = (async () => {
+    for await (const entry of extract) {
+      const h = entry.header;
+      entries++;
+      if (h.type === 'directory') deepestFolder = Math.max(deepestFolder, Buffer.byteLength(h.name));
+      const slash = h.name.indexOf('/');
+      const rel = slash < 0 ? '' : h.name.slice(slash + 1).replace(/\/$/, '');
+      if (!rel) {
+        entry.resume();
+        continue;
+      }
+      const base = { name: rel, mode: (h.mode ?? 0o644) & 0o7777, mtime: h.mtime ?? new Date() };
+      if (rel === 'result.json') {
+        const kind = h.type === 'file' || h.type === 'contiguous-file' ? 'file' : h.type === 'symlink' || h.type === 'link' ? 'link' : 'other';
+        const size = h.size ?? 0;
+        if (kind === 'file' && size <= maxResultBytes) {
+          const parts: Buffer[] = [];
+          for await (const p of entry) parts.push(p as Buffer);
+          const content = Buffer.concat(parts);
+          result = await judgeResult('file', size, async () => content.toString('utf8'));
+          if (bytes + size <= maxBytes) {
+            await new Promise<void>((res, rej) => pack.entry({ ...base, type: 'file', size }, content, (e) => (e ? rej(e) : res())));
+            bytes += size;
+            files++;
+            packedEntries++;
+          } else skipped++;
+          continue;
+        }
+        result = await judgeResult(kind, size, async () => '');
+      }
+      if (h.type === 'directory') {
+        entry.resume();
+        await new Promise<void>((res, rej) => pack.entry({ ...base, name: `${rel}/`, type: 'directory' }, (e) => (e ? rej(e) : res())));
+        packedEntries++;
+      } else if (h.type === 'symlink') {
+        entry.resume();
+        await new Promise<void>((res, rej) => pack.entry({ ...base, type: 'symlink', linkname: h.linkname ?? '' }, (e) => (e ? rej(e) : res())));
+        packedEntries++;
+      } else if ((h.type === 'file' || h.type === 'contiguous-file') && bytes + (h.size ?? 0) <= maxBytes) {
+        const sink = pack.entry({ ...base, type: 'file', size: h.size ?? 0 });
+        await pipeline(entry, sink);
+        bytes += h.size ?? 0;
+        files++;
+        packedEntries++;
+      } else {
+        if (h.type === 'file' || h.type === 'contiguous-file') skipped++;
+        entry.resume();
+        await new Promise<void>((res) => entry.once('end', res));
+      }
+    }
+  })();
+  try {
+    await Promise.all([pipeline(Readable.from(archive), extract as unknown as NodeJS.WritableStream), reading]);
+  } finally {
+    pack.finalize();
+    await written;
+  }
+  return { result, packed: packedEntries ? { file, bytes, files, skipped } : null, entries, deepestFolder };
+}
+
+/**
+ * What a run leaves in its outputs, made safe before its end is reported: result.json stored on
+ * the job, the rest packed (capped) and uploaded with the lease. `read` is the runtime's way to
+ * read them. A failure here is noted in the job's events and the agent's log; the run's own
+ * outcome stands.
  */
 export async function saveOutputs(
   ctx: Pick<ExecutionContext, 'onProgress' | 'uploadOutputs' | 'uploadResult'>,
-  outputsDir: string,
-  tarFile: string,
+  read: () => Promise<Pick<OutputsRead, 'result' | 'packed'>>,
   maxBytes: number,
   warn: (msg: string, fields?: Record<string, unknown>) => void,
 ): Promise<void> {
   try {
-    const result = await readResult(outputsDir);
+    const { result, packed } = await read();
     if (result && !result.ok) ctx.onProgress?.(`${result.why}: not stored on the job`);
     if (result?.ok && ctx.uploadResult) await ctx.uploadResult(result.value);
-    const packed = await packOutputs(outputsDir, tarFile, maxBytes);
     if (!packed) return;
     if (packed.skipped) ctx.onProgress?.(`outputs over the ${maxBytes}-byte cap: ${packed.skipped} files left out`);
     if (ctx.uploadOutputs) await ctx.uploadOutputs(await openAsBlob(packed.file));
@@ -142,3 +239,9 @@ export async function saveOutputs(
     warn('outputs not saved', { error: (err as Error).message });
   }
 }
+
+/** The process runtime's outputs: a folder of the agent's own, walked without following links. */
+export const readOutputsDir = (dir: string, tarFile: string, maxBytes: number) => async () => ({
+  result: await readResult(dir),
+  packed: await packOutputs(dir, tarFile, maxBytes),
+});

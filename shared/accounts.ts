@@ -27,6 +27,13 @@ export const CreateKey = z
   .object({
     name: z.string().min(1).max(128).optional(),
     scopes: z.array(Scope).min(1).max(3),
+    /** The key stops working this long after its creation (at most a year); without it, it lasts until revoked. */
+    expiresInSeconds: z
+      .number()
+      .int()
+      .min(60)
+      .max(366 * 86_400)
+      .optional(),
   })
   .strict();
 
@@ -37,11 +44,24 @@ export const ApiKeyInfo = z.object({
   prefix: z.string(),
   scopes: z.array(Scope),
   createdAt: z.string(),
+  /** Written at most once a minute per key, so it can lag by that much. */
   lastUsedAt: z.string().nullable(),
   revokedAt: z.string().nullable(),
+  expiresAt: z.string().nullable(),
+  /** The key that made this one; null for the admin key made at first start. */
+  createdByKeyId: z.string().nullable(),
 });
 export type ApiKeyInfo = z.infer<typeof ApiKeyInfo>;
 
 /** The one answer that carries a key in clear: it is never shown again. */
 export const CreatedKey = ApiKeyInfo.extend({ key: z.string() });
 export type CreatedKey = z.infer<typeof CreatedKey>;
+
+export const RevokeKeyQuery = z.object({
+  /** Also revoke every key this key made, and the keys those made, and so on. */
+  cascade: z.enum(['true', 'false', '1', '0']).optional(),
+});
+
+/** A revocation's answer: the key, and with cascade every other key it took down. */
+export const RevokedKeys = ApiKeyInfo.extend({ cascaded: z.array(ApiKeyInfo) });
+export type RevokedKeys = z.infer<typeof RevokedKeys>;

@@ -13,6 +13,7 @@ export const errorCodes = [
   'payload_too_large',
   'unsupported_media_type',
   'locked',
+  'rate_limited',
   'internal',
   'unavailable',
 ] as const;

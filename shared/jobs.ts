@@ -43,7 +43,10 @@ export const JobInput = z
   })
   .strict();
 
-export const failureReasons = ['nonzero-exit', 'oom', 'timeout'] as const;
+/** A job's disk budget when its spec names none: 10 GiB. */
+export const defaultDiskMb = 10_240;
+
+export const failureReasons = ['nonzero-exit', 'oom', 'timeout', 'disk'] as const;
 export const FailureReason = z.enum(failureReasons);
 
 export const GpuRequest = z
@@ -56,8 +59,11 @@ export const GpuRequest = z
 
 export const Resources = z
   .object({
-    cpu: z.number().positive().max(1024).refine((n) => Number.isInteger(n * 1000), 'at most 3 decimals'),
+    // Below 0.01 a core the engine's CFS quota is too small to run anything useful.
+    cpu: z.number().min(0.01).max(1024).refine((n) => Number.isInteger(n * 1000), 'at most 3 decimals'),
     memoryMb: z.number().int().min(4).max(16_777_216),
+    /** What the job may write (its /outputs and other writable paths), enforced by the agent while it runs. */
+    diskMb: z.number().int().min(1).max(1_073_741_824).default(defaultDiskMb),
     gpus: z.number().int().min(0).max(64).default(0),
     gpu: GpuRequest.optional(),
     shmMb: z.number().int().min(1).max(1_048_576).optional(),
@@ -90,7 +96,7 @@ export const JobSpec = z
     maxPricePerHour: Price.optional(),
     timeoutSeconds: z.number().int().min(1).max(30 * 24 * 3600).default(3600),
     maxAttempts: z.number().int().min(1).max(20).default(3),
-    retryOn: z.array(FailureReason).max(3).optional(),
+    retryOn: z.array(FailureReason).max(4).optional(),
     priority: z.number().int().min(-1000).max(1000).default(0),
     network: z.enum(['bridge', 'none']).default('bridge'),
     inputs: z.array(JobInput).max(64).optional(),

@@ -73,7 +73,7 @@ export const Work = z.object({ leases: z.array(LeaseGrant) });
 export type Work = z.infer<typeof Work>;
 
 /** How a run ended, as the agent saw it. */
-export const outcomeReasons = ['succeeded', 'nonzero-exit', 'oom', 'timeout', 'cancelled', 'error', 'refused'] as const;
+export const outcomeReasons = ['succeeded', 'nonzero-exit', 'oom', 'disk', 'timeout', 'cancelled', 'error', 'refused'] as const;
 export const OutcomeReason = z.enum(outcomeReasons);
 export type OutcomeReason = z.infer<typeof OutcomeReason>;
 

@@ -80,3 +80,21 @@ export const JobProgress = z
     message: z.string().min(1).max(512).overwrite(cleanNodeMessage),
   })
   .strict();
+
+/**
+ * The last event of a log stream (`event: end`), and why it came: the job ended (with its
+ * status), the key was revoked or expired, the stream reached its longest life or the client
+ * fell too far behind (reconnect with Last-Event-ID and nothing is lost), or the coordinator
+ * is shutting down (reconnect likewise).
+ */
+export const logStreamEndReasons = ['ended', 'revoked', 'expired', 'max-life', 'lagging', 'shutdown', 'gone'] as const;
+export const LogStreamEnd = z.object({
+  reason: z.enum(logStreamEndReasons),
+  status: z.string().optional(),
+  exitCode: z.number().int().nullable().optional(),
+  error: z.string().nullable().optional(),
+  detail: z.string().optional(),
+});
+export type LogStreamEnd = z.infer<typeof LogStreamEnd>;
+/** Ends after which a client reconnects from its last id: the job goes on. */
+export const resumableEnds: readonly LogStreamEnd['reason'][] = ['max-life', 'lagging', 'shutdown'];

@@ -45,6 +45,18 @@ export const EnrollmentToken = z.object({
 });
 export type EnrollmentToken = z.infer<typeof EnrollmentToken>;
 
+/** A token as listed later: everything but the token itself, which is never shown again. */
+export const EnrollmentTokenInfo = z.object({
+  id: z.string(),
+  prefix: z.string(),
+  usesLeft: z.number().int(),
+  expiresAt: z.string(),
+  labels: z.record(z.string(), z.string()),
+  createdAt: z.string(),
+  revokedAt: z.string().nullable(),
+});
+export type EnrollmentTokenInfo = z.infer<typeof EnrollmentTokenInfo>;
+
 /** The agent's Ed25519 public key as jose exports it. */
 export const Ed25519PublicJwk = z
   .object({
@@ -146,7 +158,8 @@ export const Node = z.object({
   priceCpuHour: z.number(),
   agentVersion: z.string().nullable(),
   capacity: z.object({ cpu: z.number(), memoryMb: z.number().int(), diskMb: z.number().int() }),
-  allocated: z.object({ cpu: z.number(), memoryMb: z.number().int() }),
+  /** diskMb: the disk budgets of the jobs on it, against the free disk it reported (capacity.diskMb). */
+  allocated: z.object({ cpu: z.number(), memoryMb: z.number().int(), diskMb: z.number().int() }),
   host: HostInfo.nullable(),
   gpus: z.array(NodeGpu),
   lastHeartbeatAt: z.string().nullable(),

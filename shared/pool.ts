@@ -213,6 +213,7 @@ export const constraintNames = [
   'gpus_busy',
   'cpu',
   'memory',
+  'disk',
   'price',
 ] as const;
 export const ConstraintName = z.enum(constraintNames);

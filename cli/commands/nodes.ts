@@ -1,4 +1,4 @@
-import type { EnrollmentToken, Node, NodeGpu } from '../../shared/nodes.ts';
+import type { EnrollmentToken, EnrollmentTokenInfo, Node, NodeGpu } from '../../shared/nodes.ts';
 import { listAll } from '../api.ts';
 import { type Command, type Context, flagValue, list, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
@@ -67,20 +67,53 @@ export const nodes: Command = {
   },
 };
 
+/** What a listed token is good for now. */
+function tokenState(t: EnrollmentTokenInfo, now = Date.now()): string {
+  if (t.revokedAt) return 'revoked';
+  if (Date.parse(t.expiresAt) <= now) return 'expired';
+  return t.usesLeft > 0 ? 'usable' : 'used up';
+}
+
+const tokenColumns: Column<EnrollmentTokenInfo>[] = [
+  { header: 'ID', value: (t) => t.id },
+  { header: 'PREFIX', value: (t) => `gnt_${t.prefix}` },
+  { header: 'STATE', value: (t) => tokenState(t) },
+  { header: 'USES LEFT', value: (t) => String(t.usesLeft), right: true },
+  { header: 'EXPIRES', value: (t) => t.expiresAt },
+  { header: 'LABELS', value: (t) => Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-', flex: true },
+];
+
 export const tokens: Command = {
   name: 'tokens',
-  summary: 'Create an enrollment token, and print the gantry-agent join line to paste on the machine.',
-  usage: ['tokens create [--uses N] [--expires DURATION] [--label K=V]...'],
-  description: 'The token is shown this once. Nodes that join with it get its labels.',
+  summary: 'Enrollment tokens: create one (and print the gantry-agent join line), list them, revoke one.',
+  usage: ['tokens create [--uses N] [--expires DURATION] [--label K=V]...', 'tokens list [--json]', 'tokens revoke ID'],
+  description: 'A token is shown once, at creation. Nodes that join with it get its labels. A revoked token lets no more machines join; nodes that joined stay.',
   flags: {
     uses: { type: 'string', arg: 'N', help: 'how many machines may join with it (default 1)' },
     expires: { type: 'string', arg: 'DURATION', help: 'how long it is good for, 1m to 30d: 30m, 1h, 7d (default 1d)' },
     label: { type: 'string', arg: 'K=V', multiple: true, help: 'label for the nodes that join with it' },
     json: { type: 'boolean', help: 'print the answer as JSON' },
   },
-  positionals: { min: 1, max: 1 },
+  positionals: { min: 1, max: 2 },
   async run(ctx, { values, positionals }) {
-    if (positionals[0] !== 'create') throw new UsageError(`unknown tokens command "${positionals[0]}" (there is: create)`, 'tokens');
+    const [sub, id] = positionals;
+    if (sub === 'list' || sub === 'revoke') {
+      if (sub === 'revoke' && !id) throw new UsageError('tokens revoke needs the token id (gantry tokens list shows them)', 'tokens');
+      if (sub === 'list' && id) throw new UsageError('tokens list takes no argument', 'tokens');
+      const { api } = await ctx.connect();
+      if (sub === 'revoke') {
+        const revoked = await api.delete<EnrollmentTokenInfo>(`/v1/enrollment-tokens/${encodeURIComponent(id!)}`);
+        ctx.stdout.write(values.json ? `${JSON.stringify(revoked, null, 2)}\n` : `Revoked ${revoked.id}: no machine joins with it any more.\n`);
+        return;
+      }
+      const items = await listAll<EnrollmentTokenInfo>(api, '/v1/enrollment-tokens', {}, 100_000);
+      if (values.json) ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
+      else if (!items.length) ctx.stdout.write('No enrollment tokens yet: gantry tokens create makes one.\n');
+      else ctx.stdout.write(table(tokenColumns, items, { painter: ctx.out, width: ctx.stdoutIsTerminal ? ctx.stdout.columns : undefined }));
+      return;
+    }
+    if (sub !== 'create') throw new UsageError(`unknown tokens command "${sub}" (there are: create, list, revoke)`, 'tokens');
+    if (id) throw new UsageError('tokens create takes no argument', 'tokens');
     const uses = flagValue('tokens', 'uses', str(values, 'uses'), (t) => parseWholeNumber(t, 1, 10_000)) ?? 1;
     const expiresInSeconds = flagValue('tokens', 'expires', str(values, 'expires'), parseDurationSeconds) ?? 86_400;
     const labels: Record<string, string> = {};

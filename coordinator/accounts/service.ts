@@ -1,4 +1,4 @@
-import { and, eq, isNull } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, isNull, type SQL } from 'drizzle-orm';
 import type { AccountKind, Scope } from '../../shared/accounts.ts';
 import { newId } from '../../shared/ids.ts';
 import { insertKey } from '../auth/api-keys.ts';
@@ -21,18 +21,26 @@ function scopesAllowedFor(kind: AccountKind): Scope[] {
   return kind === 'both' ? ['client', 'provider'] : [kind];
 }
 
-export async function createKey(
-  db: Db,
-  actor: { accountId: string; scopes: Scope[] },
-  accountId: string,
-  scopes: Scope[],
-  name: string | null,
-): Promise<{ key: string; row: ApiKeyRow }> {
-  const isAdmin = actor.scopes.includes('admin');
-  // Another tenant's account looks the same as a missing one.
-  if (!isAdmin && actor.accountId !== accountId) throw notFound('account');
+type Actor = { accountId: string; keyId: string; scopes: Scope[] };
+
+/** The account, when the actor may manage its keys (admin, or the account itself); another tenant's is not found. */
+async function manageableAccount(db: Db, actor: Actor, accountId: string): Promise<AccountRow> {
+  if (!actor.scopes.includes('admin') && actor.accountId !== accountId) throw notFound('account');
   const [account] = await db.select().from(accounts).where(eq(accounts.id, accountId));
   if (!account) throw notFound('account');
+  return account;
+}
+
+export async function createKey(
+  db: Db,
+  actor: Actor,
+  accountId: string,
+  req: { scopes: Scope[]; name: string | null; expiresInSeconds?: number | undefined },
+  at: Date,
+): Promise<{ key: string; row: ApiKeyRow }> {
+  const { scopes, name } = req;
+  const isAdmin = actor.scopes.includes('admin');
+  const account = await manageableAccount(db, actor, accountId);
   const wanted = [...new Set(scopes)];
   if (!isAdmin) {
     const missing = wanted.filter((s) => !actor.scopes.includes(s));
@@ -47,18 +55,55 @@ export async function createKey(
       { path: 'scopes', message: `not allowed for a ${account.kind} account: ${refused.join(', ')}` },
     ]);
   }
-  return insertKey(db, accountId, wanted, name);
+  const expiresAt = req.expiresInSeconds === undefined ? null : new Date(at.getTime() + req.expiresInSeconds * 1000);
+  return insertKey(db, accountId, wanted, name, { byKeyId: actor.keyId, expiresAt });
 }
 
-export async function revokeKey(db: Db, actor: { accountId: string; scopes: Scope[] }, keyId: string, at: Date) {
-  const [row] = await db.select().from(apiKeys).where(eq(apiKeys.id, keyId));
-  if (!row || (!actor.scopes.includes('admin') && row.accountId !== actor.accountId)) throw notFound('key');
-  const [updated] = await db
-    .update(apiKeys)
-    .set({ revokedAt: at })
-    .where(and(eq(apiKeys.id, keyId), isNull(apiKeys.revokedAt)))
-    .returning();
-  return updated ?? row;
+/** An account's keys, oldest first, revoked and expired ones included. */
+export async function listKeys(db: Db, actor: Actor, accountId: string, page: { limit: number; cursor?: string | undefined }) {
+  await manageableAccount(db, actor, accountId);
+  const where: SQL[] = [eq(apiKeys.accountId, accountId)];
+  if (page.cursor) where.push(gt(apiKeys.id, page.cursor));
+  const rows = await db
+    .select()
+    .from(apiKeys)
+    .where(and(...where))
+    .orderBy(asc(apiKeys.id))
+    .limit(page.limit + 1);
+  const items = rows.slice(0, page.limit);
+  return { items, nextCursor: rows.length > page.limit ? items[items.length - 1]!.id : null };
+}
+
+/**
+ * Revokes a key; with cascade, also every key it made, and theirs, down the line (a key made by
+ * a revoked key is found through it too). Returns the key and the others this revoked.
+ */
+export async function revokeKey(db: Db, actor: Actor, keyId: string, at: Date, cascade: boolean) {
+  return db.transaction(async (tx) => {
+    const [row] = await tx.select().from(apiKeys).where(eq(apiKeys.id, keyId));
+    if (!row || (!actor.scopes.includes('admin') && row.accountId !== actor.accountId)) throw notFound('key');
+    const [updated] = await tx
+      .update(apiKeys)
+      .set({ revokedAt: at })
+      .where(and(eq(apiKeys.id, keyId), isNull(apiKeys.revokedAt)))
+      .returning();
+    const cascaded: ApiKeyRow[] = [];
+    const seen = new Set([keyId]);
+    for (let parents = cascade ? [keyId] : []; parents.length; ) {
+      const children = await tx.select({ id: apiKeys.id }).from(apiKeys).where(inArray(apiKeys.createdByKeyId, parents));
+      parents = children.map((c) => c.id).filter((id) => !seen.has(id));
+      parents.forEach((id) => seen.add(id));
+      if (!parents.length) break;
+      cascaded.push(
+        ...(await tx
+          .update(apiKeys)
+          .set({ revokedAt: at })
+          .where(and(inArray(apiKeys.id, parents), isNull(apiKeys.revokedAt)))
+          .returning()),
+      );
+    }
+    return { row: updated ?? row, cascaded };
+  });
 }
 
 export async function getAccount(db: Db, id: string): Promise<AccountRow | undefined> {

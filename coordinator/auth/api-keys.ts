@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { and, eq, isNull } from 'drizzle-orm';
+import { eq } from 'drizzle-orm';
 import type { MiddlewareHandler } from 'hono';
 import type { Scope } from '../../shared/accounts.ts';
 import { newId, randomLowercase } from '../../shared/ids.ts';
@@ -30,11 +30,21 @@ export async function insertKey(
   accountId: string,
   scopes: Scope[],
   name: string | null,
+  made: { byKeyId?: string | null; expiresAt?: Date | null } = {},
 ): Promise<{ key: string; row: typeof apiKeys.$inferSelect }> {
   const { key, prefix, hash } = generateKey();
   const [row] = await db
     .insert(apiKeys)
-    .values({ id: newId('apiKey'), accountId, prefix, hash, scopes, name })
+    .values({
+      id: newId('apiKey'),
+      accountId,
+      prefix,
+      hash,
+      scopes,
+      name,
+      createdByKeyId: made.byKeyId ?? null,
+      expiresAt: made.expiresAt ?? null,
+    })
     .returning();
   return { key, row: row! };
 }
@@ -59,6 +69,7 @@ interface VerifiedKey {
 export class KeyVerifier {
   private lastWrite = new Map<string, number>();
   private verified = new Map<string, VerifiedKey>();
+  private forgotten = new Set<(keyId: string) => void>();
 
   constructor(
     private database: Database,
@@ -80,38 +91,66 @@ export class KeyVerifier {
     const now = performance.now();
     let entry = this.verified.get(prefix!);
     if (!entry || entry.until <= now) {
+      const at = this.clock.now();
       const [row] = await this.database.db
-        .select({ id: apiKeys.id, accountId: apiKeys.accountId, hash: apiKeys.hash, scopes: apiKeys.scopes })
+        .select({
+          id: apiKeys.id,
+          accountId: apiKeys.accountId,
+          hash: apiKeys.hash,
+          scopes: apiKeys.scopes,
+          revokedAt: apiKeys.revokedAt,
+          expiresAt: apiKeys.expiresAt,
+        })
         .from(apiKeys)
-        .where(and(eq(apiKeys.prefix, prefix!), isNull(apiKeys.revokedAt)))
+        .where(eq(apiKeys.prefix, prefix!))
         .limit(1);
-      if (!row) {
+      // Why a key is refused is said only to whoever holds its secret (a prefix is no secret).
+      if (!row || !timingSafeEqual(given, Buffer.from(row.hash, 'hex'))) {
         this.verified.delete(prefix!);
-        throw new ApiError('unauthenticated', 'the API key is not valid or was revoked');
+        throw new ApiError('unauthenticated', 'the API key is not valid');
       }
+      if (row.revokedAt) {
+        this.verified.delete(prefix!);
+        throw new ApiError('unauthenticated', 'the API key was revoked');
+      }
+      if (row.expiresAt && row.expiresAt.getTime() <= at.getTime()) {
+        this.verified.delete(prefix!);
+        throw new ApiError('unauthenticated', `the API key expired at ${row.expiresAt.toISOString()}`);
+      }
+      // An expiring key is trusted from memory no longer than it lives.
+      const lifeLeftMs = row.expiresAt ? row.expiresAt.getTime() - at.getTime() : Infinity;
       entry = {
         principal: { accountId: row.accountId, keyId: row.id, scopes: row.scopes as Scope[] },
         hash: Buffer.from(row.hash, 'hex'),
-        until: now + verifiedCacheMs,
+        until: now + Math.min(verifiedCacheMs, lifeLeftMs),
       };
       // Only a key whose secret matches is remembered, so guesses cannot fill the cache.
-      if (timingSafeEqual(given, entry.hash)) this.remember(prefix!, entry);
+      this.remember(prefix!, entry);
     }
     if (!timingSafeEqual(given, entry.hash)) {
-      throw new ApiError('unauthenticated', 'the API key is not valid or was revoked');
+      throw new ApiError('unauthenticated', 'the API key is not valid');
     }
     this.touch(entry.principal.keyId);
     return entry.principal;
   }
 
-  /** After a revocation: this replica forgets the key now, the others when the NOTIFY reaches them. */
-  async revoked(keyId: string): Promise<void> {
-    this.forget(keyId);
-    await this.database.notify(keyRevokedChannel, keyId);
+  /** After a revocation: this replica forgets the keys now, the others when the NOTIFY reaches them. */
+  async revoked(keyIds: string[]): Promise<void> {
+    for (const keyId of keyIds) {
+      this.forget(keyId);
+      await this.database.notify(keyRevokedChannel, keyId);
+    }
+  }
+
+  /** Calls fn with each key id revoked from now on (here or on another replica): open streams end at once. */
+  onRevoked(fn: (keyId: string) => void): () => void {
+    this.forgotten.add(fn);
+    return () => this.forgotten.delete(fn);
   }
 
   private forget(keyId: string) {
     for (const [prefix, entry] of this.verified) if (entry.principal.keyId === keyId) this.verified.delete(prefix);
+    for (const fn of this.forgotten) fn(keyId);
   }
 
   private remember(prefix: string, entry: VerifiedKey) {

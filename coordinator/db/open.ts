@@ -26,6 +26,8 @@ export interface Database {
   notify(channel: string, payload: string): Promise<void>;
   /** A raw postgres.js client for what needs a connection of its own (PostgreSQL only). */
   raw: postgres.Sql | null;
+  /** Statements sent through db since the start: what a test counts to prove something costs no query. */
+  readonly queries: number;
   close(): Promise<void>;
 }
 
@@ -44,6 +46,17 @@ export function toNumber(v: unknown): number {
   if (typeof v === 'number') return v;
   if (typeof v === 'bigint' || typeof v === 'string') return Number(v);
   return 0;
+}
+
+/** drizzle's query logger, used as a counter: one increment per statement. */
+function queryCounter() {
+  const counter = {
+    n: 0,
+    logQuery() {
+      counter.n++;
+    },
+  };
+  return counter;
 }
 
 export async function openDatabase(opts: OpenOptions): Promise<Database> {
@@ -65,11 +78,15 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
     unlock();
     throw err;
   }
-  const db = drizzlePglite({ client, schema }) as unknown as Db;
+  const counter = queryCounter();
+  const db = drizzlePglite({ client, schema, logger: counter }) as unknown as Db;
   return {
     db,
     driver: 'pglite',
     raw: null,
+    get queries() {
+      return counter.n;
+    },
     async rows<T>(query: SQL) {
       const result = (await db.execute(query)) as unknown as { rows: T[] };
       return result.rows;
@@ -98,12 +115,16 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
   const client = postgres(url, options);
   // drizzle() changes the client it wraps (PITFALLS.md): raw work gets a client of its own.
   const raw = postgres(url, { ...options, max: 4 });
-  const db = drizzlePostgres({ client, schema }) as unknown as Db;
+  const counter = queryCounter();
+  const db = drizzlePostgres({ client, schema, logger: counter }) as unknown as Db;
   await raw`select 1`;
   return {
     db,
     driver: 'postgres',
     raw,
+    get queries() {
+      return counter.n;
+    },
     async rows<T>(query: SQL) {
       return [...((await db.execute(query)) as unknown as T[])];
     },

@@ -1,7 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { idPattern } from '../../shared/ids.ts';
-import { Account, ApiKeyInfo, CreateAccount, CreateKey, CreatedKey } from '../../shared/accounts.ts';
-import { createAccount, createKey, revokeKey, type AccountRow, type ApiKeyRow } from '../accounts/service.ts';
+import { Account, ApiKeyInfo, CreateAccount, CreateKey, CreatedKey, RevokedKeys, RevokeKeyQuery } from '../../shared/accounts.ts';
+import { PageQuery, pageOf } from '../../shared/pagination.ts';
+import { createAccount, createKey, listKeys, revokeKey, type AccountRow, type ApiKeyRow } from '../accounts/service.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
@@ -16,6 +17,8 @@ const toKeyInfo = (r: ApiKeyRow): ApiKeyInfo => ({
   createdAt: r.createdAt.toISOString(),
   lastUsedAt: r.lastUsedAt?.toISOString() ?? null,
   revokedAt: r.revokedAt?.toISOString() ?? null,
+  expiresAt: r.expiresAt?.toISOString() ?? null,
+  createdByKeyId: r.createdByKeyId,
 });
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
@@ -60,8 +63,30 @@ export function accountRoutes(deps: AppDeps) {
     async (c) => {
       const { id } = c.req.valid('param');
       const body = c.req.valid('json');
-      const { key, row } = await createKey(db, c.get('principal'), id, body.scopes, body.name ?? null);
+      const { key, row } = await createKey(
+        db,
+        c.get('principal'),
+        id,
+        { scopes: body.scopes, name: body.name ?? null, expiresInSeconds: body.expiresInSeconds },
+        deps.clock.now(),
+      );
       return c.json({ ...toKeyInfo(row), key }, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/v1/accounts/{id}/keys',
+      summary: "List an account's API keys, revoked and expired ones too, oldest first (admin, or the account itself)",
+      security: bearerAuth,
+      middleware: anyKey,
+      request: { params: AccountIdParam, query: PageQuery },
+      responses: { 200: { description: 'A page of keys (never the keys themselves)', ...json(pageOf(ApiKeyInfo)) }, ...errorResponses },
+    }),
+    async (c) => {
+      const page = await listKeys(db, c.get('principal'), c.req.valid('param').id, c.req.valid('query'));
+      return c.json({ items: page.items.map(toKeyInfo), nextCursor: page.nextCursor }, 200);
     },
   );
 
@@ -69,17 +94,19 @@ export function accountRoutes(deps: AppDeps) {
     createRoute({
       method: 'delete',
       path: '/v1/keys/{id}',
-      summary: 'Revoke an API key',
+      summary: 'Revoke an API key; with cascade=true also every key it made, down the line',
+      description: 'A revoked key is refused at once on every replica, and the streams it opened end.',
       security: bearerAuth,
       middleware: anyKey,
-      request: { params: KeyIdParam },
-      responses: { 200: { description: 'Revoked', ...json(ApiKeyInfo) }, ...errorResponses },
+      request: { params: KeyIdParam, query: RevokeKeyQuery },
+      responses: { 200: { description: 'Revoked', ...json(RevokedKeys) }, ...errorResponses },
     }),
     async (c) => {
       const { id } = c.req.valid('param');
-      const row = await revokeKey(db, c.get('principal'), id, deps.clock.now());
-      await deps.keys.revoked(row.id);
-      return c.json(toKeyInfo(row), 200);
+      const cascade = ['true', '1'].includes(c.req.valid('query').cascade ?? '');
+      const { row, cascaded } = await revokeKey(db, c.get('principal'), id, deps.clock.now(), cascade);
+      await deps.keys.revoked([row.id, ...cascaded.map((r) => r.id)]);
+      return c.json({ ...toKeyInfo(row), cascaded: cascaded.map(toKeyInfo) }, 200);
     },
   );
 

@@ -6,11 +6,15 @@ import { finishJob, markRunning } from '../jobs/transitions.ts';
 import type { JobRow } from '../jobs/lifecycle.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
 import { topics } from '../signals.ts';
+import { ApiError } from './problem.ts';
 import { agentAuth, createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
 const Jwk = z.record(z.string(), z.unknown());
+
+/** How often a waiting long-poll checks that its node still serves (was not retired). */
+const recheckMs = 3000;
 
 const answer = (job: JobRow) => ({ jobId: job.id, status: job.status, epoch: job.leaseEpoch });
 
@@ -57,12 +61,21 @@ export function leaseRoutes(deps: AppDeps) {
       const abort = c.req.raw.signal;
       for (;;) {
         const waiter = deps.leases.notifier.waiter(nodeId);
-        const leases = await deps.leases.undelivered(nodeId, held);
-        if (leases.length || Date.now() >= deadline || abort.aborted) {
+        try {
+          const leases = await deps.leases.undelivered(nodeId, held);
+          if (leases.length || Date.now() >= deadline || abort.aborted) return c.json({ leases }, 200);
+          // A node retired while it waits is refused within a few seconds, not at the end of the wait
+          // (the check reads the node's row only when its key is not cached: once after a retirement).
+          while (!(await waiter.until(Math.min(deadline, Date.now() + recheckMs), abort))) {
+            if (Date.now() >= deadline || abort.aborted) break;
+            // A database that is away for a moment is no reason to end the wait; a retirement is.
+            await deps.agents.requireServing(nodeId).catch((err: unknown) => {
+              if (err instanceof ApiError) throw err;
+            });
+          }
+        } finally {
           waiter.cancel();
-          return c.json({ leases }, 200);
         }
-        await waiter.until(deadline, abort);
       }
     },
   );

@@ -1,22 +1,17 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
+import { streamSSE } from 'hono/streaming';
 import { idPattern } from '../../shared/ids.ts';
 import { isTerminal } from '../../shared/jobs.ts';
 import { JobProgress, LogChunk, LogChunkAccepted, LogPage, LogQuery } from '../../shared/logs.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { getOwnJob } from '../jobs/lifecycle.ts';
-import { appendChunk, jobEndState, logTopic, readChunks, readOwnLog, recordProgress } from '../logs/service.ts';
+import { appendChunk, logTopic, readChunks, readOwnLog, recordProgress } from '../logs/service.ts';
 import { requireAgent } from '../nodes/agent-auth.ts';
-import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
+import { agentAuth, bearerAuth, createRouter, errorResponses, tooManyResponse } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
-
-/** How long a follower waits for news before it looks at the database again (other replicas' chunks). */
-const followPollMs = 1000;
-const keepaliveMs = 15_000;
-const followBatchLines = 10_000;
 
 const cursorOf = (cursor: string | undefined) => (cursor === undefined ? -1 : Number(cursor));
 
@@ -68,7 +63,10 @@ export function logRoutes(deps: AppDeps) {
       summary: "A job's output: a page of chunks, or with follow=1 server-sent events until the job ends",
       description:
         'Each chunk holds lines of one stream in order; the order between stdout and stderr is not kept. ' +
-        'follow=1 answers text/event-stream: `log` events (id = seq, data = a chunk), then one `end` event. ' +
+        'follow=1 answers text/event-stream: `log` events (id = seq, data = a chunk), then one `end` event whose ' +
+        '`reason` says why: `ended` (the job ended; with its status), `revoked` or `expired` (the key), or ' +
+        '`max-life`, `lagging`, `shutdown` (reconnect with Last-Event-ID: nothing is lost). ' +
+        'A key holds a limited number of streams open at once (429 with Retry-After past it). ' +
         'Authenticate with the Authorization header (read it with fetch streaming; EventSource cannot send one).',
       security: bearerAuth,
       request: { params: JobIdParam, query: LogQuery },
@@ -78,6 +76,7 @@ export function logRoutes(deps: AppDeps) {
           content: { 'application/json': { schema: LogPage }, 'text/event-stream': { schema: z.string() } },
         },
         ...errorResponses,
+        ...tooManyResponse,
       },
     }),
     async (c) => {
@@ -85,10 +84,38 @@ export function logRoutes(deps: AppDeps) {
       const jobId = c.req.valid('param').id;
       const q = c.req.valid('query');
       if (q.follow === '1' || q.follow === 'true') {
-        await getOwnJob(db, accountId, jobId);
+        const principal = c.get('principal');
+        const release = deps.logFollowers.reserve(principal.keyId);
+        try {
+          await getOwnJob(db, accountId, jobId);
+        } catch (err) {
+          release();
+          throw err;
+        }
         const lastEventId = Number(c.req.header('last-event-id'));
         const after = Number.isInteger(lastEventId) && lastEventId >= 0 ? lastEventId : cursorOf(q.cursor);
-        return streamSSE(c, (stream) => follow(deps, stream, jobId, after)) as never;
+        const authorization = c.req.header('authorization');
+        return streamSSE(c, async (stream) => {
+          try {
+            await deps.logFollowers.follow({
+              jobId,
+              after,
+              keyId: principal.keyId,
+              // The key that opened the stream must still hold, every few seconds (cached: one read per key).
+              recheck: () => deps.keys.verify(authorization).then(() => undefined),
+              sink: {
+                send: (e) => stream.writeSSE(e),
+                comment: (text) => stream.write(`: ${text}\n\n`).then(() => undefined),
+                get aborted() {
+                  return stream.aborted || stream.closed;
+                },
+                onAbort: (fn) => stream.onAbort(fn),
+              },
+            });
+          } finally {
+            release();
+          }
+        }) as never;
       }
       const after = cursorOf(q.cursor);
       const { job, items } = await readOwnLog(db, accountId, jobId, after, q.limit);
@@ -100,49 +127,4 @@ export function logRoutes(deps: AppDeps) {
   );
 
   return app;
-}
-
-/** Sends chunks as they are stored until the job has ended and its last chunk is out. */
-async function follow(deps: AppDeps, stream: SSEStreamingApi, jobId: string, after: number) {
-  const { db } = deps.database;
-  let wake: (() => void) | null = null;
-  const off = deps.signals.on(logTopic(jobId), () => wake?.());
-  stream.onAbort(() => wake?.());
-  let lastWrite = Date.now();
-  try {
-    while (!stream.aborted && !stream.closed) {
-      const items = await readChunks(db, jobId, after, followBatchLines);
-      for (const item of items) {
-        await stream.writeSSE({ event: 'log', id: String(item.seq), data: JSON.stringify(item) });
-        after = item.seq;
-      }
-      if (items.length) {
-        lastWrite = Date.now();
-        continue;
-      }
-      const job = await jobEndState(db, jobId);
-      if (!job || isTerminal(job.status)) {
-        // The agent ships every chunk before it reports the end: one more read catches a race.
-        if ((await readChunks(db, jobId, after, 1)).length) continue;
-        const end = { status: job?.status ?? 'unknown', exitCode: job?.exitCode ?? null, error: job?.error ?? null };
-        await stream.writeSSE({ event: 'end', data: JSON.stringify(end) });
-        return;
-      }
-      if (Date.now() - lastWrite >= keepaliveMs) {
-        await stream.write(': keepalive\n\n');
-        lastWrite = Date.now();
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, followPollMs);
-        function done() {
-          clearTimeout(timer);
-          wake = null;
-          resolve();
-        }
-        wake = done;
-      });
-    }
-  } finally {
-    off();
-  }
 }

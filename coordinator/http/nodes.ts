@@ -4,6 +4,7 @@ import { PageQuery, pageOf } from '../../shared/pagination.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { getOwnNode, listOwnNodes, nodeMetricsSeries, retireNode, updateNode } from '../nodes/manage.ts';
+import { nodeRetiredChannel } from '../nodes/agent-auth.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
@@ -84,6 +85,7 @@ export function nodeRoutes(deps: AppDeps) {
     async (c) => {
       const node = await retireNode(db, c.get('principal').accountId, c.req.valid('param').id);
       deps.agents.forgetNode(node.id);
+      await deps.database.notify(nodeRetiredChannel, node.id);
       return c.json(node, 200);
     },
   );

@@ -12,6 +12,8 @@ export class ApiError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly errors?: FieldError[],
+    /** For rate_limited: how long the client should wait (the Retry-After header). */
+    readonly extra?: { retryAfterSeconds?: number },
   ) {
     super(message);
   }
@@ -39,6 +41,8 @@ export function statusOf(code: ErrorCode): ContentfulStatusCode {
       return 415;
     case 'locked':
       return 423;
+    case 'rate_limited':
+      return 429;
     case 'internal':
       return 500;
     case 'unavailable':
@@ -57,11 +61,18 @@ const titles: Record<ErrorCode, string> = {
   payload_too_large: 'Payload too large',
   unsupported_media_type: 'Unsupported media type',
   locked: 'Locked',
+  rate_limited: 'Too many requests',
   internal: 'Internal error',
   unavailable: 'Service unavailable',
 };
 
-export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: string, errors?: FieldError[]): Response {
+export function problemResponse(
+  c: Context<AppEnv>,
+  code: ErrorCode,
+  detail: string,
+  errors?: FieldError[],
+  retryAfterSeconds?: number,
+): Response {
   const status = statusOf(code);
   const body: Problem = {
     type: `${problemTypePrefix}${code}`,
@@ -73,6 +84,7 @@ export function problemResponse(c: Context<AppEnv>, code: ErrorCode, detail: str
     ...(errors && errors.length ? { errors } : {}),
   };
   if (code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer');
+  if (retryAfterSeconds !== undefined) c.header('Retry-After', String(retryAfterSeconds));
   // The body was refused unread: end the connection, so that its unread rest is not taken for
   // the next request and the client does not reuse a socket the server is about to drop.
   if (code === 'payload_too_large' || code === 'unsupported_media_type') c.header('Connection', 'close');
@@ -88,7 +100,7 @@ export function validationProblem(c: Context<AppEnv>, target: string, error: Zod
 
 /** onError for the whole app: every failure leaves as problem+json; a 500 says nothing more. */
 export function renderError(err: Error, c: Context<AppEnv>): Response {
-  if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors);
+  if (err instanceof ApiError) return problemResponse(c, err.code, err.message, err.errors, err.extra?.retryAfterSeconds);
   if (err instanceof HTTPException) {
     if (err.status === 413) return problemResponse(c, 'payload_too_large', err.message || 'the request body is too large');
     if (err.status === 415) return problemResponse(c, 'unsupported_media_type', 'send the body as application/json');

@@ -38,6 +38,9 @@ export const errorResponses = {
   415: problem('Body is not JSON'),
 } as const;
 
+/** For the routes that cap how many a key may hold at once (log streams). */
+export const tooManyResponse = { 429: problem('Too many open at once (Retry-After says when to try again)') } as const;
+
 export const bearerAuth = [{ bearerAuth: [] }];
 /** Agent routes: the agent's own signed token, not an API key. */
 export const agentAuth = [{ agentToken: [] }];

@@ -39,6 +39,7 @@ export interface Placement {
   leaseId: string;
   cpuMillis: number;
   memoryMb: number;
+  diskMb: number;
   priceGpuHourMicros: number;
   priceCpuHourMicros: number;
 }
@@ -61,11 +62,12 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
   // cost one bind, not thousands of parameters.
   const json = (rows: unknown[]) => sql`${JSON.stringify(rows)}::jsonb`;
   // Nodes first (the lock order), each with the sum of what the batch takes from it.
-  const perNode = new Map<string, { id: string; cpu: number; mem: number; pg: number; pc: number }>();
+  const perNode = new Map<string, { id: string; cpu: number; mem: number; disk: number; pg: number; pc: number }>();
   for (const p of batch) {
-    const n = perNode.get(p.nodeId) ?? { id: p.nodeId, cpu: 0, mem: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
+    const n = perNode.get(p.nodeId) ?? { id: p.nodeId, cpu: 0, mem: 0, disk: 0, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros };
     n.cpu += p.cpuMillis;
     n.mem += p.memoryMb;
+    n.disk += p.diskMb;
     perNode.set(p.nodeId, n);
   }
   const nodeRows = [...perNode.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
@@ -74,8 +76,9 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
     sql`update ${nodes} set
           allocated_cpu_millis = ${nodes}.allocated_cpu_millis + v.cpu,
           allocated_memory_mb = ${nodes}.allocated_memory_mb + v.mem,
+          allocated_disk_mb = ${nodes}.allocated_disk_mb + v.disk,
           last_placed_at = ${ts(at)}
-        from jsonb_to_recordset(${json(nodeRows)}) as v(id text, cpu int, mem int, pg bigint, pc bigint)
+        from jsonb_to_recordset(${json(nodeRows)}) as v(id text, cpu int, mem int, disk int, pg bigint, pc bigint)
         where ${nodes}.id = v.id and ${nodes}.status = 'online' and not ${nodes}.draining
           and ${nodes}.price_gpu_hour_micros = v.pg and ${nodes}.price_cpu_hour_micros = v.pc
         returning ${nodes}.id`,
@@ -162,6 +165,7 @@ async function takeOffNode(
       .set({
         allocatedCpuMillis: sql`${nodes.allocatedCpuMillis} - ${job.cpuMillis}`,
         allocatedMemoryMb: sql`${nodes.allocatedMemoryMb} - ${job.memoryMb}`,
+        allocatedDiskMb: sql`${nodes.allocatedDiskMb} - ${job.diskMb}`,
         ...(counter ? { [counter]: sql`${nodes[counter]} + 1` } : {}),
       })
       .where(eq(nodes.id, job.nodeId));
@@ -244,7 +248,7 @@ function describeUsage(r: FinishReport): string {
   return parts.length ? ` (${parts.join(', ')})` : '';
 }
 
-const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'timeout'];
+const failureReasons: readonly OutcomeReason[] = ['nonzero-exit', 'oom', 'disk', 'timeout'];
 
 function describeOutcome(r: FinishReport): string {
   switch (r.reason) {
@@ -254,6 +258,8 @@ function describeOutcome(r: FinishReport): string {
       return `exited ${r.exitCode ?? '?'}`;
     case 'oom':
       return 'killed: out of memory';
+    case 'disk':
+      return 'stopped: wrote more than its disk budget';
     case 'timeout':
       return 'stopped: ran past its timeout';
     case 'cancelled':

@@ -32,16 +32,17 @@ export class LeaseNotifier {
 
   /**
    * Registers a wait for the node before the caller looks at the database, so that a lease
-   * issued in between is not missed. until() resolves on news, at the deadline, or on abort.
+   * issued in between is not missed. until() resolves true on news; false at the deadline or on
+   * abort, still registered (the caller may wait on), until cancel().
    */
-  waiter(nodeId: string): { until(deadlineMs: number, signal?: AbortSignal): Promise<void>; cancel(): void } {
+  waiter(nodeId: string): { until(deadlineMs: number, signal?: AbortSignal): Promise<boolean>; cancel(): void } {
     let set = this.waiters.get(nodeId);
     if (!set) this.waiters.set(nodeId, (set = new Set()));
     let woken = false;
-    let resolve: (() => void) | null = null;
+    let resolve: ((news: boolean) => void) | null = null;
     const fn = () => {
       woken = true;
-      resolve?.();
+      resolve?.(true);
     };
     set.add(fn);
     const cancel = () => {
@@ -51,17 +52,20 @@ export class LeaseNotifier {
     return {
       cancel,
       until: (deadlineMs, signal) =>
-        new Promise<void>((res) => {
-          const done = () => {
+        new Promise<boolean>((res) => {
+          const done = (news: boolean) => {
             clearTimeout(timer);
-            signal?.removeEventListener('abort', done);
-            cancel();
-            res();
+            signal?.removeEventListener('abort', onAbort);
+            resolve = null;
+            if (news) cancel();
+            res(news);
           };
+          const onAbort = () => done(false);
           resolve = done;
-          const timer = setTimeout(done, Math.max(0, deadlineMs - Date.now()));
-          signal?.addEventListener('abort', done, { once: true });
-          if (woken || signal?.aborted) done();
+          const timer = setTimeout(() => done(false), Math.max(0, deadlineMs - Date.now()));
+          signal?.addEventListener('abort', onAbort, { once: true });
+          if (woken) done(true);
+          else if (signal?.aborted) done(false);
         }),
     };
   }

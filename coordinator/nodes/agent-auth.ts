@@ -16,6 +16,9 @@ const nodeIdPattern = idPattern('node');
 /** How long a replica trusts a node's key without reading its row again (another replica may retire it). */
 const keyCacheMs = 5 * 60_000;
 
+/** The NOTIFY channel on which a retired node's id travels to every replica (they drop its cached key). */
+export const nodeRetiredChannel = 'gantry_node_retired';
+
 const refuse = (why: string) => new ApiError('unauthenticated', why);
 
 /**
@@ -51,6 +54,11 @@ export class AgentVerifier {
     const verified = await this.verifyFresh(token, now);
     this.remember(token, verified);
     return verified.nodeId;
+  }
+
+  /** Throws (401) when the node no longer serves: retired, or unknown. Free while its key is cached. */
+  async requireServing(nodeId: string): Promise<void> {
+    await this.publicKey(nodeId, this.clock.now().getTime());
   }
 
   /** Drops what is cached for a node (it was retired): its next token is checked against the database. */

@@ -24,7 +24,7 @@ export function toApiNode(row: NodeRow, gpuRows: GpuRow[]): Node {
     priceCpuHour: fromMicros(row.priceCpuHourMicros),
     agentVersion: row.agentVersion,
     capacity: { cpu: row.cpuMillis / 1000, memoryMb: row.memoryMb, diskMb: row.diskMb },
-    allocated: { cpu: row.allocatedCpuMillis / 1000, memoryMb: row.allocatedMemoryMb },
+    allocated: { cpu: row.allocatedCpuMillis / 1000, memoryMb: row.allocatedMemoryMb, diskMb: row.allocatedDiskMb },
     host: (row.host as HostInfo | null) ?? null,
     gpus: gpuRows
       .sort((a, b) => a.index - b.index || a.id.localeCompare(b.id))

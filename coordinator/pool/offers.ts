@@ -12,6 +12,8 @@ export interface Ask {
   gpus: number;
   cpuMillis: number;
   memoryMb: number;
+  /** The job's disk budget (offers by filter ask none). */
+  diskMb?: number | undefined;
   gpuModel?: string | undefined;
   gpuMinMemoryMb?: number | undefined;
   minCudaVersion?: string | undefined;
@@ -42,6 +44,7 @@ export function askFromSpec(spec: JobSpec): Ask {
     gpus: r.gpus,
     cpuMillis: Math.round(r.cpu * 1000),
     memoryMb: r.memoryMb,
+    diskMb: r.diskMb,
     gpuModel: r.gpu?.model,
     gpuMinMemoryMb: r.gpu?.minMemoryMb,
     minCudaVersion: r.gpu?.minCudaVersion,
@@ -97,6 +100,7 @@ function nodeTests(a: Ask): { name: ConstraintName; ok: SQL }[] {
 const capacityTests = (a: Ask): { name: ConstraintName; ok: SQL }[] => [
   { name: 'cpu', ok: sql`n.cpu_millis - n.allocated_cpu_millis >= ${a.cpuMillis}` },
   { name: 'memory', ok: sql`n.memory_mb - n.allocated_memory_mb >= ${a.memoryMb}` },
+  ...(a.diskMb ? [{ name: 'disk' as const, ok: sql`n.disk_mb - n.allocated_disk_mb >= ${a.diskMb}` }] : []),
   ...(a.maxPriceMicros === undefined ? [] : [{ name: 'price' as const, ok: sql`${priceMilliOf(a)} <= ${a.maxPriceMicros}::bigint * 1000` }]),
 ];
 
@@ -244,6 +248,8 @@ function detailOf(c: ConstraintName, a: Ask, nodes: number, cheapestMicros: numb
       return `${those} with fewer than ${a.cpuMillis / 1000} CPU cores free`;
     case 'memory':
       return `${those} with less than ${a.memoryMb} MB of memory free`;
+    case 'disk':
+      return `${those} with less than ${a.diskMb} MB of disk free`;
     case 'price':
       return `${those} over the maximum of ${fromMicros(a.maxPriceMicros ?? 0)} per hour${cheapestMicros === null ? '' : ` (the cheapest asks ${fromMicros(cheapestMicros)})`}`;
   }
@@ -295,7 +301,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
   let feasible = 0;
   const ruledOut: RuledOut[] = [];
   const order = new Map<string, number>(
-    ['offline', 'draining', 'no_runtime', 'node', 'provider', 'region', 'labels', 'registry', 'network', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'price'].map(
+    ['offline', 'draining', 'no_runtime', 'node', 'provider', 'region', 'labels', 'registry', 'network', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'disk', 'price'].map(
       (c, i) => [c, i],
     ),
   );

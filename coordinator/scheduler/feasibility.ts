@@ -23,6 +23,8 @@ export interface NodeView {
   priceCpuHourMicros: number;
   freeCpuMillis: number;
   freeMemoryMb: number;
+  /** The free disk it last reported, less the disk budgets of the jobs on it. */
+  freeDiskMb: number;
   /** Free GPUs by index. */
   freeGpus: GpuView[];
   /** For least recently used; 0 when never placed on. */
@@ -38,6 +40,7 @@ export interface JobRequest {
   id: string;
   cpuMillis: number;
   memoryMb: number;
+  diskMb: number;
   gpuCount: number;
   gpuModel: string | null;
   gpuMinMemoryMb: number | null;
@@ -53,7 +56,7 @@ export interface JobRequest {
 }
 
 /** Why a node does not fit, in the order the rules are checked. */
-export type Rejection = 'node' | 'provider' | 'region' | 'labels' | 'registry' | 'network' | 'gpus' | 'cpu' | 'memory' | 'price';
+export type Rejection = 'node' | 'provider' | 'region' | 'labels' | 'registry' | 'network' | 'gpus' | 'cpu' | 'memory' | 'disk' | 'price';
 
 export type Decision =
   | { fits: true; gpus: GpuView[]; priceMilliMicros: number }
@@ -184,6 +187,7 @@ export function decide(job: JobRequest, node: NodeView, models: ModelMatcher): D
   }
   if (node.freeCpuMillis < job.cpuMillis) return { fits: false, reason: 'cpu' };
   if (node.freeMemoryMb < job.memoryMb) return { fits: false, reason: 'memory' };
+  if (node.freeDiskMb < job.diskMb) return { fits: false, reason: 'disk' };
   const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
   if (!withinPrice(job, price)) return { fits: false, reason: 'price' };
   return { fits: true, gpus, priceMilliMicros: price };
@@ -224,6 +228,7 @@ export function describePending(job: JobRequest, counts: RejectionCounts, online
   const who = job.nodeId !== null ? `node ${job.nodeId}` : job.providerId !== null ? `node of provider ${job.providerId}` : 'node';
   let text = `no online ${who}${where.length ? ` ${where.join(' ')}` : ''} has ${what}`;
   if (job.maxPriceMicros !== null) text += ` within ${formatPrice(job.maxPriceMicros)}/hour`;
+  if ((counts.disk ?? 0) > 0) text += `; ${plural(counts.disk!, 'node')} would fit but for ${job.diskMb} MB of free disk`;
   const priceOnly = counts.price ?? 0;
   if (priceOnly > 0) text += `; ${priceOnly} would fit without the price limit`;
   return text;

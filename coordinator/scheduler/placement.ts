@@ -125,6 +125,7 @@ export class PassState {
     node.freeGpus = node.freeGpus.filter((g) => !ids.has(g.id));
     node.freeCpuMillis -= job.cpuMillis;
     node.freeMemoryMb -= job.memoryMb;
+    node.freeDiskMb -= job.diskMb;
     node.lastPlacedAtMs = this.now;
     return { placed: true, node, gpus: taken };
   }
@@ -137,7 +138,7 @@ export class PassState {
   private best(job: JobRequest): NodeView | null {
     let best: Candidate | null = null;
     for (const node of this.candidatesFor(job)) {
-      if (node.freeCpuMillis < job.cpuMillis || node.freeMemoryMb < job.memoryMb || node.freeGpus.length < job.gpuCount) continue;
+      if (node.freeCpuMillis < job.cpuMillis || node.freeMemoryMb < job.memoryMb || node.freeDiskMb < job.diskMb || node.freeGpus.length < job.gpuCount) continue;
       const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
       if (!withinPrice(job, price)) continue;
       if (best && price > best.priceMilliMicros) continue;
@@ -167,7 +168,7 @@ export class PassState {
 }
 
 function shapeKey(j: JobRequest): string {
-  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}|${j.registry ?? ''}|${j.network ?? ''}`;
+  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.diskMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}|${j.registry ?? ''}|${j.network ?? ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +185,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     pc: unknown;
     free_cpu: number;
     free_mem: number;
+    free_disk: number;
     last_placed_ms: number | null;
     registries: string[] | string | null;
     networks: string[] | string | null;
@@ -192,6 +194,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     sql`select id, account_id, labels, region, price_gpu_hour_micros as pg, price_cpu_hour_micros as pc,
           runtime->'registries' as registries, runtime->'networks' as networks,
           cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
+          disk_mb - allocated_disk_mb as free_disk,
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
         from ${nodes} where status = 'online' and not draining and takes_work`,
   );
@@ -215,6 +218,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
       priceCpuHourMicros: toNumber(r.pc),
       freeCpuMillis: Number(r.free_cpu),
       freeMemoryMb: Number(r.free_mem),
+      freeDiskMb: Number(r.free_disk),
       freeGpus: [],
       lastPlacedAtMs: r.last_placed_ms === null ? 0 : Number(r.last_placed_ms),
       registries: typeof r.registries === 'string' ? JSON.parse(r.registries) : r.registries,
@@ -247,6 +251,7 @@ type QueueRow = {
   created_ms: number;
   cpu_millis: number;
   memory_mb: number;
+  disk_mb: number;
   gpu_count: number;
   gpu_model: string | null;
   gpu_min_memory_mb: number | null;
@@ -278,7 +283,7 @@ export async function loadQueueBatch(
   const rows = await executeRows<QueueRow>(
     db,
     sql`select id, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
-          cpu_millis, memory_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
+          cpu_millis, memory_mb, disk_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda,
           spec->>'image' as image, spec->>'network' as network
         from ${jobs}
@@ -312,6 +317,7 @@ function toQueuedJob(r: QueueRow): QueuedJob {
     pendingReason: r.pending_reason,
     cpuMillis: Number(r.cpu_millis),
     memoryMb: Number(r.memory_mb),
+    diskMb: Number(r.disk_mb),
     gpuCount: Number(r.gpu_count),
     gpuModel: r.gpu_model,
     gpuMinMemoryMb: r.gpu_min_memory_mb === null ? null : Number(r.gpu_min_memory_mb),
@@ -445,6 +451,7 @@ function plan(state: PassState, queue: QueuedJob[]): Placement[] {
       leaseId: newId('lease'),
       cpuMillis: job.cpuMillis,
       memoryMb: job.memoryMb,
+      diskMb: job.diskMb,
       priceGpuHourMicros: out.node.priceGpuHourMicros,
       priceCpuHourMicros: out.node.priceCpuHourMicros,
     });

@@ -338,6 +338,7 @@ export class LeaseRunner {
       this.o.log.info('job stopped without a report', { ...fields, why: stop });
       // What output is left goes while it can (the coordinator may be away: at most the shipper's deadline).
       await sink.close().catch((err) => this.o.log.warn('log shipping did not finish', { ...fields, error: String(err) }));
+      void result.cleanup?.();
       return;
     }
     run.phase = 'reporting';
@@ -352,6 +353,8 @@ export class LeaseRunner {
             ...(result.usage ? { usage: result.usage } : {}),
           };
     await this.finish(run, report, sink);
+    // After the report, never before: removing a job's volumes can take seconds.
+    void result.cleanup?.();
   }
 
   /**

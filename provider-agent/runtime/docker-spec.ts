@@ -19,8 +19,8 @@ export interface ContainerSpecOptions {
   nodeId: string;
   /** The image to create from: its content id (sha256:...), so a moved tag cannot change what runs. */
   imageId: string;
-  inputsDir: string;
-  outputsDir: string;
+  /** The job's volumes (names of engine volumes): /inputs read-only, /outputs and the image's own VOLUME paths writable. */
+  volumes: JobVolume[];
   /** The job's network: the agent's isolated gantry-jobs for `bridge` (default: the spec's own name), or none. */
   networkMode?: string;
   /** Turn IPv6 off inside a job that has a network (a kernel without IPv6 has nothing to turn off). */
@@ -44,6 +44,16 @@ export function nvidiaDeviceId(gpu: LeaseGpu): string {
 
 export const containerName = (jobId: string, epoch: number) => `gantry-${jobId}-${epoch}`;
 
+/** An engine volume of a job's run, and where the job sees it. */
+export interface JobVolume {
+  name: string;
+  target: string;
+  readOnly: boolean;
+}
+
+/** The volumes of a run are named after its container, so a sweep finds them by name and label alike. */
+export const volumeName = (jobId: string, epoch: number, what: string) => `${containerName(jobId, epoch)}-${what}`;
+
 /** The container a lease becomes: exactly what the lease grants, hardened. */
 export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docker.ContainerCreateOptions {
   const { spec } = grant;
@@ -57,7 +67,8 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
     GANTRY_JOB_ID: grant.jobId,
   };
   if (devices.length && !spec.env?.NVIDIA_DRIVER_CAPABILITIES) env.NVIDIA_DRIVER_CAPABILITIES = 'compute,utility';
-  const tmpfs = 'rw,exec,nosuid,nodev,mode=1777';
+  // Bounded: a tmpfs is the job's memory (charged to its cgroup), never more than its limit.
+  const tmpfs = `rw,exec,nosuid,nodev,mode=1777,size=${memoryBytes}`;
   return {
     name: containerName(grant.jobId, grant.epoch),
     Image: o.imageId,
@@ -88,7 +99,9 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
       ReadonlyRootfs: true,
       Tmpfs: { '/tmp': tmpfs, [jobHome]: tmpfs },
       ShmSize: (spec.resources.shmMb ?? defaultShmMb) * 1024 * 1024,
-      Binds: [`${o.inputsDir}:/inputs:ro`, `${o.outputsDir}:/outputs:rw`],
+      // Engine volumes, not host folders: what the job leaves is read through the engine (links
+      // resolve in the container's root), and no host path of the agent shows in its mounts.
+      Mounts: o.volumes.map((v) => ({ Type: 'volume' as const, Source: v.name, Target: v.target, ReadOnly: v.readOnly })),
       NetworkMode: o.networkMode ?? spec.network,
       // No IPv6 in a job with a network: the isolation rules are written for IPv4.
       ...(o.disableIpv6 && (o.networkMode ?? spec.network) !== 'none' ? { Sysctls: { 'net.ipv6.conf.all.disable_ipv6': '1' } } : {}),
@@ -102,4 +115,13 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
         : {}),
     },
   };
+}
+
+/**
+ * A job's part of the node's pids budget: in proportion to its CPUs (which the scheduler never
+ * hands out twice), so all jobs together stay within the budget; at least 64 (a shell and a few
+ * tools), at most the per-job cap.
+ */
+export function pidsShare(budget: number, cpuMillis: number, nodeCpuMillis: number, cap: number): number {
+  return Math.max(64, Math.min(cap, Math.floor((budget * cpuMillis) / Math.max(1, nodeCpuMillis))));
 }

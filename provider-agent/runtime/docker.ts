@@ -1,14 +1,18 @@
-import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { createReadStream, existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import Docker from 'dockerode';
 import { defaultAllowedRegistries } from '../../shared/images.ts';
+import { defaultDiskMb } from '../../shared/jobs.ts';
 import type { LeaseGrant, LeaseRef, ReportedUsage } from '../../shared/leases.ts';
 import { InputError, prepareInputs } from '../inputs.ts';
-import { defaultOutputsMaxBytes, saveOutputs } from '../outputs.ts';
+import { defaultOutputsMaxBytes, packOutputs, repackArchive, saveOutputs } from '../outputs.ts';
 import { writePrivateFile } from '../state.ts';
 import { dockerOptionsFromEnv } from './docker-options.ts';
-import { containerName, containerSpec, labels } from './docker-spec.ts';
+import { containerName, containerSpec, defaultPidsLimit, labels, pidsShare, volumeName, type JobVolume } from './docker-spec.ts';
+import { Helper, samplerScript, type HelperMount } from './helper.ts';
+import { removeTree } from './tree.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
 import { jobNetworkName, NetworkGuard } from './network.ts';
@@ -30,7 +34,12 @@ export interface DockerRuntimeOptions {
   docker?: Docker.DockerOptions;
   /** Between SIGTERM and SIGKILL when a job is stopped (timeout, cancel). */
   stopGraceSeconds?: number;
+  /** The most processes (threads included) one job may have. */
   pidsLimit?: number;
+  /** The most processes all jobs together may have: each job gets its CPU share of it. */
+  pidsBudget?: number;
+  /** How often what a job wrote is counted against its disk budget. */
+  diskSampleSeconds?: number;
   /** Cap on the packed /outputs (the coordinator has its own, GANTRY_OUTPUTS_MAX_BYTES). */
   outputsMaxBytes?: number;
   /** Leave containers that failed to start for inspection (debugging a GPU runtime). */
@@ -48,6 +57,12 @@ export interface DockerRuntimeOptions {
    * agent, when it runs, stops the job at the end itself). Default 2 s.
    */
   watchdogMarginMs?: number;
+}
+
+/** What the runtime needs of an image: its content id, its VOLUME paths, whether it runs as root. */
+function describeImage(i: Docker.ImageInspectInfo): { id: string; volumes: string[]; rootUser: boolean } {
+  const user = (i.Config?.User ?? '').split(':')[0] ?? '';
+  return { id: i.Id, volumes: Object.keys(i.Config?.Volumes ?? {}), rootUser: user === '' || user === 'root' || user === '0' };
 }
 
 /** The engine's own words for a failure (its JSON message), not dockerode's wrapping. */
@@ -68,6 +83,9 @@ export function engineReason(err: unknown): string {
 }
 
 const hostHasIpv6 = existsSync('/proc/sys/net/ipv6');
+/** Inodes a job may use per MiB of its disk budget: ext4's default of one inode per 16 KiB. */
+export const inodesPerMb = 64;
+
 const statusOf = (err: unknown) => (err as { statusCode?: number })?.statusCode;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -106,6 +124,7 @@ export class DockerRuntime implements Executor {
   private readonly deadlines = new Map<string, number>();
   /** Runs whose container has a watchdog reading their deadline file; each file's writes in order. */
   private readonly guarded = new Map<string, Promise<void>>();
+  private readonly helper: Helper;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     const base = o.docker ?? dockerOptionsFromEnv();
@@ -123,6 +142,7 @@ export class DockerRuntime implements Executor {
       engineReason,
     });
     this.network = new NetworkGuard(this.api);
+    this.helper = new Helper(this.streams, o.nodeId);
   }
 
   private jobDir(jobId: string, epoch: number) {
@@ -173,11 +193,23 @@ export class DockerRuntime implements Executor {
 
   async run(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
     try {
-      return await this.runContainer(grant, ctx);
+      // No host path of the agent reaches the job's events or its error.
+      const scrubbed: ExecutionContext = { ...ctx, onProgress: ctx.onProgress ? (m) => ctx.onProgress!(this.scrub(m)) : undefined };
+      let result: ExecutionResult;
+      try {
+        result = await this.runContainer(grant, scrubbed);
+      } catch (err) {
+        throw new Error(this.scrub(engineReason(err)));
+      }
+      return result.error ? { ...result, error: this.scrub(result.error) } : result;
     } finally {
       const key = `${grant.jobId}.${grant.epoch}`;
       if (!this.guarded.has(key)) this.deadlines.delete(key);
     }
+  }
+
+  private scrub(message: string): string {
+    return message.split(this.o.workDir).join('<agent work dir>');
   }
 
   private async runContainer(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
@@ -188,6 +220,7 @@ export class DockerRuntime implements Executor {
       return this.follow(grant, ctx, existing, true);
     }
     if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
+    const dir = this.jobDir(grant.jobId, grant.epoch);
 
     let networkMode: string = 'none';
     if (grant.spec.network === 'bridge') {
@@ -200,58 +233,76 @@ export class DockerRuntime implements Executor {
       }
     }
 
-    let imageId: string;
+    // The run's folder and its /outputs volume are made while the image is looked up.
+    const outputsVolume = volumeName(grant.jobId, grant.epoch, 'outputs');
+    const prepared = Promise.all([
+      this.createVolume(outputsVolume, grant),
+      (async () => {
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        // What the runtime needs to pick this run up after an agent restart.
+        await writeFile(join(dir, 'grant.json'), JSON.stringify(grant), { mode: 0o600 });
+      })(),
+    ]);
+    prepared.catch(() => {});
+    let volumes: JobVolume[] = [{ name: outputsVolume, target: '/outputs', readOnly: false }];
+    // A run that never started: its folder goes now, its volumes after the report, like any run's.
+    const forget = async (r: ExecutionResult): Promise<ExecutionResult> => {
+      await prepared.catch(() => {});
+      await this.removeRun(null, grant.jobId, grant.epoch, []);
+      const names = volumes.map((v) => v.name);
+      return { ...r, cleanup: () => this.removeVolumes(names, grant.jobId) };
+    };
+
+    let image: { id: string; volumes: string[]; rootUser: boolean };
     try {
-      imageId = await this.images.acquire(grant.spec.image, ctx);
+      image = describeImage(await this.images.acquire(grant.spec.image, ctx));
     } catch (err) {
-      if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' };
+      if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' });
       // The client sees plain words; what the engine said stays in the provider's log.
       const why = err instanceof ImageRefused ? err.message : 'image could not be pulled';
       if (!(err instanceof ImageRefused)) this.o.log.warn('image not ready', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
       ctx.onProgress?.(why);
-      return { exitCode: null, reason: 'error', error: why };
+      return forget({ exitCode: null, reason: 'error', error: why });
     }
     try {
-      return await this.start(grant, ctx, imageId, networkMode);
+      return await this.startOn(grant, ctx, image, networkMode, { dir, name, prepared, outputsVolume, forget, setVolumes: (v) => (volumes = v) });
     } finally {
-      await this.images.release(imageId);
+      await this.images.release(image.id);
     }
   }
 
-  private async start(grant: LeaseGrant, ctx: ExecutionContext, imageId: string, networkMode: string): Promise<ExecutionResult> {
-    const name = containerName(grant.jobId, grant.epoch);
-    const dir = this.jobDir(grant.jobId, grant.epoch);
-
-    const inputsDir = join(dir, 'inputs');
-    const outputsDir = join(dir, 'outputs');
+  /** From the image in hand to the container's end: its volumes and inputs, the container, then follow(). */
+  private async startOn(
+    grant: LeaseGrant,
+    ctx: ExecutionContext,
+    image: { id: string; volumes: string[]; rootUser: boolean },
+    networkMode: string,
+    run: { dir: string; name: string; prepared: Promise<unknown>; outputsVolume: string; forget: (r: ExecutionResult) => Promise<ExecutionResult>; setVolumes: (v: JobVolume[]) => void },
+  ): Promise<ExecutionResult> {
+    const { dir, name, prepared, outputsVolume, forget } = run;
+    const volumes = this.jobVolumes(grant, image.volumes);
+    run.setVolumes(volumes);
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      // What the runtime needs to pick this run up after an agent restart.
-      await writeFile(join(dir, 'grant.json'), JSON.stringify(grant), { mode: 0o600 });
-      await mkdir(outputsDir, { recursive: true });
-      // Any user the image runs as may write its outputs; only this job's container mounts them.
-      await chmod(outputsDir, 0o777);
-      await chmod(dir, 0o711);
-      await prepareInputs(grant.spec.inputs, inputsDir, ctx.fetchInput);
+      await prepared;
+      await Promise.all(volumes.filter((v) => v.name !== outputsVolume).map((v) => this.createVolume(v.name, grant)));
+      if (grant.spec.inputs?.length) await this.fillInputs(grant, dir, volumes.find((v) => v.target === '/inputs')!.name, ctx);
+      // A job that runs as another user than root may write its outputs too.
+      if (!image.rootUser) await this.helper.run('chmod 0777 /v/0', [{ source: volumes[0]!.name, target: '/v/0', readOnly: false }], [], 'outputs');
     } catch (err) {
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
-      const why = err instanceof InputError ? err.message : `inputs could not be prepared: ${(err as Error).message}`;
-      return { exitCode: null, reason: 'error', error: why };
+      const why = err instanceof InputError ? err.message : `its volumes and inputs could not be prepared: ${engineReason(err)}`;
+      return forget({ exitCode: null, reason: 'error', error: why });
     }
-    if (ctx.signal.aborted) {
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
-      return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
-    }
+    if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped before it started' });
 
+    const pidsCap = this.o.pidsLimit ?? defaultPidsLimit;
     const spec = containerSpec(grant, {
       nodeId: this.o.nodeId,
-      imageId,
-      inputsDir,
-      outputsDir,
+      imageId: image.id,
+      volumes,
       networkMode,
       disableIpv6: hostHasIpv6,
       stopGraceSeconds: this.grace,
-      ...(this.o.pidsLimit ? { pidsLimit: this.o.pidsLimit } : {}),
+      pidsLimit: this.o.pidsBudget ? pidsShare(this.o.pidsBudget, grant.cpuMillis, availableParallelism() * 1000, pidsCap) : pidsCap,
     });
     try {
       await this.api.createContainer(spec).catch((err) => {
@@ -261,14 +312,50 @@ export class DockerRuntime implements Executor {
       });
     } catch (err) {
       if (statusOf(err) !== 409) {
-        await rm(dir, { recursive: true, force: true }).catch(() => {});
-        return { exitCode: null, reason: 'error', error: `container could not be created: ${engineReason(err)}` };
+        return forget({ exitCode: null, reason: 'error', error: `container could not be created: ${engineReason(err)}` });
       }
       // 409: a container of this name exists already (an earlier try of this very run): follow it.
     }
     const info = await this.inspectByName(name);
-    if (!info) return { exitCode: null, reason: 'error', error: 'the container vanished right after it was created' };
+    if (!info) return forget({ exitCode: null, reason: 'error', error: 'the container vanished right after it was created' });
     return this.follow(grant, ctx, info, false);
+  }
+
+  /** /outputs first (the helper counts it as /v/0), then /inputs, then the image's own VOLUME paths. */
+  private jobVolumes(grant: LeaseGrant, imageVolumes: string[]): JobVolume[] {
+    const v = (what: string, target: string, readOnly: boolean): JobVolume => ({ name: volumeName(grant.jobId, grant.epoch, what), target, readOnly });
+    const own = imageVolumes.filter((p) => p !== '/outputs' && p !== '/inputs').sort();
+    return [
+      v('outputs', '/outputs', false),
+      ...(grant.spec.inputs?.length ? [v('inputs', '/inputs', true)] : []),
+      ...own.map((target, i) => v(`vol${i}`, target, false)),
+    ];
+  }
+
+  private async createVolume(name: string, grant: LeaseGrant): Promise<void> {
+    await this.api.createVolume({
+      Name: name,
+      Labels: { [labels.managed]: 'true', [labels.node]: this.o.nodeId, [labels.job]: grant.jobId, [labels.epoch]: String(grant.epoch) },
+    });
+  }
+
+  /** Inputs fetched into a folder of the agent's, then copied into the job's /inputs volume through the engine. */
+  private async fillInputs(grant: LeaseGrant, dir: string, volume: string, ctx: ExecutionContext): Promise<void> {
+    const staged = join(dir, 'inputs');
+    const tarFile = join(dir, 'inputs.tar');
+    try {
+      await prepareInputs(grant.spec.inputs, staged, ctx.fetchInput);
+      await packOutputs(staged, tarFile, Number.MAX_SAFE_INTEGER);
+      const c = await this.helper.create('true', [{ source: volume, target: '/in', readOnly: false }], [], 'inputs');
+      try {
+        await c.putArchive(createReadStream(tarFile) as unknown as NodeJS.ReadableStream, { path: '/in' });
+      } finally {
+        await c.remove({ force: true }).catch(() => {});
+      }
+    } finally {
+      await removeTree(staged).catch(() => {});
+      await removeTree(tarFile).catch(() => {});
+    }
   }
 
   private async inspectByName(name: string): Promise<Docker.ContainerInspectInfo | null> {
@@ -285,7 +372,7 @@ export class DockerRuntime implements Executor {
     const container = this.streams.getContainer(info.Id);
     const dir = this.jobDir(grant.jobId, grant.epoch);
     const cursorFile = join(dir, 'log-cursor');
-    const outputsDir = join(dir, 'outputs');
+    const volumeNames = (info.Mounts ?? []).filter((m) => m.Type === 'volume' && m.Name).map((m) => m.Name!);
     const fresh = info.State.Status === 'created';
     if (fresh || info.State.Running) await this.guard(grant, info.Id);
 
@@ -299,8 +386,9 @@ export class DockerRuntime implements Executor {
         exited.catch(() => {});
         const why = `container could not be started: ${engineReason(err)}`;
         this.o.log.warn('container start failed', { jobId: grant.jobId, error: engineReason(err) });
-        if (!this.o.keepFailedContainers) await this.remove(info.Id, dir);
-        return { exitCode: null, reason: 'error', error: why };
+        if (this.o.keepFailedContainers) return { exitCode: null, reason: 'error', error: why };
+        await this.removeRun(info.Id, grant.jobId, grant.epoch, []);
+        return { exitCode: null, reason: 'error', error: why, cleanup: () => this.removeVolumes(volumeNames, grant.jobId) };
       }
     } else {
       exited = container.wait({ condition: 'not-running' });
@@ -309,12 +397,13 @@ export class DockerRuntime implements Executor {
     ctx.onRunning();
 
     const startedAt = await this.startedAt(info.Id);
-    let stoppedFor: 'timeout' | 'cancel' | 'detach' | null = null;
+    let stoppedFor: 'timeout' | 'cancel' | 'disk' | 'detach' | null = null;
     let stopping: Promise<void> | null = null;
-    const stop = (why: 'timeout' | 'cancel') => {
+    const stop = (why: 'timeout' | 'cancel' | 'disk') => {
       if (stoppedFor) return;
       stoppedFor = why;
-      stopping = this.stopContainer(info.Id);
+      // Over its disk budget a job gets no grace to write more.
+      stopping = why === 'disk' ? this.killContainer(info.Id) : this.stopContainer(info.Id);
     };
 
     const remainingMs = grant.spec.timeoutSeconds * 1000 - (Date.now() - startedAt);
@@ -340,12 +429,19 @@ export class DockerRuntime implements Executor {
     else ctx.signal.addEventListener('abort', onAbort, { once: true });
 
     const sampler = this.sampleUsage(info.Id);
+    const diskMb = grant.spec.resources.diskMb ?? defaultDiskMb;
+    const disk = this.watchDisk(grant, info, diskMb, (bytes, inodes) => {
+      if (stoppedFor) return;
+      ctx.onProgress?.(`wrote ${(bytes / 2 ** 20).toFixed(1)} MiB in ${inodes} files and folders, over its disk budget of ${diskMb} MiB (${diskMb * inodesPerMb} files): stopping it`);
+      stop('disk');
+    }, () => ctx.onProgress?.('its disk use can no longer be counted on this node: its disk budget is not enforced'));
     const pump = this.pumpLogs(info.Id, ctx, cursorFile, resumed, detachment.signal, exited.catch(() => {}));
     try {
       const first = await Promise.race([exited.then(() => 'exited' as const, () => 'exited' as const), detached]);
       if (first === 'detached') {
         await Promise.race([pump, sleep(5000)]);
         await sampler.stop();
+        await disk.stop();
         return { exitCode: null, reason: 'cancelled', error: 'the agent stopped; the container runs on and the next agent resumes it' };
       }
       // Nothing runs any more: saving the outputs may outlast the lease (an outage) without cost.
@@ -358,9 +454,16 @@ export class DockerRuntime implements Executor {
       const result = this.outcome(grant, end, stoppedFor, usage);
       // A lease that is gone takes nothing more from this run: the coordinator would refuse it.
       const leaseGone = stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
-      if (!leaseGone) await saveOutputs(ctx, outputsDir, join(dir, 'outputs.tar'), this.o.outputsMaxBytes ?? defaultOutputsMaxBytes, (m, f) => this.o.log.warn(m, { jobId: grant.jobId, ...f }));
-      await this.remove(info.Id, dir);
-      return result;
+      const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
+      // Over its disk budget, what it wrote is not read back: that would take as long again as writing it.
+      if (stoppedFor === 'disk') ctx.onProgress?.('outputs not kept: the job went over its disk budget');
+      else if (!leaseGone) {
+        await saveOutputs(ctx, () => this.readOutputs(info.Id, join(dir, 'outputs.tar'), maxBytes, disk, ctx), maxBytes, (m, f) =>
+          this.o.log.warn(m, { jobId: grant.jobId, ...f }),
+        );
+      }
+      await this.removeRun(info.Id, grant.jobId, grant.epoch, []);
+      return { ...result, cleanup: () => disk.stop().then(() => this.removeVolumes(volumeNames, grant.jobId)) };
     } finally {
       clearTimeout(timer);
       ctx.signal.removeEventListener('abort', onAbort);
@@ -381,6 +484,10 @@ export class DockerRuntime implements Executor {
     const withUsage = (r: ExecutionResult): ExecutionResult => (Object.keys(usage).length ? { ...r, usage } : r);
     if (stoppedFor === 'timeout') return withUsage({ exitCode: code, reason: 'timeout', error: `stopped after its ${grant.spec.timeoutSeconds} s timeout` });
     if (stoppedFor === 'cancel') return withUsage({ exitCode: code, reason: 'cancelled', error: 'stopped: cancelled' });
+    if (stoppedFor === 'disk') {
+      const mb = grant.spec.resources.diskMb ?? defaultDiskMb;
+      return withUsage({ exitCode: code, reason: 'disk', error: `stopped for writing more than its disk budget of ${mb} MiB` });
+    }
     if (end.State.OOMKilled && code !== 0) {
       return withUsage({ exitCode: code, reason: 'oom', error: `killed for running out of memory (limit ${grant.memoryMb} MiB)` });
     }
@@ -515,20 +622,165 @@ export class DockerRuntime implements Executor {
     };
   }
 
-  private async remove(id: string, dir: string): Promise<void> {
+  /**
+   * Counts what the job can write (its writable volumes, in a helper that mounts them
+   * read-only) every few seconds, and calls onOver once the count passes its disk budget:
+   * allocated bytes over diskMb MiB, or inodes over inodesPerMb per MiB.
+   */
+  private watchDisk(
+    grant: LeaseGrant,
+    info: Docker.ContainerInspectInfo,
+    diskMb: number,
+    onOver: (bytes: number, inodes: number) => void,
+    onLost: () => void,
+  ): DiskWatch {
+    const writable = (info.Mounts ?? []).filter((m) => m.Type === 'volume' && m.RW && m.Name);
+    // /outputs is /v/0: what the end of the run counts against the archive read back.
+    writable.sort((a, b) => Number(b.Destination === '/outputs') - Number(a.Destination === '/outputs'));
+    const mounts: HelperMount[] = writable.map((m, i) => ({ source: m.Name!, target: `/v/${i}`, readOnly: true }));
+    const limitBytes = diskMb * 2 ** 20;
+    const limitInodes = diskMb * inodesPerMb;
+    let container: Docker.Container | null = null;
+    let logs: { destroy?: () => void } | null = null;
+    let stopped = false;
+    const fields = { jobId: grant.jobId, epoch: grant.epoch };
+    const watching = (async () => {
+      if (!mounts.length) return;
+      // A job that ends within its first second needs no counter (nor the engine's time to start one).
+      await sleep(1000);
+      if (stopped) return;
+      const c = await this.helper.create(samplerScript(this.o.diskSampleSeconds ?? 2), mounts, ['DAC_READ_SEARCH'], `disk ${grant.jobId}.${grant.epoch}`);
+      container = c;
+      if (stopped) return void (await c.remove({ force: true }).catch(() => {}));
+      await c.start();
+      const stream = (await c.logs({ follow: true, stdout: true, stderr: true })) as unknown as AsyncIterable<Buffer> & { destroy?: () => void };
+      logs = stream;
+      if (stopped) return stream.destroy?.();
+      let rest = '';
+      for await (const f of demux(stream)) {
+        if (f.stream !== 'stdout') continue;
+        rest += f.data.toString('utf8');
+        let nl: number;
+        while ((nl = rest.indexOf('\n')) >= 0) {
+          const [bytes, inodes] = rest.slice(0, nl).trim().split(' ').map(Number) as [number, number];
+          rest = rest.slice(nl + 1);
+          if (bytes > limitBytes || inodes > limitInodes) onOver(bytes, inodes);
+        }
+      }
+      if (!stopped) {
+        this.o.log.warn('the disk counter of a job stopped', fields);
+        onLost();
+      }
+    })().catch((err) => {
+      if (!stopped) {
+        this.o.log.warn('disk use of a job cannot be counted', { ...fields, error: engineReason(err) });
+        onLost();
+      }
+    });
+    return {
+      count: async () => {
+        if (!mounts.length) return null;
+        const script = 'find /v/0 -xdev | wc -l';
+        let out: string;
+        const running = container as Docker.Container | null;
+        if (running && logs) {
+          const exec = await running.exec({ Cmd: ['/bin/sh', '-c', script], AttachStdout: true, AttachStderr: true });
+          const stream = (await exec.start({ hijack: true, stdin: false })) as unknown as AsyncIterable<Buffer>;
+          out = '';
+          for await (const f of demux(stream)) if (f.stream === 'stdout') out += f.data.toString('utf8');
+        } else {
+          out = await this.helper.run(script, [mounts[0]!], ['DAC_READ_SEARCH'], 'count');
+        }
+        const n = Number(out.trim());
+        return Number.isInteger(n) && n > 0 ? n : null;
+      },
+      stop: async () => {
+        stopped = true;
+        logs?.destroy?.();
+        await Promise.race([watching, sleep(2000)]);
+        // Removing the helper also unmounts the volumes it holds, so they can be removed.
+        await (container as Docker.Container | null)?.remove({ force: true }).catch(() => {});
+      },
+    };
+  }
+
+  /**
+   * /outputs of the stopped container through the engine's archive (links resolve in the
+   * container's root, never on the host), repacked; entries the archive left out (it skips
+   * paths past PATH_MAX without an error) are counted against what the job wrote and reported.
+   */
+  private async readOutputs(id: string, tarFile: string, maxBytes: number, disk: DiskWatch, ctx: ExecutionContext) {
+    const archive = (await this.streams.getContainer(id).getArchive({ path: '/outputs' })) as unknown as AsyncIterable<Buffer>;
+    const read = await repackArchive(archive, tarFile, maxBytes);
+    // The first entry left out has a parent read back within a name (255) of PATH_MAX, counting
+    // the volume's own path on the host: only then is there anything to count.
+    if (read.deepestFolder < 4096 - 255 - 512) return read;
+    const written = await disk.count().catch(() => null);
+    if (written !== null && written > read.entries) {
+      ctx.onProgress?.(
+        `${written - read.entries} of the ${written} files and folders in /outputs could not be read back (deeper than the engine's path limit, or sockets): left out of its outputs`,
+      );
+    }
+    return read;
+  }
+
+  /** SIGKILL at once. */
+  private async killContainer(id: string): Promise<void> {
+    await this.streams
+      .getContainer(id)
+      .kill()
+      .catch((err) => {
+        if (statusOf(err) !== 404 && statusOf(err) !== 409 && statusOf(err) !== 304) throw err;
+      })
+      .catch(() => this.stopContainer(id));
+  }
+
+  /** The container and the run's folder on this host, and any volumes named (those only when the run never started). */
+  private async removeRun(containerId: string | null, jobId: string, epoch: number, volumes: string[]): Promise<void> {
     // The watchdog goes with the folder; a deadline write still under way finishes first.
-    const key = basename(dir);
+    const key = `${jobId}.${epoch}`;
     const writes = this.guarded.get(key);
     this.guarded.delete(key);
     this.deadlines.delete(key);
     await writes?.catch(() => {});
-    await this.api
-      .getContainer(id)
-      .remove({ force: true, v: true })
-      .catch((err) => {
-        if (statusOf(err) !== 404) this.o.log.warn('container not removed', { container: id, error: engineReason(err) });
-      });
-    await rm(dir, { recursive: true, force: true }).catch(() => {});
+    if (containerId) {
+      await this.api
+        .getContainer(containerId)
+        .remove({ force: true, v: true })
+        .catch((err) => {
+          if (statusOf(err) !== 404) this.o.log.warn('container not removed', { jobId, container: containerId, error: engineReason(err) });
+        });
+    }
+    await this.removeFolder(this.jobDir(jobId, epoch)).catch((err) =>
+      this.o.log.warn('job folder not removed; the agent sweeps it at its next start', { jobId, error: (err as Error).message }),
+    );
+    if (volumes.length) await this.removeVolumes(volumes, jobId);
+  }
+
+  /** A folder of the agent's, whatever a job left in it: as this user, else through a helper running as root. */
+  private async removeFolder(dir: string): Promise<void> {
+    try {
+      await removeTree(dir);
+    } catch {
+      await this.helper.run(`rm -rf -- "/w/${basename(dir)}"`, [{ source: dirname(dir), target: '/w', readOnly: false }], ['DAC_OVERRIDE', 'FOWNER'], 'remove');
+    }
+  }
+
+  /** The engine removes a volume however deep or long-named its files are; tried again a few times, each failure logged. */
+  private async removeVolumes(names: string[], jobId: string): Promise<void> {
+    for (const name of names) {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.streams.getVolume(name).remove();
+          break;
+        } catch (err) {
+          if (statusOf(err) === 404) break;
+          this.o.log.warn('volume not removed', { jobId, volume: name, attempt, error: engineReason(err) });
+          if (attempt >= 4) break;
+          await sleep(500 * 4 ** attempt);
+        }
+      }
+    }
   }
 
   async recover(): Promise<RecoveredRun[]> {
@@ -550,13 +802,38 @@ export class DockerRuntime implements Executor {
       const stoppedAtLeaseEnd = await stat(join(this.jobDir(jobId, epoch), stoppedByWatchdog)).then(() => true, () => false);
       runs.push({ jobId, epoch, grant, running: c.State === 'running', ...(stoppedAtLeaseEnd ? { stoppedAtLeaseEnd } : {}) });
     }
+    await this.sweep(new Set(runs.map((r) => `${r.jobId}.${r.epoch}`))).catch((err) =>
+      this.o.log.warn('could not sweep what ended jobs left', { error: engineReason(err) }),
+    );
     return runs;
+  }
+
+  /** At start: helpers, volumes and folders of runs that have no container any more (a cleanup cut short). */
+  private async sweep(held: Set<string>): Promise<void> {
+    await this.helper.sweep();
+    const { Volumes } = await this.api.listVolumes({ filters: { label: [`${labels.managed}=true`, `${labels.node}=${this.o.nodeId}`] } });
+    const leftVolumes = (Volumes ?? []).filter((v) => !held.has(`${v.Labels?.[labels.job]}.${v.Labels?.[labels.epoch]}`)).map((v) => v.Name);
+    const folders = await readdir(join(this.o.workDir, 'jobs')).catch(() => [] as string[]);
+    const leftFolders = folders.filter((f) => !held.has(f));
+    if (!leftVolumes.length && !leftFolders.length) return;
+    this.o.log.info('removing what ended jobs left', { volumes: leftVolumes.length, folders: leftFolders.length });
+    for (const f of leftFolders) {
+      await this.removeFolder(join(this.o.workDir, 'jobs', f)).catch((err) => this.o.log.warn('job folder not removed', { folder: f, error: (err as Error).message }));
+    }
+    await this.removeVolumes(leftVolumes, 'sweep');
   }
 
   async discard(run: RecoveredRun): Promise<void> {
     const info = await this.inspectByName(containerName(run.jobId, run.epoch));
     if (info?.State.Running) await this.stopContainer(info.Id);
     this.o.log.info('removed a container whose lease is gone', { jobId: run.jobId, epoch: run.epoch });
-    await this.remove(info?.Id ?? containerName(run.jobId, run.epoch), this.jobDir(run.jobId, run.epoch));
+    const volumes = (info?.Mounts ?? []).filter((m) => m.Type === 'volume' && m.Name).map((m) => m.Name!);
+    await this.removeRun(info?.Id ?? null, run.jobId, run.epoch, volumes);
   }
+}
+
+interface DiskWatch {
+  /** How many files and folders /outputs holds, counted by the helper (null when it cannot say). */
+  count(): Promise<number | null>;
+  stop(): Promise<void>;
 }

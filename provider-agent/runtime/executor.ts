@@ -79,6 +79,11 @@ export interface ExecutionResult {
   /** A one-line account of what went wrong (image pull failed, OOM killed, ...). */
   error?: string;
   usage?: ReportedUsage;
+  /**
+   * What is left to remove (engine volumes: seconds for many files), which the runner starts
+   * once the end is reported, or once it knows there is nothing to report. It never throws.
+   */
+  cleanup?: () => Promise<void>;
 }
 
 /** The StopReason of an aborted signal (undefined while it is not aborted). */

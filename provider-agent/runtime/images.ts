@@ -62,10 +62,11 @@ export class ImageStore {
   constructor(private readonly o: ImageStoreOptions) {}
 
   /**
-   * The content id of the image the job runs: refused by registry, resolved to a digest, present
-   * with exactly that digest or pulled by it. Throws ImageRefused with the client's reason.
+   * The image the job runs (the engine's inspect of it): refused by registry, resolved to a
+   * digest, present with exactly that digest or pulled by it. Throws ImageRefused with the client's
+   * reason. Each acquire is matched by a release(its Id) when the job has ended.
    */
-  async acquire(image: string, ctx: ExecutionContext): Promise<string> {
+  async acquire(image: string, ctx: ExecutionContext): Promise<Docker.ImageInspectInfo> {
     const ref = parseImageRef(image);
     const refusal = registryRefusal(ref, this.o.allowedRegistries);
     if (refusal) throw new ImageRefused(refusal);
@@ -73,15 +74,15 @@ export class ImageStore {
     // Asked even for a pinned digest: a private image the provider pulled must not run for a client who knows its digest.
     const digest = await this.resolve(image, ref);
     const pinned = `${repo}@${digest}`;
-    let id = await this.present(pinned);
-    if (!id) {
+    let info = await this.present(pinned);
+    if (!info) {
       await this.pull(pinned, image, ctx);
-      id = await this.present(pinned);
-      if (!id) throw new ImageRefused(`image could not be pulled: the engine holds no ${pinned} after pulling it`);
+      info = await this.present(pinned);
+      if (!info) throw new ImageRefused(`image could not be pulled: the engine holds no ${pinned} after pulling it`);
     }
-    this.inUse.set(id, (this.inUse.get(id) ?? 0) + 1);
-    await this.touch(id, pinned);
-    return id;
+    this.inUse.set(info.Id, (this.inUse.get(info.Id) ?? 0) + 1);
+    await this.touch(info, pinned);
+    return info;
   }
 
   /** The job on this image ended: it counts as used now, and the cache is trimmed to its cap. */
@@ -120,8 +121,8 @@ export class ImageStore {
     }
   }
 
-  /** The image's id when the engine holds it with exactly this registry/repository@digest. */
-  private async present(pinned: string): Promise<string | null> {
+  /** The image when the engine holds it with exactly this registry/repository@digest. */
+  private async present(pinned: string): Promise<Docker.ImageInspectInfo | null> {
     let info: Docker.ImageInspectInfo;
     try {
       info = await this.o.api.getImage(pinned).inspect();
@@ -133,7 +134,7 @@ export class ImageStore {
       const r = parseImageRef(d);
       return `${repositoryName(r)}@${r.digest}`;
     });
-    return digests.includes(pinned) ? info.Id : null;
+    return digests.includes(pinned) ? info : null;
   }
 
   private async pull(pinned: string, image: string, ctx: ExecutionContext): Promise<void> {
@@ -199,12 +200,9 @@ export class ImageStore {
     await rename(tmp, this.o.indexFile);
   }
 
-  private async touch(id: string, pinned: string): Promise<void> {
+  private async touch(info: Docker.ImageInspectInfo, pinned: string): Promise<void> {
     const index = await this.load();
-    const known = index[id];
-    let sizeBytes = known?.sizeBytes;
-    if (sizeBytes === undefined) sizeBytes = (await this.o.api.getImage(id).inspect()).Size ?? 0;
-    index[id] = { ref: pinned, sizeBytes, lastUsedMs: Date.now() };
+    index[info.Id] = { ref: pinned, sizeBytes: info.Size ?? 0, lastUsedMs: Date.now() };
     await this.save().catch((err) => this.o.log.warn('image cache list not saved', { error: (err as Error).message }));
   }
 

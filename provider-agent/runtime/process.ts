@@ -1,14 +1,15 @@
 import { spawn } from 'node:child_process';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { LeaseGrant } from '../../shared/leases.ts';
 import { InputError, prepareInputs } from '../inputs.ts';
-import { defaultOutputsMaxBytes, saveOutputs } from '../outputs.ts';
+import { defaultOutputsMaxBytes, readOutputsDir, saveOutputs } from '../outputs.ts';
 import type { RuntimeLogger } from './docker.ts';
 import { StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor } from './executor.ts';
 import { nvidiaDeviceId } from './docker-spec.ts';
+import { removeTree } from './tree.ts';
 
 /** What the agent says, loudly, when it starts with --unsafe-process-runtime. */
 export const processRuntimeWarning =
@@ -49,11 +50,11 @@ export class ProcessRuntime implements Executor {
       await mkdir(home, { recursive: true });
       await prepareInputs(spec.inputs, inputs, ctx.fetchInput);
     } catch (err) {
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      await removeTree(dir).catch((err) => this.o.log.warn('job folder not removed', { jobId: grant.jobId, error: (err as Error).message }));
       return { exitCode: null, reason: 'error', error: err instanceof InputError ? err.message : `inputs could not be prepared: ${(err as Error).message}` };
     }
     if (ctx.signal.aborted) {
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      await removeTree(dir).catch((err) => this.o.log.warn('job folder not removed', { jobId: grant.jobId, error: (err as Error).message }));
       return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
     }
     const gpus = grant.gpus.map(nvidiaDeviceId).join(',');
@@ -76,7 +77,7 @@ export class ProcessRuntime implements Executor {
       child.once('error', (err) => resolve(err));
     });
     if (spawned) {
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      await removeTree(dir).catch((err) => this.o.log.warn('job folder not removed', { jobId: grant.jobId, error: (err as Error).message }));
       return { exitCode: null, reason: 'error', error: `${argv[0]} could not be started: ${spawned.message}` };
     }
     ctx.onRunning();
@@ -126,7 +127,8 @@ export class ProcessRuntime implements Executor {
       await pumps;
       const wallSeconds = (Date.now() - started) / 1000;
       const exitCode = code ?? (signal ? 128 + (signalNumbers[signal] ?? 0) : null);
-      await saveOutputs(ctx, outputs, join(dir, 'outputs.tar'), this.o.outputsMaxBytes ?? defaultOutputsMaxBytes, (m, f) =>
+      const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
+      await saveOutputs(ctx, readOutputsDir(outputs, join(dir, 'outputs.tar'), maxBytes), maxBytes, (m, f) =>
         this.o.log.warn(m, { jobId: grant.jobId, ...f }),
       );
       const usage = { wallSeconds };
@@ -140,7 +142,7 @@ export class ProcessRuntime implements Executor {
       ctx.signal.removeEventListener('abort', onAbort);
       // Whatever the job left running in its group goes with it.
       signalGroup('SIGKILL');
-      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      await removeTree(dir).catch((err) => this.o.log.warn('job folder not removed', { jobId: grant.jobId, error: (err as Error).message }));
     }
   }
 }

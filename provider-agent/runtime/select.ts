@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { defaultLogCapBytes } from '../logs/shipper.ts';
@@ -19,6 +20,9 @@ const RuntimeEnv = z.object({
   GANTRY_AGENT_WORK_DIR: z.string().min(1).optional(),
   GANTRY_AGENT_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
   GANTRY_AGENT_PIDS_LIMIT: z.coerce.number().int().min(16).max(4_194_304).optional(),
+  /** All jobs' processes together; default half the host's pid_max, never above it. */
+  GANTRY_AGENT_PIDS_BUDGET: z.coerce.number().int().min(64).max(4_194_304).optional(),
+  GANTRY_AGENT_DISK_SAMPLE_SECONDS: z.coerce.number().min(0.5).max(5).default(2),
   GANTRY_AGENT_LOG_CAP_BYTES: z.coerce.number().int().min(1024).default(defaultLogCapBytes),
   GANTRY_AGENT_OUTPUTS_MAX_BYTES: z.coerce.number().int().min(0).default(256 * 1024 * 1024),
   GANTRY_AGENT_KEEP_FAILED_CONTAINERS: flag.default(false),
@@ -27,7 +31,17 @@ const RuntimeEnv = z.object({
   /** Bridge jobs without the isolation rules, on Docker's default bridge: the provider's own risk (a dev machine). */
   GANTRY_AGENT_UNISOLATED_BRIDGE: flag.default(false),
 });
-export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string };
+export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string; pidsBudget: number };
+
+/** The host's ceiling on process ids (threads included). */
+function hostPidMax(): number {
+  try {
+    const n = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim());
+    return Number.isInteger(n) && n > 0 ? n : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
 
 export function runtimeSettings(stateDir: string, env: Env = process.env): RuntimeSettings {
   const present = Object.fromEntries(Object.entries(env).filter(([k, v]) => k.startsWith('GANTRY_AGENT_') && v !== undefined && v !== ''));
@@ -36,7 +50,12 @@ export function runtimeSettings(stateDir: string, env: Env = process.env): Runti
     const issue = parsed.error.issues[0]!;
     throw new RuntimeUnavailableError(`invalid setting ${String(issue.path[0])}: ${issue.message}`);
   }
-  return { ...parsed.data, workDir: parsed.data.GANTRY_AGENT_WORK_DIR ?? join(stateDir, 'work') };
+  const pidMax = hostPidMax();
+  const budget = parsed.data.GANTRY_AGENT_PIDS_BUDGET;
+  if (budget !== undefined && budget > pidMax) {
+    throw new RuntimeUnavailableError(`invalid setting GANTRY_AGENT_PIDS_BUDGET: ${budget} is above this host's pid_max (${pidMax})`);
+  }
+  return { ...parsed.data, workDir: parsed.data.GANTRY_AGENT_WORK_DIR ?? join(stateDir, 'work'), pidsBudget: budget ?? Math.floor(pidMax / 2) };
 }
 
 /**
@@ -110,6 +129,8 @@ export async function selectExecutor(opts: {
     unisolatedBridge: settings.GANTRY_AGENT_UNISOLATED_BRIDGE,
     ...(opts.allowedRegistries ? { allowedRegistries: opts.allowedRegistries } : {}),
     ...(settings.GANTRY_AGENT_PIDS_LIMIT ? { pidsLimit: settings.GANTRY_AGENT_PIDS_LIMIT } : {}),
+    pidsBudget: settings.pidsBudget,
+    diskSampleSeconds: settings.GANTRY_AGENT_DISK_SAMPLE_SECONDS,
   });
   return { executor, settings };
 }

@@ -5,19 +5,12 @@
 // target is p99 under 100 ms at the full rate.
 //
 //   npx tsx test/bench/heartbeat.bench.ts      (BENCH_NODES=10000 BENCH_SECONDS=40 BENCH_INTERVAL_S=5)
-import { generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { Agent, request } from 'node:http';
-import { sql } from 'drizzle-orm';
+import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
-import { migrate } from '../../coordinator/db/migrate.ts';
-import { openDatabase } from '../../coordinator/db/open.ts';
-import { accounts, gpus, nodes } from '../../coordinator/db/schema/index.ts';
-import { newId } from '../../shared/ids.ts';
 import { spawnCoordinator } from '../support/coordinator-process.ts';
+import { benchAudience, cpuTicks, gpusPerNode, HeartbeatSender, openLoop, percentile, postgresTicks, rssMb, seedNodes } from './heartbeat-load.ts';
 
 const nodeCount = Number(process.env.BENCH_NODES ?? 10_000);
-const gpusPerNode = 8;
 const intervalS = Number(process.env.BENCH_INTERVAL_S ?? 5);
 const warmupS = Number(process.env.BENCH_WARMUP_S ?? 5);
 const seconds = Number(process.env.BENCH_SECONDS ?? 40);
@@ -49,55 +42,8 @@ cleanup = async () => {
   await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
 };
 
-interface SimNode {
-  id: string;
-  key: KeyObject;
-  uuids: string[];
-  busy: boolean;
-  token: string;
-  tokenExp: number;
-}
-
 const seedStarted = performance.now();
-const sims: SimNode[] = [];
-{
-  const database = await openDatabase({ databaseUrl, poolSize: 4 });
-  await migrate(database);
-  const { db } = database;
-  const accountId = newId('account');
-  await db.insert(accounts).values({ id: accountId, name: 'bench-provider', kind: 'provider' });
-  const host = { cpuCores: 64, cpuModel: 'AMD EPYC 9354', memoryMb: 1_031_000, diskFreeMb: 3_500_000, os: 'Linux 6.1.0-18-amd64', arch: 'x64', hostname: 'h', containerRuntime: { kind: 'docker', version: '24.0.7' } };
-  for (let start = 0; start < nodeCount; start += 500) {
-    const nodeRows = [];
-    const gpuRows: (typeof gpus.$inferInsert)[] = [];
-    for (let i = start; i < Math.min(nodeCount, start + 500); i++) {
-      const { publicKey, privateKey } = generateKeyPairSync('ed25519');
-      const jwk = publicKey.export({ format: 'jwk' }) as { kty: string; crv: string; x: string };
-      const id = newId('node');
-      const uuids = Array.from({ length: gpusPerNode }, (_, g) => `GPU-${randomBytes(4).toString('hex')}-${randomBytes(2).toString('hex')}-${String(i).padStart(4, '0')}-${g}`);
-      sims.push({ id, key: privateKey, uuids, busy: i % 2 === 0, token: '', tokenExp: 0 });
-      nodeRows.push({
-        id,
-        accountId,
-        name: `bench-${i}`,
-        status: 'online' as const,
-        publicKey: { kty: jwk.kty, crv: jwk.crv, x: jwk.x },
-        host: { ...host, hostname: `bench-${i}` },
-        cpuMillis: 64_000,
-        memoryMb: 1_031_000,
-        diskMb: 3_500_000,
-        lastHeartbeatAt: new Date(),
-      });
-      uuids.forEach((uuid, g) =>
-        gpuRows.push({ nodeId: id, id: uuid, index: g, uuid, model: 'NVIDIA H100 80GB HBM3', memoryMb: 81_559, driverVersion: '590.48.01', cudaVersion: '13.1', pciBusId: `00000000:${(0x18 + g).toString(16)}:00.0` }),
-      );
-    }
-    await db.insert(nodes).values(nodeRows);
-    await db.insert(gpus).values(gpuRows);
-  }
-  await database.rows(sql`analyze`);
-  await database.close();
-}
+const sims = await seedNodes(databaseUrl, nodeCount);
 const seedSeconds = (performance.now() - seedStarted) / 1000;
 
 // ---------------------------------------------------------------------------------------------
@@ -107,7 +53,7 @@ const coordinator = spawnCoordinator({
   PORT: '0',
   HOST: '127.0.0.1',
   DATABASE_URL: databaseUrl,
-  GANTRY_NAME: 'https://bench.gantry.example',
+  GANTRY_NAME: benchAudience,
   GANTRY_LOG_REQUESTS: 'false',
   GANTRY_DB_POOL_SIZE: process.env.BENCH_POOL ?? '20',
 },
@@ -120,86 +66,9 @@ cleanup = async () => {
   await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
 };
 const { url: base } = await coordinator.ready;
-const target = new URL(base);
 const pid = coordinator.child.pid!;
-const audience = 'https://bench.gantry.example';
-
-// An agent token as provider-agent/agent-token.ts makes one (EdDSA, a minute of life, reused
-// until 15 s before its end), signed with node:crypto to keep the load generator light.
-const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
-const header = b64({ alg: 'EdDSA', typ: 'JWT' });
-function tokenFor(s: SimNode, nowS: number): string {
-  if (s.tokenExp - nowS > 15) return s.token;
-  const payload = b64({ sub: s.id, aud: audience, iat: nowS, exp: nowS + 60 });
-  const signature = sign(null, Buffer.from(`${header}.${payload}`), s.key).toString('base64url');
-  s.token = `${header}.${payload}.${signature}`;
-  s.tokenExp = nowS + 60;
-  return s.token;
-}
-
-let beat = 0;
-function bodyFor(s: SimNode): string {
-  beat++;
-  const gpuMetrics = s.uuids.map((id, g) =>
-    s.busy
-      ? { id, utilizationPct: 80 + ((beat + g) % 21), memoryUsedMb: 60_000 + ((beat * 7 + g) % 4000), temperatureC: 62 + ((beat + g) % 9), powerW: 540 + ((beat * 13 + g) % 150) + 0.25 }
-      : { id, utilizationPct: 0, memoryUsedMb: 4, temperatureC: 31, powerW: 70 + (beat % 2) },
-  );
-  return JSON.stringify({
-    jobs: [],
-    metrics: { at: new Date().toISOString(), host: { loadAvg1: s.busy ? 12.5 : 0.1, memoryUsedMb: s.busy ? 300_000 : 9_000 }, gpus: gpuMetrics },
-  });
-}
-
-const agent = new Agent({ keepAlive: true, maxSockets: 256 });
-function send(s: SimNode): Promise<number> {
-  const body = bodyFor(s);
-  const token = tokenFor(s, Math.floor(Date.now() / 1000));
-  return new Promise((resolve) => {
-    const req = request(
-      {
-        agent,
-        host: target.hostname,
-        port: target.port,
-        path: '/v1/agent/heartbeat',
-        method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-      },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', () => resolve(0));
-    req.setTimeout(30_000, () => req.destroy());
-    req.end(body);
-  });
-}
-
-// /proc/<pid>/stat: utime and stime in clock ticks (100 per second on Linux).
-function cpuTicks(p: number): number {
-  const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
-/** CPU ticks of the PostgreSQL backends serving the scratch database (their title names it). */
-function postgresTicks(): number {
-  let total = 0;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (!readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(dbName)) continue;
-      total += cpuTicks(Number(entry));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return total;
-}
-function rssMb(p: number): number {
-  const m = readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB/m);
-  return m ? Number(m[1]) / 1024 : 0;
-}
+const sender = new HeartbeatSender(base);
+const send = (s: (typeof sims)[number]) => sender.send(s);
 
 // ---------------------------------------------------------------------------------------------
 // 1. Cold start: every node's first heartbeat (a fresh token each: a verify and a key lookup),
@@ -223,70 +92,33 @@ async function closedLoop(concurrency: number, until: (sentSoFar: number) => boo
 
 const cold = await closedLoop(64, (i) => i < nodeCount);
 const capacityEnd = performance.now() + Number(process.env.BENCH_CAPACITY_S ?? 8) * 1000;
-const capCpu0 = [cpuTicks(pid), postgresTicks(), process.cpuUsage()] as const;
+const capCpu0 = [cpuTicks(pid), postgresTicks(dbName), process.cpuUsage()] as const;
 const capacity = await closedLoop(64, () => performance.now() < capacityEnd);
-const capCpu = [(cpuTicks(pid) - capCpu0[0]) / 100, (postgresTicks() - capCpu0[1]) / 100, process.cpuUsage(capCpu0[2])] as const;
+const capCpu = [(cpuTicks(pid) - capCpu0[0]) / 100, (postgresTicks(dbName) - capCpu0[1]) / 100, process.cpuUsage(capCpu0[2])] as const;
 
-const latencies: number[] = [];
-const slowest = new Map<number, number>();
-let sent = 0;
-let lateMs = 0;
 let maxRss = 0;
 let ticks = 0;
-let measuring = false;
-let measureStart = 0;
 let cpuStart = 0;
 let pgStart = 0;
 let genStart = process.cpuUsage();
-const runStart = performance.now();
-const runEnd = runStart + (warmupS + seconds) * 1000;
-const intervalMs = intervalS * 1000;
-const inFlight = new Set<Promise<void>>();
-
-await new Promise<void>((resolve) => {
-  let next = 0; // heartbeat k is node k % n, due at (k / n) * interval
-  const tick = () => {
-    const now = performance.now();
-    if (!measuring && now - runStart >= warmupS * 1000) {
-      measuring = true;
-      measureStart = now;
-      cpuStart = cpuTicks(pid);
-      pgStart = postgresTicks();
-      genStart = process.cpuUsage();
-    }
+const { latencies, measuredS, lateMs, slowest } = await openLoop(sender, sims, {
+  intervalS,
+  warmupS,
+  seconds,
+  count,
+  onMeasureStart: () => {
+    cpuStart = cpuTicks(pid);
+    pgStart = postgresTicks(dbName);
+    genStart = process.cpuUsage();
+  },
+  onTick: () => {
     if (++ticks % 50 === 0) maxRss = Math.max(maxRss, rssMb(pid));
-    if (now >= runEnd) return resolve();
-    for (;;) {
-      const due = runStart + (next / nodeCount) * intervalMs;
-      if (due > now) break;
-      const s = sims[next % nodeCount]!;
-      next++;
-      if (measuring) lateMs = Math.max(lateMs, now - due);
-      const counted = measuring;
-      const t0 = performance.now();
-      sent++;
-      const p = send(s).then((status) => {
-        count(status);
-        if (counted) {
-          const ms = performance.now() - t0;
-          latencies.push(ms);
-          const second = Math.floor((t0 - runStart) / 1000);
-          slowest.set(second, Math.max(slowest.get(second) ?? 0, ms));
-        }
-        inFlight.delete(p);
-      });
-      inFlight.add(p);
-    }
-    setTimeout(tick, 5);
-  };
-  tick();
+  },
 });
-const measuredS = (performance.now() - measureStart) / 1000;
 const cpuS = (cpuTicks(pid) - cpuStart) / 100;
-const pgS = (postgresTicks() - pgStart) / 100;
+const pgS = (postgresTicks(dbName) - pgStart) / 100;
 const gen = process.cpuUsage(genStart);
 const genS = (gen.user + gen.system) / 1e6;
-await Promise.all(inFlight);
 
 const rows = async (q: string) => {
   const c = postgres(databaseUrl, { max: 1, onnotice: () => {} });
@@ -300,12 +132,12 @@ const [metricsRows] = await rows('select count(*)::int as n, count(distinct node
 const [online] = await rows(`select count(*)::int as n from nodes where status = 'online' and metrics is not null`);
 
 await coordinator.stop();
-agent.destroy();
+sender.agent.destroy();
 await admin.unsafe(`drop database if exists ${dbName} with (force)`);
 await admin.end({ timeout: 5 });
 
 latencies.sort((a, b) => a - b);
-const pct = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? NaN;
+const pct = (p: number) => percentile(latencies, p);
 const errors = [...statuses].filter(([s]) => s !== 200).reduce((n, [, c]) => n + c, 0);
 console.log(`heartbeat_nodes: ${nodeCount} nodes`);
 console.log(`heartbeat_gpus: ${nodeCount * gpusPerNode} gpus`);

@@ -131,7 +131,7 @@ try {
       id: newId('job', at.getTime()),
       accountId: client,
       name: `bench-${i}`,
-      spec: { name: `bench-${i}`, image: 'busybox:latest', command: ['true'], resources: { cpu: 1, memoryMb: 64, gpus: 1 }, timeoutSeconds: 60, maxAttempts: 1, priority: 0, network: 'bridge' as const },
+      spec: { name: `bench-${i}`, image: 'busybox:latest', command: ['true'], resources: { cpu: 1, memoryMb: 64, diskMb: 10_240, gpus: 1 }, timeoutSeconds: 60, maxAttempts: 1, priority: 0, network: 'bridge' as const },
       specDigest: 'sha256:' + '0'.repeat(64),
       status: queued ? ('queued' as const) : i % 5 === 0 ? ('failed' as const) : ('succeeded' as const),
       cpuMillis: 1000,

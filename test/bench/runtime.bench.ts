@@ -155,5 +155,8 @@ if (bigEnd.status !== 'succeeded' || lines !== logLines || from === undefined) {
 
 (events as unknown as { destroy(): void }).destroy();
 await agent.kill('SIGTERM');
+// A run's volumes go right after its report; the agent may have stopped before the last went.
+const { Volumes } = await engine.listVolumes({ filters: { label: [`io.gantry.node=${nodeId}`] } });
+for (const v of Volumes ?? []) await engine.getVolume(v.Name).remove().catch(() => {});
 await c.close();
 await rm(work, { recursive: true, force: true });

@@ -223,6 +223,7 @@ try {
         publicKey: { kty: 'OKP', crv: 'Ed25519', x: `bench${i}` },
         cpuMillis: 64_000,
         memoryMb: 1_024_000,
+        diskMb: 4_000_000,
         priceGpuHourMicros: Math.round((0.5 + rand() * 3) * 100) * 10_000,
         priceCpuHourMicros: Math.round(rand() * 5) * 10_000,
         lastHeartbeatAt: new Date(),

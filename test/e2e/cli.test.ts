@@ -18,38 +18,17 @@ import type { RegisteredNode } from '../../shared/nodes.ts';
 import type { Job } from '../../shared/jobs.ts';
 import { createTestNode, leaseTo, type TestNode } from '../support/agent-fixture.ts';
 import { a5000Machine, newAgentKey } from '../support/agent-identity.ts';
+import { startCli } from '../support/cli-process.ts';
 import { repoRoot } from '../support/coordinator-process.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
 import { gpusOf, h100, seedNode } from '../support/pool-seed.ts';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const stackTrace = /^\s+at .+\(.*:\d+:\d+\)$/m;
 const hasScript = spawnSync('script', ['--version']).status === 0;
 if (!hasScript) console.warn('gantry CLI terminal tests skipped: script(1) from util-linux is not installed');
 
-/** gantry ARGS as a process; env replaces GANTRY_* and HOME for this run. */
-function start(args: string[], env: Record<string, string>, stdin?: string) {
-  const clean: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('GANTRY_') && k !== 'NO_COLOR') clean[k] = v;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'cli/main.ts', ...args], {
-    cwd: repoRoot,
-    env: { ...clean, ...env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  child.stdin.end(stdin ?? '');
-  const done = new Promise<Run>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
-  return { child, done, output: () => ({ stdout, stderr }) };
-}
+const start = startCli;
 
 async function until<T>(what: string, probe: () => Promise<T | undefined | null | false> | T | undefined | null | false, ms = 20_000): Promise<T> {
   const deadline = Date.now() + ms;

@@ -52,6 +52,7 @@ describe.skipIf(!docker || !support.ok)('a job’s bridge network reaches the in
     const agent = spawnAgent(
       ['join', '--coordinator', c.url, '--token', token, '--state-dir', path.join(work, name), '--name', name, '--run', '--heartbeat-seconds', '1'],
       { GANTRY_AGENT_STATE_DIR: '', GANTRY_AGENT_UNISOLATED_BRIDGE: '0', ...env },
+      null,
       wrap,
     );
     agents.push(agent);

@@ -288,6 +288,7 @@ describe.skipIf(pgSkip)('scheduler end to end on PostgreSQL: coordinators killed
       publicKey: { kty: 'OKP', crv: 'Ed25519', x: `k${i}` },
       cpuMillis: 64_000,
       memoryMb: 512_000,
+      diskMb: 5_000_000,
       priceGpuHourMicros: 100_000 * (1 + (i % 7)),
       lastHeartbeatAt: new Date(),
     }));
@@ -300,7 +301,7 @@ describe.skipIf(pgSkip)('scheduler end to end on PostgreSQL: coordinators killed
     for (let k = 0; k < jobCount; k += 500) {
       const rows = Array.from({ length: Math.min(500, jobCount - k) }, (_, i) => {
         const n = 1 + ((k + i) % 3);
-        const s = { name: `j${k + i}`, image: 'busybox:latest', command: ['true'], resources: { cpu: n, memoryMb: 1024 * n, gpus: n }, maxAttempts, priority: 0, timeoutSeconds: 60, network: 'bridge' as const };
+        const s = { name: `j${k + i}`, image: 'busybox:latest', command: ['true'], resources: { cpu: n, memoryMb: 1024 * n, diskMb: 10_240, gpus: n }, maxAttempts, priority: 0, timeoutSeconds: 60, network: 'bridge' as const };
         const at = new Date(Date.now() - 10_000 + k + i);
         return { id: newId('job', at.getTime()), accountId: clientId, name: s.name, spec: s, specDigest: `sha256:${'0'.repeat(64)}`, status: 'queued' as const, cpuMillis: n * 1000, memoryMb: 1024 * n, gpuCount: n, maxAttempts, createdAt: at, updatedAt: at };
       });

@@ -10,6 +10,7 @@ import { ApiClient } from '../../shared/client.ts';
 import { snapshot } from '../support/db-snapshot.ts';
 import { dbSkipReason, itOn, startHarness, type Harness } from '../support/harness.ts';
 import { expectProblem } from '../support/problem.ts';
+import { until } from '../support/until.ts';
 
 const hello = { name: 'hello', image: 'busybox:latest', command: ['echo', 'hi'], resources: { cpu: 1, memoryMb: 128, gpus: 0 } };
 const json = { 'content-type': 'application/json' };
@@ -23,6 +24,9 @@ interface CreatedKey {
   name: string | null;
   revokedAt: string | null;
   lastUsedAt: string | null;
+  expiresAt: string | null;
+  createdByKeyId: string | null;
+  createdAt: string;
 }
 
 /** Polls until check() holds or the deadline passes. */
@@ -160,6 +164,97 @@ describe.skipIf(dbSkipReason)('accounts and API keys', () => {
     await h.client(second.key).delete(`/v1/keys/${second.id}`);
     expect((await h.client(second.key).raw('GET', '/v1/jobs')).status).toBe(401);
     expect((await alice.api.raw('GET', '/v1/jobs')).status).toBe(200);
+  });
+
+  it('refuses a key past its expiry like a revoked one (401), cached or not', async () => {
+    const { accountId } = await h.newAccount('client');
+    const db = h.testDb.database.db;
+    const made = Date.now();
+    const soon = await h.admin.post<CreatedKey>(`/v1/accounts/${accountId}/keys`, { scopes: ['client'], expiresInSeconds: 60 });
+    const expiry = Date.parse(soon.expiresAt!);
+    expect(expiry).toBeGreaterThanOrEqual(made + 59_000);
+    expect(expiry).toBeLessThanOrEqual(Date.now() + 61_000);
+    const never = await h.admin.post<CreatedKey>(`/v1/accounts/${accountId}/keys`, { scopes: ['client'] });
+    expect(never.expiresAt).toBeNull();
+
+    // Its time comes before it is ever used: refused at once.
+    await db.update(apiKeys).set({ expiresAt: new Date(Date.now() - 1000) }).where(eq(apiKeys.id, soon.id));
+    await expectProblem(await h.client(soon.key).raw('GET', '/v1/jobs'), { status: 401, code: 'unauthenticated', title: 'Authentication required', detail: 'expired' });
+
+    // A key in use (and so in the verified-key cache) is refused once its time is up.
+    const used = await h.admin.post<CreatedKey>(`/v1/accounts/${accountId}/keys`, { scopes: ['client'], expiresInSeconds: 60 });
+    expect((await h.client(used.key).raw('GET', '/v1/jobs')).status).toBe(200);
+    await db.update(apiKeys).set({ expiresAt: new Date(Date.now() - 1000) }).where(eq(apiKeys.id, used.id));
+    await until('the expired key refused', async () => (await h.client(used.key).raw('GET', '/v1/jobs')).status === 401, 10_000);
+    expect((await h.client(never.key).raw('GET', '/v1/jobs')).status).toBe(200);
+
+    const bad = await h.admin.raw('POST', `/v1/accounts/${accountId}/keys`, { headers: json, body: JSON.stringify({ scopes: ['client'], expiresInSeconds: 5 }) });
+    await expectProblem(bad, { status: 400, code: 'validation', title: 'Invalid request', errors: [{ path: 'expiresInSeconds' }] });
+  });
+
+  it("lists an account's keys, with which key made each, to the account and the admin only", async () => {
+    const alice = await h.newAccount('both', ['client', 'provider']);
+    const bob = await h.newAccount('client');
+    const made = await alice.api.post<CreatedKey>(`/v1/accounts/${alice.accountId}/keys`, { name: 'ci', scopes: ['client'], expiresInSeconds: 3600 });
+    await h.client(made.key).get('/v1/jobs');
+    await h.client(made.key).delete(`/v1/keys/${made.id}`);
+
+    const page = await alice.api.get<{ items: CreatedKey[]; nextCursor: string | null }>(`/v1/accounts/${alice.accountId}/keys`);
+    expect(page.nextCursor).toBeNull();
+    expect(page.items).toHaveLength(2);
+    const [first, second] = page.items;
+    // The first key was made by the admin (through the harness), the second by the first.
+    const adminKeyId = first!.createdByKeyId;
+    expect(adminKeyId).toMatch(/^key_/);
+    expect(second).toEqual({
+      id: made.id,
+      accountId: alice.accountId,
+      name: 'ci',
+      prefix: made.prefix,
+      scopes: ['client'],
+      createdAt: made.createdAt,
+      lastUsedAt: expect.any(String),
+      revokedAt: expect.any(String),
+      expiresAt: made.expiresAt,
+      createdByKeyId: first!.id,
+    });
+    expect(JSON.stringify(page)).not.toContain(made.key.split('_')[2]);
+    // One per page, with a cursor.
+    const one = await alice.api.get<{ items: CreatedKey[]; nextCursor: string | null }>(`/v1/accounts/${alice.accountId}/keys?limit=1`);
+    expect(one.items.map((k) => k.id)).toEqual([first!.id]);
+    const rest = await alice.api.get<{ items: CreatedKey[] }>(`/v1/accounts/${alice.accountId}/keys?limit=1&cursor=${one.nextCursor}`);
+    expect(rest.items.map((k) => k.id)).toEqual([made.id]);
+
+    expect((await h.admin.get<{ items: CreatedKey[] }>(`/v1/accounts/${alice.accountId}/keys`)).items).toHaveLength(2);
+    await expectProblem(await bob.api.raw('GET', `/v1/accounts/${alice.accountId}/keys`), { status: 404, code: 'not_found', title: 'Not found', detail: 'account not found' });
+    await expectProblem(await h.client().raw('GET', `/v1/accounts/${alice.accountId}/keys`), { status: 401, code: 'unauthenticated', title: 'Authentication required' });
+  });
+
+  it('revokes with cascade=true every key a key made, down the line, and nothing else', async () => {
+    const acct = await h.newAccount('client');
+    const child = await acct.api.post<CreatedKey>(`/v1/accounts/${acct.accountId}/keys`, { scopes: ['client'] });
+    const grandchild = await h.client(child.key).post<CreatedKey>(`/v1/accounts/${acct.accountId}/keys`, { scopes: ['client'] });
+    const sibling = await h.admin.post<CreatedKey>(`/v1/accounts/${acct.accountId}/keys`, { scopes: ['client'] });
+    const other = await h.newAccount('client');
+
+    // Without cascade only the key goes.
+    const lone = await acct.api.post<CreatedKey>(`/v1/accounts/${acct.accountId}/keys`, { scopes: ['client'] });
+    const loneChild = await h.client(lone.key).post<CreatedKey>(`/v1/accounts/${acct.accountId}/keys`, { scopes: ['client'] });
+    const plain = await h.admin.delete<{ id: string; cascaded: CreatedKey[] }>(`/v1/keys/${lone.id}`);
+    expect(plain.cascaded).toEqual([]);
+    expect((await h.client(loneChild.key).raw('GET', '/v1/jobs')).status).toBe(200);
+
+    // Another tenant cannot cascade into this account.
+    await expectProblem(await other.api.raw('DELETE', `/v1/keys/${child.id}?cascade=true`), { status: 404, code: 'not_found', title: 'Not found' });
+    expect((await h.client(grandchild.key).raw('GET', '/v1/jobs')).status).toBe(200);
+
+    const revoked = await acct.api.delete<{ id: string; revokedAt: string; cascaded: CreatedKey[] }>(`/v1/keys/${child.id}?cascade=true`);
+    expect(revoked.id).toBe(child.id);
+    expect(revoked.cascaded.map((k) => k.id)).toEqual([grandchild.id]);
+    expect(revoked.cascaded[0]!.revokedAt).toBe(revoked.revokedAt);
+    for (const k of [child, grandchild]) expect((await h.client(k.key).raw('GET', '/v1/jobs')).status).toBe(401);
+    for (const k of [sibling, other]) expect((await h.client(k.key).raw('GET', '/v1/jobs')).status).toBe(200);
+    expect((await acct.api.raw('GET', '/v1/jobs')).status).toBe(200);
   });
 
   itOn('postgres')('a key revoked on one replica stops working on another', async () => {

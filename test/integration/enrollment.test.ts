@@ -71,7 +71,7 @@ describe.skipIf(dbSkipReason)('enrollment', () => {
       priceGpuHour: 0.85,
       priceCpuHour: 0.02,
       capacity: { cpu: 16, memoryMb: 64_000, diskMb: 500_000 },
-      allocated: { cpu: 0, memoryMb: 0 },
+      allocated: { cpu: 0, memoryMb: 0, diskMb: 0 },
     });
     expect(node.gpus.map((g) => [g.uuid, g.model, g.memoryMb, g.driverVersion, g.cudaVersion])).toEqual(
       hardware.gpus.map((g) => [g.uuid, 'NVIDIA RTX A5000', 24_564, '590.44.01', '13.1']),
@@ -115,6 +115,45 @@ describe.skipIf(dbSkipReason)('enrollment', () => {
     // The secret half must match too, not just the prefix.
     const forged = await refusal(register(`${token.slice(0, 17)}${'x'.repeat(43)}`, nextMachine()));
     expect(forged.problem?.detail).toMatch(/unknown/);
+  });
+
+  it("lists a provider's tokens and revokes one: no machine joins with it after, and another provider sees neither", async () => {
+    const provider = await h.newAccount('provider');
+    const other = await h.newAccount('provider');
+    const kept = await newToken(provider.api, { uses: 3, labels: { rack: 'a' } });
+    const dropped = await newToken(provider.api, { uses: 2 });
+    await register(dropped.token, nextMachine());
+
+    const listed = await provider.api.get<{ items: Record<string, unknown>[]; nextCursor: string | null }>('/v1/enrollment-tokens');
+    expect(listed.items.map((t) => t.id)).toEqual([kept.id, dropped.id]);
+    expect(listed.items[1]).toEqual({
+      id: dropped.id,
+      prefix: dropped.token.split('_')[1],
+      usesLeft: 1,
+      expiresAt: dropped.expiresAt,
+      labels: {},
+      createdAt: expect.any(String),
+      revokedAt: null,
+    });
+    expect(JSON.stringify(listed)).not.toContain(dropped.token.split('_')[2]);
+    expect((await other.api.get<{ items: unknown[] }>('/v1/enrollment-tokens')).items).toEqual([]);
+
+    const theirs = await other.api.raw('DELETE', `/v1/enrollment-tokens/${dropped.id}`);
+    expect(theirs.status).toBe(404);
+    const revoked = await provider.api.delete<{ id: string; revokedAt: string | null }>(`/v1/enrollment-tokens/${dropped.id}`);
+    expect(revoked).toMatchObject({ id: dropped.id, revokedAt: expect.any(String) });
+    // Revoking again answers the same.
+    expect((await provider.api.delete<{ revokedAt: string }>(`/v1/enrollment-tokens/${dropped.id}`)).revokedAt).toBe(revoked.revokedAt);
+
+    const nodesBefore = await count('nodes');
+    const refused = await refusal(register(dropped.token, nextMachine()));
+    expect(refused.status).toBe(401);
+    expect(refused.problem?.detail).toMatch(/revoked/);
+    expect(await count('nodes')).toBe(nodesBefore);
+    expect((await register(kept.token, nextMachine())).nodeId).toMatch(/^node_/);
+    expect((await h.client().raw('GET', '/v1/enrollment-tokens')).status).toBe(401);
+    const client = await h.newAccount('client');
+    expect((await client.api.raw('DELETE', `/v1/enrollment-tokens/${kept.id}`)).status).toBe(403);
   });
 
   it('needs a provider key to create tokens, and validates the request', async () => {

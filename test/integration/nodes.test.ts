@@ -216,7 +216,7 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
     // Placed on GPU 1 as the scheduler would: job leased at epoch 1, allocation taken, GPU marked.
     await db().transaction(async (tx) => {
       await tx.update(jobs).set({ status: 'leased', nodeId: a.nodeId, gpuIds: [held.id], leaseEpoch: 1, attempts: 1 }).where(eq(jobs.id, job.id));
-      await tx.update(nodes).set({ allocatedCpuMillis: 2000, allocatedMemoryMb: 40_000 }).where(eq(nodes.id, a.nodeId));
+      await tx.update(nodes).set({ allocatedCpuMillis: 2000, allocatedMemoryMb: 40_000, allocatedDiskMb: 10_240 }).where(eq(nodes.id, a.nodeId));
       await tx.update(gpus).set({ jobId: job.id }).where(and(eq(gpus.nodeId, a.nodeId), eq(gpus.id, held.id)));
     });
 
@@ -231,7 +231,7 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
     expect(res.status).toBe(200);
     const node = await a.provider.api.get<Node>(`/v1/nodes/${a.nodeId}`);
     expect(node.capacity).toMatchObject({ cpu: 8, memoryMb: 32_000 });
-    expect(node.allocated).toEqual({ cpu: 0, memoryMb: 0 });
+    expect(node.allocated).toEqual({ cpu: 0, memoryMb: 0, diskMb: 0 });
     expect(node.gpus.map((g) => [g.id, g.driverVersion, g.jobId])).toEqual([
       [a.hardware.gpus[0]!.id, '595.10', null],
       [newGpu.id, newGpu.driverVersion, null],

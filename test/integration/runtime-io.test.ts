@@ -191,7 +191,7 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
       .map((e) => Object.fromEntries(e.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)])));
     expect(events.map((e) => e.event)).toEqual(['log', 'log', 'end']);
     expect(events.map((e) => e.id)).toEqual(['0', '1', undefined]);
-    expect(JSON.parse(events[2]!.data!)).toEqual({ status: 'failed', exitCode: 3, error: null });
+    expect(JSON.parse(events[2]!.data!)).toEqual({ reason: 'ended', status: 'failed', exitCode: 3, error: null });
     const { done } = await reader.read();
     expect(done).toBe(true);
     // Resuming after the last seen id sends only what came after it.

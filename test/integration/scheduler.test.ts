@@ -5,6 +5,7 @@ import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts'
 import { insertNode, insertProvider, jobSpec, type TestAgent } from '../support/factories.ts';
 import type { Job } from '../../shared/jobs.ts';
 import type { Work } from '../../shared/leases.ts';
+import type { DryRun } from '../../shared/pool.ts';
 
 // The scheduler through the real coordinator: jobs submitted over HTTP, nodes written into the
 // tables, placements read back from the database and through the agent's work long-poll.
@@ -95,6 +96,23 @@ describe.skipIf(dbSkipReason)('scheduler', () => {
     const cpuOnly = await submit({}, { cpu: 64, memoryMb: 1024 });
     const w2 = await until(cpuOnly.id, (x) => x.pendingReason === 'no online node has 64 free CPUs and 1024 MB of free memory');
     expect(w2.status).toBe('queued');
+  });
+
+  it("places a job only where its disk budget fits the node's reported free disk, less what its jobs hold", async () => {
+    await node({ gpus: [{ model: 'NVIDIA L4' }], diskMb: 8_000 });
+    const roomy = await node({ gpus: [{ model: 'NVIDIA L4' }, { model: 'NVIDIA L4' }], diskMb: 50_000 });
+    const first = await submit({}, { gpus: 1, diskMb: 30_000 });
+    expect((await until(first.id, (x) => x.status === 'leased')).nodeId).toBe(roomy.nodeId);
+    const [n] = await db().select().from(nodes).where(eq(nodes.id, roomy.nodeId));
+    expect(n!.allocatedDiskMb).toBe(30_000);
+    // A GPU is free on both nodes, but 20,000 MB of disk on neither.
+    const second = await submit({}, { gpus: 1, diskMb: 30_000 });
+    const waiting = await until(second.id, (x) => /would fit but for 30000 MB of free disk/.test(x.pendingReason ?? ''));
+    expect(waiting.status).toBe('queued');
+    expect(waiting.pendingReason).toMatch(/; 2 nodes would fit but for 30000 MB of free disk$/);
+    const dry = await client.api.post<DryRun>('/v1/jobs/dry-run', jobSpec({}, { gpus: 1, diskMb: 30_000 }));
+    expect(dry.fits).toBe(false);
+    expect(dry.ruledOut.find((r) => r.constraint === 'disk')).toEqual({ constraint: 'disk', nodes: 2, detail: '2 nodes with less than 30000 MB of disk free' });
   });
 
   it('places the cheapest node first, then the tightest fit, and honours labels and region', async () => {

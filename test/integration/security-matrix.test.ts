@@ -24,6 +24,8 @@ interface World {
   blobA: string;
   /** One of A's API keys (not the ones the probes use). */
   keyIdA: string;
+  /** One of A's enrollment tokens. */
+  tokenIdA: string;
 }
 
 interface Req {
@@ -74,7 +76,8 @@ const matrix: Record<string, Row> = {
 
   'POST /v1/accounts': { auth: 'key', scope: 'admin', tenant: { none: 'admin only: there is no tenant below the operator' } },
   'POST /v1/accounts/{id}/keys': { auth: 'key', scope: 'any', tenant: { req: (w) => ({ path: `/v1/accounts/${w.accountA}/keys`, ...json({ scopes: ['client'] }) }), expect: 404 } },
-  'DELETE /v1/keys/{id}': { auth: 'key', scope: 'any', tenant: { req: (w) => ({ path: `/v1/keys/${w.keyIdA}` }), expect: 404 } },
+  'GET /v1/accounts/{id}/keys': { auth: 'key', scope: 'any', tenant: { req: (w) => ({ path: `/v1/accounts/${w.accountA}/keys` }), expect: 404 } },
+  'DELETE /v1/keys/{id}': { auth: 'key', scope: 'any', tenant: { req: (w) => ({ path: `/v1/keys/${w.keyIdA}?cascade=true` }), expect: 404 } },
 
   'POST /v1/jobs': { auth: 'key', scope: 'client', tenant: { none: "creates the caller's own job" } },
   'GET /v1/jobs': { auth: 'key', scope: 'client', tenant: { req: () => ({ path: '/v1/jobs?limit=200' }), expect: notListed((w) => w.jobA) } },
@@ -95,6 +98,8 @@ const matrix: Record<string, Row> = {
   'GET /v1/usage': { auth: 'key', scope: 'client or provider', tenant: { req: () => ({ path: '/v1/usage' }), expect: notListed((w) => w.jobA) } },
 
   'POST /v1/enrollment-tokens': { auth: 'key', scope: 'provider', tenant: { none: "creates the caller's own token" } },
+  'GET /v1/enrollment-tokens': { auth: 'key', scope: 'provider', tenant: { req: () => ({ path: '/v1/enrollment-tokens?limit=200' }), expect: notListed((w) => w.tokenIdA) } },
+  'DELETE /v1/enrollment-tokens/{id}': { auth: 'key', scope: 'provider', tenant: { req: (w) => ({ path: `/v1/enrollment-tokens/${w.tokenIdA}` }), expect: 404 } },
   'GET /v1/nodes': { auth: 'key', scope: 'provider', tenant: { req: () => ({ path: '/v1/nodes' }), expect: notListed((w) => w.nodeA.nodeId) } },
   'GET /v1/nodes/{id}': { auth: 'key', scope: 'provider', tenant: { req: (w) => ({ path: `/v1/nodes/${w.nodeA.nodeId}` }), expect: 404 } },
   'PATCH /v1/nodes/{id}': { auth: 'key', scope: 'provider', tenant: { req: (w) => ({ path: `/v1/nodes/${w.nodeA.nodeId}`, ...json({ priceGpuHour: 99 }) }), expect: 404 } },
@@ -154,7 +159,7 @@ const routeOf = (key: string) => key.split(' (')[0]!;
 const anyPath = (route: string) =>
   route
     .split(' ')[1]!
-    .replace('{id}', route.includes('/accounts/') ? 'acct_00000000000000000000aa' : route.includes('/keys/') ? 'key_00000000000000000000aa' : route.includes('/nodes/') ? 'node_00000000000000000000aa' : 'job_00000000000000000000aa')
+    .replace('{id}', route.includes('/accounts/') ? 'acct_00000000000000000000aa' : route.includes('/keys/') ? 'key_00000000000000000000aa' : route.includes('/nodes/') ? 'node_00000000000000000000aa' : route.includes('/enrollment-tokens/') ? 'enr_00000000000000000000aa' : 'job_00000000000000000000aa')
     .replace('{digest}', `sha256:${'0'.repeat(64)}`);
 
 describe.skipIf(dbSkipReason)('security matrix', () => {
@@ -193,7 +198,8 @@ describe.skipIf(dbSkipReason)('security matrix', () => {
     await leaseTo(h, job.id, nodeA.nodeId);
     const stored = await nodeA.fetch(`/v1/agent/jobs/${job.id}/outputs?epoch=1`, { method: 'POST', body: new Uint8Array(emptyTar), headers: { 'content-type': 'application/x-tar' } });
     expect(stored.status).toBe(201);
-    w = { h, accountA: a.accountId, jobA: job.id, nodeA, blobA, keyIdA: client.id };
+    const token = await a.api.post<{ id: string }>('/v1/enrollment-tokens', {});
+    w = { h, accountA: a.accountId, jobA: job.id, nodeA, blobA, keyIdA: client.id, tokenIdA: token.id };
 
     const doc = await h.client().get<{ paths: Record<string, Record<string, { security?: unknown }>> }>('/openapi.json');
     documented = new Set(Object.entries(doc.paths).flatMap(([p, item]) => Object.keys(item).filter((m) => methods.includes(m)).map((m) => `${m.toUpperCase()} ${p}`)));

@@ -25,6 +25,7 @@ export async function createTestNode(h: Harness, providerAccountId: string): Pro
     publicKey: (await exportJWK(publicKey)) as Record<string, string>,
     cpuMillis: 8000,
     memoryMb: 16384,
+    diskMb: 500_000,
   });
   const audience = h.coordinator.deps.config.name;
   const token = () =>

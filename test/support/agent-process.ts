@@ -25,8 +25,11 @@ export interface AgentProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-/** `wrap` runs the agent under another command, such as `nsenter --net=…` (which execs it: same pid). */
-export function spawnAgent(args: string[], env: Record<string, string> = {}, wrap: string[] = []): AgentProcess {
+/**
+ * `as`: run the agent as this user and group (a provider's own account, not root). `wrap`: run it
+ * under another command, such as `nsenter --net=…` (which execs it: the same pid).
+ */
+export function spawnAgent(args: string[], env: Record<string, string> = {}, as: { uid: number; gid: number } | null = null, wrap: string[] = []): AgentProcess {
   const argv = [process.execPath, '--import', 'tsx', 'provider-agent/main.ts', ...args];
   const child = spawn(wrap[0] ?? argv[0]!, [...wrap.slice(1), ...(wrap.length ? argv : argv.slice(1))], {
     cwd: repoRoot,
@@ -35,6 +38,7 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}, wra
     // either passes its own GANTRY_AGENT_ALLOWED_REGISTRIES or GANTRY_AGENT_UNISOLATED_BRIDGE.
     env: { ...process.env, ...testRegistryAgentEnv, GANTRY_AGENT_UNISOLATED_BRIDGE: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(as ?? {}),
   });
   const stdout: string[] = [];
   const stderr: string[] = [];
@@ -83,7 +87,7 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}, wra
 
 /** Runs a gantry-agent command to its end. */
 export async function runAgentCommand(args: string[], env: Record<string, string> = {}, wrap: string[] = []) {
-  const p = spawnAgent(args, env, wrap);
+  const p = spawnAgent(args, env, null, wrap);
   const { code } = await p.exited;
   return { code, stdout: p.stdout, stderr: p.stderr };
 }

@@ -17,6 +17,8 @@ export interface NodeSpec {
   region?: string | null;
   cpu?: number;
   memoryMb?: number;
+  /** Free disk as reported (default 500,000 MB). */
+  diskMb?: number;
   pricePerGpuHour?: number;
   pricePerCpuHour?: number;
   gpus?: { model: string; memoryMb?: number; cudaVersion?: string | null }[];
@@ -57,6 +59,7 @@ export async function insertNode(db: DbOrTx, spec: NodeSpec, opts: { audience: s
     agentVersion: 'test',
     cpuMillis: Math.round((spec.cpu ?? 16) * 1000),
     memoryMb: spec.memoryMb ?? 65_536,
+    diskMb: spec.diskMb ?? 500_000,
     priceGpuHourMicros: toMicros(spec.pricePerGpuHour ?? 0),
     priceCpuHourMicros: toMicros(spec.pricePerCpuHour ?? 0),
     lastHeartbeatAt: new Date(),

@@ -33,7 +33,7 @@ export class InvariantChecker {
 
   private async read(tx: DbOrTx) {
     const allJobs = await tx
-      .select({ id: jobs.id, status: jobs.status, nodeId: jobs.nodeId, gpuIds: jobs.gpuIds, cpu: jobs.cpuMillis, mem: jobs.memoryMb, epoch: jobs.leaseEpoch, attempts: jobs.attempts, max: jobs.maxAttempts })
+      .select({ id: jobs.id, status: jobs.status, nodeId: jobs.nodeId, gpuIds: jobs.gpuIds, cpu: jobs.cpuMillis, mem: jobs.memoryMb, disk: jobs.diskMb, epoch: jobs.leaseEpoch, attempts: jobs.attempts, max: jobs.maxAttempts })
       .from(jobs);
     const allGpus = await tx.select({ nodeId: gpus.nodeId, id: gpus.id, jobId: gpus.jobId }).from(gpus);
     const allNodes = await tx.select().from(nodes);
@@ -87,6 +87,7 @@ export class InvariantChecker {
       const mine = allJobs.filter((j) => j.nodeId === n.id && live.has(j.status));
       expect(n.allocatedCpuMillis, `node ${n.id} CPU allocation`).toBe(mine.reduce((s, j) => s + j.cpu, 0));
       expect(n.allocatedMemoryMb, `node ${n.id} memory allocation`).toBe(mine.reduce((s, j) => s + j.mem, 0));
+      expect(n.allocatedDiskMb, `node ${n.id} disk allocation`).toBe(mine.reduce((s, j) => s + j.disk, 0));
       expect(n.allocatedCpuMillis).toBeLessThanOrEqual(n.cpuMillis);
       expect(n.allocatedMemoryMb).toBeLessThanOrEqual(n.memoryMb);
     }

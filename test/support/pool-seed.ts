@@ -56,6 +56,7 @@ export async function seedNode(db: Db, accountId: string, n: SeedNode = {}): Pro
     agentVersion: 'seed',
     cpuMillis: Math.round((n.cpu ?? 16) * 1000),
     memoryMb: n.memoryMb ?? 65_536,
+    diskMb: 500_000,
     allocatedCpuMillis: Math.round((n.allocatedCpu ?? 0) * 1000),
     allocatedMemoryMb: n.allocatedMemoryMb ?? 0,
     priceGpuHourMicros: toMicros(n.pricePerGpuHour ?? 2),

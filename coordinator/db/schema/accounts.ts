@@ -30,6 +30,14 @@ export const apiKeys = pgTable(
     createdAt: createdAt(),
     lastUsedAt: at('last_used_at'),
     revokedAt: at('revoked_at'),
+    // Past this instant the key is refused like a revoked one; null: it does not expire.
+    expiresAt: at('expires_at'),
+    // The key that made this one (null: the bootstrap), so a revocation can take its offspring too.
+    createdByKeyId: text('created_by_key_id'),
   },
-  (t) => [uniqueIndex('api_keys_prefix').on(t.prefix), index('api_keys_account').on(t.accountId)],
+  (t) => [
+    uniqueIndex('api_keys_prefix').on(t.prefix),
+    index('api_keys_account').on(t.accountId),
+    index('api_keys_created_by').on(t.createdByKeyId),
+  ],
 );

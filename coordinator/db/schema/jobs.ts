@@ -19,6 +19,8 @@ export const jobs = pgTable(
     // The requested resources as columns, so the scheduler can filter without reading spec.
     cpuMillis: integer('cpu_millis').notNull(),
     memoryMb: integer('memory_mb').notNull(),
+    // What the job may write on its node (0 for jobs submitted before disk was scheduled).
+    diskMb: integer('disk_mb').notNull().default(0),
     gpuCount: integer('gpu_count').notNull().default(0),
     gpuModel: text('gpu_model'),
     gpuMinMemoryMb: integer('gpu_min_memory_mb'),
@@ -41,7 +43,7 @@ export const jobs = pgTable(
     // shape that fits nowhere once per pass, not once per job (queue_reasons). The image's first
     // part stands for its registry (finer than the registry rule needs, never coarser).
     queueShape: text('queue_shape').generatedAlwaysAs(
-      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', '') || '|' || split_part(spec ->> 'image', '/', 1) || '|' || coalesce(spec ->> 'network', ''))`,
+      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || disk_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', '') || '|' || split_part(spec ->> 'image', '/', 1) || '|' || coalesce(spec ->> 'network', ''))`,
     ),
     cancelRequestedAt: at('cancel_requested_at'),
     idempotencyKey: text('idempotency_key'),

@@ -28,6 +28,8 @@ export const nodes = pgTable(
     diskMb: integer('disk_mb').notNull().default(0),
     allocatedCpuMillis: integer('allocated_cpu_millis').notNull().default(0),
     allocatedMemoryMb: integer('allocated_memory_mb').notNull().default(0),
+    // The disk budgets of the jobs on it: disk_mb (free disk, as last reported) less this is what a new job may take.
+    allocatedDiskMb: integer('allocated_disk_mb').notNull().default(0),
     priceGpuHourMicros: bigint('price_gpu_hour_micros', { mode: 'number' }).notNull().default(0),
     priceCpuHourMicros: bigint('price_cpu_hour_micros', { mode: 'number' }).notNull().default(0),
     lastHeartbeatAt: at('last_heartbeat_at'),
@@ -98,8 +100,9 @@ export const enrollmentTokens = pgTable(
     usesLeft: integer('uses_left').notNull(),
     expiresAt: at('expires_at').notNull(),
     createdAt: createdAt(),
+    revokedAt: at('revoked_at'),
   },
-  (t) => [check('enrollment_tokens_uses', sql`${t.usesLeft} >= 0`)],
+  (t) => [index('enrollment_tokens_account').on(t.accountId), check('enrollment_tokens_uses', sql`${t.usesLeft} >= 0`)],
 );
 
 export const nodeMetrics = pgTable(

@@ -30,7 +30,7 @@ describe('job files', () => {
   it('accepts a valid YAML file and fills the schema defaults', () => {
     const source = parseJobText(good, 'job.yaml');
     const spec = validateJobSpec(source.data, source);
-    expect(spec.resources).toEqual({ cpu: 8, memoryMb: 65536, gpus: 2, gpu: { model: 'H100' } });
+    expect(spec.resources).toEqual({ cpu: 8, memoryMb: 65536, diskMb: 10_240, gpus: 2, gpu: { model: 'H100' } });
     expect(spec.timeoutSeconds).toBe(3600);
     expect(spec.command).toEqual(['python', 'train.py']);
   });

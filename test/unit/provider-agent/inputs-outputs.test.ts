@@ -6,7 +6,7 @@ import path from 'node:path';
 import * as tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InputError, prepareInputs } from '../../../provider-agent/inputs.ts';
-import { packOutputs, readResult } from '../../../provider-agent/outputs.ts';
+import { packOutputs, readResult, repackArchive } from '../../../provider-agent/outputs.ts';
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -116,5 +116,40 @@ describe('outputs', () => {
     expect(await readResult(dir)).toMatchObject({ ok: false, why: expect.stringMatching(/not valid JSON/) });
     await writeFile(path.join(dir, 'result.json'), JSON.stringify({ big: 'x'.repeat(70_000) }));
     expect(await readResult(dir)).toMatchObject({ ok: false, why: expect.stringMatching(/over the 65536-byte limit/) });
+  });
+
+  it('never follows a linked result.json, nor quotes one that is not JSON', async () => {
+    await writeFile(path.join(dir, 'secret.json'), '{"d": "private"}');
+    await symlink(path.join(dir, 'secret.json'), path.join(dir, 'result.json'));
+    expect(await readResult(dir)).toEqual({ ok: false, why: 'result.json is a link, not a file' });
+    await rm(path.join(dir, 'result.json'));
+    await writeFile(path.join(dir, 'result.json'), 'SECRET-TEXT');
+    expect(await readResult(dir)).toEqual({ ok: false, why: 'result.json is not valid JSON' });
+  });
+
+  it("repacks the engine's archive of /outputs: prefix gone, cap kept, links kept as links, result.json judged", async () => {
+    const archive = await tarOf([
+      { name: 'outputs/', type: 'directory' },
+      { name: 'outputs/model/', type: 'directory' },
+      { name: 'outputs/model/a.bin', body: 'aaaa' },
+      { name: 'outputs/model/b.bin', body: 'bbbbbbbbbbbbbbbbbbbb' },
+      { name: 'outputs/result.json', body: '{"loss": 1}' },
+      { name: 'outputs/key', type: 'symlink', linkname: '/home/provider/.gantry-agent/key.json' },
+    ]);
+    const read = await repackArchive([archive], path.join(dir, 'o.tar'), 16);
+    expect(read.entries).toBe(6);
+    expect(read.result).toEqual({ ok: true, value: { loss: 1 } });
+    expect(read.packed).toMatchObject({ files: 2, bytes: 15, skipped: 1 });
+    const entries = await untar(path.join(dir, 'o.tar'));
+    expect([...entries.keys()].sort()).toEqual(['key', 'model/', 'model/a.bin', 'result.json']);
+    expect(entries.get('key')!.type).toBe('symlink');
+
+    const linked = await tarOf([
+      { name: 'outputs/', type: 'directory' },
+      { name: 'outputs/result.json', type: 'symlink', linkname: '/home/provider/.gantry-agent/key.json' },
+    ]);
+    expect((await repackArchive([linked], path.join(dir, 'l.tar'), 16)).result).toEqual({ ok: false, why: 'result.json is a link, not a file' });
+    const notJson = await tarOf([{ name: 'outputs/', type: 'directory' }, { name: 'outputs/result.json', body: 'PRIVATE not json' }]);
+    expect((await repackArchive([notJson], path.join(dir, 'n.tar'), 1024)).result).toEqual({ ok: false, why: 'result.json is not valid JSON' });
   });
 });

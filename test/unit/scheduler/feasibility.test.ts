@@ -14,6 +14,7 @@ const job = (over: Partial<JobRequest> = {}): JobRequest => ({
   id: 'job_x',
   cpuMillis: 1000,
   memoryMb: 1024,
+  diskMb: 10_240,
   gpuCount: 0,
   gpuModel: null,
   gpuMinMemoryMb: null,
@@ -37,6 +38,7 @@ const node = (over: Partial<NodeView> = {}): NodeView => ({
   priceCpuHourMicros: 0,
   freeCpuMillis: 16_000,
   freeMemoryMb: 65_536,
+  freeDiskMb: 100_000,
   freeGpus: [],
   lastPlacedAtMs: 0,
   ...over,
@@ -86,6 +88,8 @@ describe('decide', () => {
     expect(decide(job({ gpuCount: 2 }), n, models)).toEqual({ fits: false, reason: 'gpus' });
     expect(decide(job({ cpuMillis: 16_001 }), n, models)).toEqual({ fits: false, reason: 'cpu' });
     expect(decide(job({ memoryMb: 65_537 }), n, models)).toEqual({ fits: false, reason: 'memory' });
+    expect(decide(job({ diskMb: 100_001 }), n, models)).toEqual({ fits: false, reason: 'disk' });
+    expect(decide(job({ diskMb: 100_000 }), n, models).fits).toBe(true);
     expect(decide(job({ gpuCount: 1, maxPriceMicros: 2_999_999 }), n, models)).toEqual({ fits: false, reason: 'price' });
     expect(decide(job({ gpuCount: 1, maxPriceMicros: 3_000_000, labels: { zone: 'a' }, region: 'eu-west', gpuModel: 'A100', minCuda: 11_008 }), n, models).fits).toBe(true);
   });

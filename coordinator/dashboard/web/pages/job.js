@@ -124,13 +124,18 @@ export function jobPage(main, ctx) {
               logs.append(batch.stream === 'stderr' ? h('span', { class: 'stderr' }, batch.text) : batch.stream === 'system' ? h('span', { class: 'system' }, batch.text) : document.createTextNode(batch.text));
               if (atBottom) logs.scrollTop = logs.scrollHeight;
             } else if (e.event === 'end') {
-              ended = true;
               const end = JSON.parse(e.data);
-              logState.textContent = `ended: ${end.status}${end.exitCode === null ? '' : ` (exit ${end.exitCode})`}`;
+              // max-life, lagging, shutdown: the stream ends, the job goes on; resume from the last id.
+              if (['max-life', 'lagging', 'shutdown'].includes(end.reason)) return;
+              ended = true;
+              if (end.reason === 'revoked' || end.reason === 'expired') logState.textContent = `stopped: the API key was ${end.reason}`;
+              else logState.textContent = `ended: ${end.status}${end.exitCode === null ? '' : ` (exit ${end.exitCode})`}`;
             }
           },
         });
         if (ended) return;
+        // The stream ended but the job goes on (its longest life, a restart): resume shortly.
+        tries = -1;
       } catch (err) {
         if (abort.signal.aborted) return;
         logState.textContent = `reconnecting… (${errorText(err)})`;

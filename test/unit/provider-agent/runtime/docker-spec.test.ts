@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { containerSpec, nvidiaDeviceId } from '../../../../provider-agent/runtime/docker-spec.ts';
+import { readFileSync } from 'node:fs';
+import { containerSpec, nvidiaDeviceId, pidsShare } from '../../../../provider-agent/runtime/docker-spec.ts';
+import { runtimeSettings } from '../../../../provider-agent/runtime/select.ts';
 import { demux, sinceParam, splitTimestamp } from '../../../../provider-agent/runtime/engine-streams.ts';
 import { JobSpec } from '../../../../shared/jobs.ts';
 import type { LeaseGrant } from '../../../../shared/leases.ts';
@@ -22,7 +24,15 @@ function grant(spec: Record<string, unknown>, gpus: LeaseGrant['gpus'] = []): Le
     expiresInMs: 0,
   };
 }
-const opts = { nodeId: 'node_z', imageId: 'sha256:abc', inputsDir: '/w/in', outputsDir: '/w/out', stopGraceSeconds: 10 };
+const opts = {
+  nodeId: 'node_z',
+  imageId: 'sha256:abc',
+  volumes: [
+    { name: 'gantry-job_x-4-outputs', target: '/outputs', readOnly: false },
+    { name: 'gantry-job_x-4-inputs', target: '/inputs', readOnly: true },
+  ],
+  stopGraceSeconds: 10,
+};
 
 describe('container spec', () => {
   it('grants exactly the lease: CPU, memory without swap, the named GPUs and no others', () => {
@@ -58,9 +68,15 @@ describe('container spec', () => {
       PidsLimit: 4096,
       ShmSize: 2048 * 1024 * 1024,
       NetworkMode: 'none',
-      Binds: ['/w/in:/inputs:ro', '/w/out:/outputs:rw'],
+      Mounts: [
+        { Type: 'volume', Source: 'gantry-job_x-4-outputs', Target: '/outputs', ReadOnly: false },
+        { Type: 'volume', Source: 'gantry-job_x-4-inputs', Target: '/inputs', ReadOnly: true },
+      ],
     });
+    expect(c.HostConfig!.Binds).toBeUndefined();
     expect(Object.keys(c.HostConfig!.Tmpfs!)).toEqual(['/tmp', '/home/gantry']);
+    // Each tmpfs is bounded by the job's memory (768 MiB granted).
+    expect(c.HostConfig!.Tmpfs!['/tmp']).toContain(`size=${768 * 1024 * 1024}`);
   });
 
   it('replaces CMD with the command, and ENTRYPOINT only when the spec has one; 1 GiB of shm by default', () => {
@@ -117,5 +133,29 @@ describe('engine streams', () => {
     expect(splitTimestamp(Buffer.from('2026-12-01T16:45:29.8Z x')).ts).toBe('2026-12-01T16:45:29.800000000Z');
     expect(splitTimestamp(Buffer.from('no timestamp here')).ts).toBeNull();
     expect(sinceParam('2026-12-01T16:45:29.828123456Z')).toBe(`${Date.UTC(2026, 11, 1, 16, 45, 29) / 1000}.828123456`);
+  });
+});
+
+describe("a node's pids budget, split across its jobs", () => {
+  it('gives each job its CPU share of the budget, at least 64 and at most the per-job cap', () => {
+    // 16 cores, a budget of 32,768: a 4-core job gets a quarter.
+    expect(pidsShare(32_768, 4000, 16_000, 16_384)).toBe(8192);
+    expect(pidsShare(32_768, 4000, 16_000, 4096)).toBe(4096);
+    expect(pidsShare(32_768, 10, 16_000, 4096)).toBe(64);
+    // Jobs that fill the node's CPUs never hold more than the budget between them.
+    expect(4 * pidsShare(32_768, 4000, 16_000, 1_000_000)).toBeLessThanOrEqual(32_768);
+  });
+
+  it("refuses a budget above the host's pid_max, and defaults to half of it", () => {
+    const pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8'));
+    expect(runtimeSettings('/s', {}).pidsBudget).toBe(Math.floor(pidMax / 2));
+    expect(runtimeSettings('/s', { GANTRY_AGENT_PIDS_BUDGET: String(pidMax) }).pidsBudget).toBe(pidMax);
+    expect(() => runtimeSettings('/s', { GANTRY_AGENT_PIDS_BUDGET: String(pidMax + 1) })).toThrow(/above this host's pid_max/);
+  });
+
+  it('takes no job below 0.01 of a core', () => {
+    const spec = { name: 'n', image: 'busybox', command: ['true'], resources: { cpu: 0.005, memoryMb: 64 } };
+    expect(JobSpec.safeParse(spec).success).toBe(false);
+    expect(JobSpec.parse({ ...spec, resources: { cpu: 0.01, memoryMb: 64 } }).resources).toMatchObject({ cpu: 0.01, diskMb: 10_240 });
   });
 });

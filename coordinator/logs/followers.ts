@@ -1,0 +1,368 @@
+import { inArray, sql } from 'drizzle-orm';
+import { isTerminal } from '../../shared/jobs.ts';
+import type { LogBatch, LogStreamEnd } from '../../shared/logs.ts';
+import { toNumber, type Database } from '../db/open.ts';
+import { jobLogs, jobs } from '../db/schema/index.ts';
+import { ApiError } from '../http/problem.ts';
+import type { Signals } from '../signals.ts';
+import { logTopic, readChunks } from './service.ts';
+
+// Log followers (GET /v1/jobs/:id/logs?follow=1), all of one coordinator in one place: one
+// feed per followed job reads its new chunks once and hands them to every follower, and one
+// poll a second looks at every followed job at once (its status and last seq: chunks stored and
+// jobs ended on other replicas). A follower costs no query of its own while it waits.
+
+/** Where a follower's events go: the SSE stream, in the HTTP layer. */
+export interface FollowerSink {
+  send(event: { event: string; id?: string; data: string }): Promise<void>;
+  comment(text: string): Promise<void>;
+  readonly aborted: boolean;
+  onAbort(fn: () => void): void;
+}
+
+export interface FollowLimits {
+  perKey: number;
+  total: number;
+  maxLifeMs: number;
+}
+
+export interface FollowRequest {
+  jobId: string;
+  /** The seq of the last chunk the client has; -1 for the whole log. */
+  after: number;
+  /** Whose credential holds the stream open: followers of one key are checked together. */
+  keyId: string;
+  /** Re-checks the credential; throws (an ApiError) when it no longer holds. */
+  recheck(): Promise<void>;
+  sink: FollowerSink;
+}
+
+/** How often the followed jobs are looked at (chunks from other replicas, ends) and credentials re-checked. */
+const pollMs = 1000;
+const keepaliveMs = 15_000;
+const batchLines = 10_000;
+const jobsPerQuery = 1000;
+/** A follower this far behind in its own writes is ended; its client resumes from the last id it got. */
+const maxQueuedEvents = 20_000;
+/** How long a feed waits for its slowest follower's writes before it reads on. */
+const drainWaitMs = 2000;
+/** What a 429 tells a client to wait: streams end within max life, most much sooner. */
+const retryAfterSeconds = 10;
+
+type Event = { event: string; id?: string; data: string } | { comment: string };
+
+class Follower {
+  readonly queue: Event[] = [];
+  ended: LogStreamEnd | null = null;
+  lastWriteMs = Date.now();
+  private pumping: Promise<void> | null = null;
+  private drainedWaiters: (() => void)[] = [];
+  private finished!: () => void;
+  readonly done = new Promise<void>((r) => (this.finished = r));
+
+  constructor(
+    readonly req: FollowRequest,
+    public after: number,
+    readonly endsAtMs: number,
+  ) {}
+
+  push(e: Event) {
+    if (this.ended) return;
+    this.queue.push(e);
+    this.lastWriteMs = Date.now();
+    this.pumping ??= this.pump();
+  }
+
+  end(why: LogStreamEnd) {
+    if (this.ended) return;
+    if (!this.req.sink.aborted) this.queue.push({ event: 'end', data: JSON.stringify(why) });
+    this.ended = why;
+    this.pumping ??= this.pump();
+  }
+
+  /** Resolves when everything queued is written (or the follower is gone). */
+  drained(): Promise<void> {
+    if (!this.queue.length || this.ended) return Promise.resolve();
+    return new Promise((r) => this.drainedWaiters.push(r));
+  }
+
+  private async pump() {
+    try {
+      while (this.queue.length && !this.req.sink.aborted) {
+        const e = this.queue.shift()!;
+        if ('comment' in e) await this.req.sink.comment(e.comment);
+        else await this.req.sink.send(e);
+        if (!this.queue.length) this.drainedWaiters.splice(0).forEach((r) => r());
+      }
+    } catch {
+      // The client went away mid-write.
+      this.ended ??= { reason: 'gone' };
+      this.queue.length = 0;
+    } finally {
+      this.pumping = null;
+      this.drainedWaiters.splice(0).forEach((r) => r());
+      if (this.ended || this.req.sink.aborted) this.finished();
+      else if (this.queue.length) this.pumping = this.pump();
+    }
+  }
+}
+
+/** One followed job: its followers, and whether a read of its new chunks is under way or wanted. */
+interface Feed {
+  jobId: string;
+  followers: Set<Follower>;
+  reading: boolean;
+  readAgain: boolean;
+  /** Set once a poll saw the job ended: its last chunk's seq, and the end event. */
+  ending?: { end: LogStreamEnd; lastSeq: number };
+  off: () => void;
+}
+
+export class LogFollowers {
+  private feeds = new Map<string, Feed>();
+  private perKey = new Map<string, number>();
+  private open = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private polling = false;
+  private pollAgain = false;
+  private stopped = false;
+  private offRevoked: () => void;
+
+  constructor(
+    private database: Database,
+    private signals: Signals,
+    private limits: FollowLimits,
+    private onKeyRevoked: (fn: (keyId: string) => void) => () => void,
+  ) {
+    this.offRevoked = this.onKeyRevoked((keyId) => this.endKey(keyId, { reason: 'revoked', detail: 'the API key was revoked' }));
+  }
+
+  /** Open streams on this coordinator. */
+  get count(): number {
+    return this.open;
+  }
+
+  /**
+   * Takes a stream slot for the key, or refuses past the caps (429 with Retry-After). The
+   * caller must give it back with the returned function if it does not go on to follow().
+   */
+  reserve(keyId: string): () => void {
+    if (this.stopped) throw new ApiError('unavailable', 'the coordinator is shutting down; reconnect');
+    const mine = this.perKey.get(keyId) ?? 0;
+    if (mine >= this.limits.perKey) {
+      throw new ApiError('rate_limited', `this key has ${mine} log streams open, the most one key may hold; close one or wait`, undefined, {
+        retryAfterSeconds,
+      });
+    }
+    if (this.open >= this.limits.total) {
+      throw new ApiError('rate_limited', 'this coordinator holds as many log streams as it may; try again shortly', undefined, {
+        retryAfterSeconds,
+      });
+    }
+    this.perKey.set(keyId, mine + 1);
+    this.open++;
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      this.open--;
+      const left = (this.perKey.get(keyId) ?? 1) - 1;
+      if (left > 0) this.perKey.set(keyId, left);
+      else this.perKey.delete(keyId);
+    };
+  }
+
+  /** Streams the job's chunks after req.after to the sink until the job ends, the credential fails, or the stream's life is up. */
+  async follow(req: FollowRequest): Promise<void> {
+    const follower = new Follower(req, req.after, Date.now() + this.limits.maxLifeMs);
+    req.sink.onAbort(() => follower.end({ reason: 'gone' }));
+    if (req.sink.aborted) follower.end({ reason: 'gone' });
+    let feed = this.feeds.get(req.jobId);
+    if (!feed) {
+      const jobId = req.jobId;
+      const created: Feed = { jobId, followers: new Set(), reading: false, readAgain: false, off: () => {} };
+      created.off = this.signals.on(logTopic(jobId), () => void this.read(created));
+      this.feeds.set(jobId, (feed = created));
+    }
+    feed.followers.add(follower);
+    this.startTimer();
+    // A new follower may be behind the others (a resume, a first look): its backlog is read now,
+    // and the poll tells at once whether the job has already ended.
+    void this.read(feed);
+    this.requestPoll();
+    try {
+      await follower.done;
+    } finally {
+      feed.followers.delete(follower);
+      if (!feed.followers.size && this.feeds.get(feed.jobId) === feed) {
+        feed.off();
+        this.feeds.delete(feed.jobId);
+      }
+    }
+  }
+
+  /** Ends every stream (the coordinator is stopping): clients reconnect to another replica or after the restart. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.offRevoked();
+    const all = [...this.feeds.values()].flatMap((f) => [...f.followers]);
+    for (const f of all) f.end({ reason: 'shutdown' });
+    await Promise.all(all.map((f) => Promise.race([f.done, new Promise((r) => setTimeout(r, 1000))])));
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private endKey(keyId: string, why: LogStreamEnd) {
+    for (const feed of this.feeds.values()) for (const f of feed.followers) if (f.req.keyId === keyId) f.end(why);
+  }
+
+  private startTimer() {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.requestPoll(), pollMs);
+    this.timer.unref();
+  }
+
+  private requestPoll() {
+    if (this.polling) {
+      this.pollAgain = true;
+      return;
+    }
+    this.polling = true;
+    void this.poll().finally(() => {
+      this.polling = false;
+      if (this.pollAgain) {
+        this.pollAgain = false;
+        this.requestPoll();
+      }
+    });
+  }
+
+  /** One look at every followed job and credential; a feed with news reads it. */
+  private async poll() {
+    if (!this.feeds.size) {
+      if (this.timer) clearInterval(this.timer);
+      this.timer = null;
+      return;
+    }
+    const now = Date.now();
+    await this.recheckCredentials();
+    for (const feed of this.feeds.values()) {
+      for (const f of feed.followers) {
+        if (f.ended) continue;
+        if (now >= f.endsAtMs) f.end({ reason: 'max-life', detail: 'the stream reached its longest life; reconnect with Last-Event-ID' });
+        else if (now - f.lastWriteMs >= keepaliveMs) f.push({ comment: 'keepalive' });
+      }
+    }
+    const ids = [...this.feeds.keys()];
+    for (let i = 0; i < ids.length; i += jobsPerQuery) {
+      let rows: { id: string; status: string; exitCode: number | null; error: string | null; lastSeq: unknown }[];
+      try {
+        rows = await this.database.db
+          .select({
+            id: jobs.id,
+            status: jobs.status,
+            exitCode: jobs.exitCode,
+            error: jobs.error,
+            // In the same snapshot as the status: a job that ended has all its chunks under this seq.
+            lastSeq: sql<unknown>`(select max(${jobLogs.seq}) from ${jobLogs} where ${jobLogs.jobId} = ${jobs.id})`,
+          })
+          .from(jobs)
+          .where(inArray(jobs.id, ids.slice(i, i + jobsPerQuery)));
+      } catch {
+        return; // the database is away for a moment: the next poll tries again
+      }
+      const found = new Map(rows.map((r) => [r.id, r]));
+      for (const id of ids.slice(i, i + jobsPerQuery)) {
+        const feed = this.feeds.get(id);
+        if (!feed) continue;
+        const row = found.get(id);
+        const lastSeq = row?.lastSeq === null || row?.lastSeq === undefined ? -1 : toNumber(row.lastSeq);
+        const end: LogStreamEnd | null = !row
+          ? { reason: 'ended', status: 'unknown', exitCode: null, error: null }
+          : isTerminal(row.status as never)
+            ? { reason: 'ended', status: row.status, exitCode: row.exitCode, error: row.error }
+            : null;
+        const behind = [...feed.followers].some((f) => !f.ended && f.after < lastSeq);
+        if (behind || end) void this.read(feed, end ? { end, lastSeq } : undefined);
+      }
+    }
+  }
+
+  private async recheckCredentials() {
+    const byKey = new Map<string, Follower[]>();
+    for (const feed of this.feeds.values()) {
+      for (const f of feed.followers) {
+        if (f.ended) continue;
+        const list = byKey.get(f.req.keyId);
+        if (list) list.push(f);
+        else byKey.set(f.req.keyId, [f]);
+      }
+    }
+    await Promise.all(
+      [...byKey.values()].map(async (list) => {
+        try {
+          await list[0]!.req.recheck();
+        } catch (err) {
+          if (!(err instanceof ApiError) || (err.code !== 'unauthenticated' && err.code !== 'forbidden')) return;
+          const reason = /expired/.test(err.message) ? 'expired' : 'revoked';
+          for (const f of list) f.end({ reason, detail: err.message });
+        }
+      }),
+    );
+  }
+
+  /**
+   * Reads the feed's chunks after its slowest follower and hands each follower what it lacks.
+   * A batch read from position R goes to the followers that have everything up to R, so no one
+   * sees a gap; the others get it on the next read, which starts from them. With `end`, the job
+   * has ended with lastSeq as its last chunk: followers that have it all get the end event.
+   */
+  private async read(feed: Feed, ending?: { end: LogStreamEnd; lastSeq: number }): Promise<void> {
+    if (feed.reading) {
+      feed.readAgain = true;
+      if (ending) feed.ending = ending;
+      return;
+    }
+    feed.reading = true;
+    if (ending) feed.ending = ending;
+    try {
+      for (;;) {
+        feed.readAgain = false;
+        const live = [...feed.followers].filter((f) => !f.ended);
+        if (!live.length) return;
+        const from = Math.min(...live.map((f) => f.after));
+        let items: LogBatch[] = [];
+        try {
+          items = await readChunks(this.database.db, feed.jobId, from, batchLines);
+        } catch {
+          return;
+        }
+        const receivers: Follower[] = [];
+        for (const f of feed.followers) {
+          if (f.ended || f.after < from) continue;
+          let got = false;
+          for (const item of items) {
+            if (item.seq <= f.after) continue;
+            f.push({ event: 'log', id: String(item.seq), data: JSON.stringify(item) });
+            f.after = item.seq;
+            got = true;
+          }
+          if (f.queue.length > maxQueuedEvents) f.end({ reason: 'lagging', detail: 'the client reads slower than the log grows; reconnect with Last-Event-ID' });
+          else if (got) receivers.push(f);
+        }
+        const done = feed.ending;
+        if (done) {
+          for (const f of feed.followers) if (!f.ended && f.after >= done.lastSeq) f.end(done.end);
+        }
+        if (items.length) {
+          // The slowest writer paces the reads, for a while: one stuck client does not hold the rest.
+          await Promise.race([Promise.all(receivers.map((f) => f.drained())), new Promise((r) => setTimeout(r, drainWaitMs))]);
+          continue;
+        }
+        if (!feed.readAgain) return;
+      }
+    } finally {
+      feed.reading = false;
+    }
+  }
+}

@@ -17,23 +17,12 @@ import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
 import type { DryRun, Offers } from '../../shared/pool.ts';
 import { spawnAgent, startLocalCoordinator, type AgentProcess, type LocalCoordinator } from '../support/agent-process.ts';
-import { dockerOptions, localTestImage, requireDockerOrSkip, testRegistry } from '../support/docker-env.ts';
+import { dockerOptions, localTestImage, pushToTestRegistry, requireDockerOrSkip, testRegistry } from '../support/docker-env.ts';
 import { until } from '../support/until.ts';
 
 const docker = await requireDockerOrSkip();
 const engine = new Docker(dockerOptions(30_000));
 const terminal = ['succeeded', 'failed', 'cancelled'];
-
-/** Reads a pull or push stream to its end; an error event in it is thrown. */
-async function drain(stream: NodeJS.ReadableStream): Promise<void> {
-  await new Promise<void>((resolve, reject) =>
-    engine.modem.followProgress(stream, (err: Error | null, events: { error?: string }[]) => {
-      const failed = events?.find((e) => e.error);
-      if (err || failed) reject(err ?? new Error(failed!.error));
-      else resolve();
-    }),
-  );
-}
 
 const freePort = async () => {
   const s = net.createServer();
@@ -130,16 +119,21 @@ describe.skipIf(!docker)('a job’s image reference cannot make the provider’s
   beforeAll(async () => {
     const local = engine.getImage(localTestImage);
     await local.tag({ repo: `${repo}-public`, tag: '1' });
-    // The engine wants an auth header even for a registry without auth: an empty one.
-    await drain((await engine.getImage(publicImage).push({ authconfig: { serveraddress: testRegistry } } as never)) as unknown as NodeJS.ReadableStream);
+    await pushToTestRegistry(engine, publicImage);
     await local.tag({ repo: `${repo}-local`, tag: '1' });
 
     work = await mkdtemp(path.join(tmpdir(), 'gantry-hostile-images-'));
     privateRegistry = await startPrivateRegistry(work);
     privateImage = `${privateRegistry.host}/private/${run}:1`;
     await local.tag({ repo: `${privateRegistry.host}/private/${run}`, tag: '1' });
-    await drain(
-      (await engine.getImage(privateImage).push({ authconfig: { username: 'provider', password: 'secret', serveraddress: privateRegistry.host } } as never)) as unknown as NodeJS.ReadableStream,
+    // Pushed with a login, as a provider does to their own registry.
+    const pushed = (await engine.getImage(privateImage).push({ authconfig: { username: 'provider', password: 'secret', serveraddress: privateRegistry.host } } as never)) as unknown as NodeJS.ReadableStream;
+    await new Promise<void>((resolve, reject) =>
+      engine.modem.followProgress(pushed, (err: Error | null, events: { error?: string }[]) => {
+        const failed = events?.find((e) => e.error);
+        if (err || failed) reject(err ?? new Error(failed!.error));
+        else resolve();
+      }),
     );
 
     c = await startLocalCoordinator('pglite', {});

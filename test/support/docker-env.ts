@@ -33,6 +33,22 @@ export const localTestImage: string = process.env.GANTRY_TEST_IMAGE ?? 'gantry-t
  */
 export const testRegistryAgentEnv: Record<string, string> = { GANTRY_AGENT_ALLOWED_REGISTRIES: testRegistry };
 
+/**
+ * Puts an image the engine holds into the loopback registry, so that an agent may run it (it runs
+ * only what a registry serves). `ref` is the engine's tag of it under testRegistry.
+ */
+export async function pushToTestRegistry(docker: Docker, ref: string): Promise<void> {
+  // The engine wants an auth header even for a registry without auth: an empty one.
+  const stream = (await docker.getImage(ref).push({ authconfig: { serveraddress: testRegistry } } as never)) as unknown as NodeJS.ReadableStream;
+  await new Promise<void>((resolve, reject) =>
+    docker.modem.followProgress(stream, (err: Error | null, events: { error?: string }[]) => {
+      const failed = events?.find((e) => e.error);
+      if (err || failed) reject(err ?? new Error(failed!.error));
+      else resolve();
+    }),
+  );
+}
+
 /** The engine address the tests use: DOCKER_HOST, else the system socket. */
 export const dockerHost: string = process.env.DOCKER_HOST || 'unix:///var/run/docker.sock';
 

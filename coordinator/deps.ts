@@ -32,7 +32,6 @@ export interface HeartbeatHook {
     at: Date,
   ): Promise<HeartbeatExtras>;
 }
-export const noHeartbeatHook: HeartbeatHook = { onHeartbeat: async () => ({}) };
 
 /** Everything the app is built from; production and tests pass the same shape to createApp. */
 export interface AppDeps {

@@ -2,7 +2,7 @@ import { issueAdminKey } from './accounts/bootstrap.ts';
 import { keyRevokedChannel } from './auth/api-keys.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { DataDirLockedError } from './db/data-dir-lock.ts';
-import { migrate } from './db/migrate.ts';
+import { MigrationMismatchError, migrate } from './db/migrate.ts';
 import { openDatabase } from './db/open.ts';
 import { jsonLogger } from './log.ts';
 import { startCoordinator } from './server.ts';
@@ -18,7 +18,7 @@ function fail(message: string): never {
 }
 
 function describe(err: unknown): string {
-  if (err instanceof ConfigError || err instanceof DataDirLockedError) return err.message;
+  if (err instanceof ConfigError || err instanceof DataDirLockedError || err instanceof MigrationMismatchError) return err.message;
   const e = err as NodeJS.ErrnoException;
   if (e?.code === 'EADDRINUSE') return `port already in use (${e.message}); set PORT to another one`;
   if (e?.code === 'ECONNREFUSED') return `cannot reach the database: ${e.message}`;

@@ -10,12 +10,12 @@ import { systemClock, type Clock } from './clock.ts';
 import type { Config } from './config.ts';
 import { migrate } from './db/migrate.ts';
 import { openDatabase, type Database } from './db/open.ts';
-import { noHeartbeatHook, type AppDeps } from './deps.ts';
+import type { AppDeps } from './deps.ts';
 import type { Logger } from './log.ts';
 import { AgentVerifier, nodeRetiredChannel } from './nodes/agent-auth.ts';
 import { startNodeSweeper } from './nodes/sweeper.ts';
 import { LogFollowers } from './logs/followers.ts';
-import { Signals } from './signals.ts';
+import { Signals, topics } from './signals.ts';
 import { createLeaseSide } from './leases/start.ts';
 import { Metrics } from './metrics/registry.ts';
 import { PoolHistoryWriter } from './pool/history.ts';
@@ -64,7 +64,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
       scheduler: leaseSide.scheduler,
-      ...poolParts(database, clock, config, leaseSide.scheduler),
+      ...poolParts(database, clock, config, leaseSide.scheduler, signals),
       logFollowers: new LogFollowers(
         database,
         signals,
@@ -144,7 +144,15 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
 }
 
 /** The pool's figures and the metrics that read them. */
-function poolParts(database: Database, clock: Clock, config: Config, scheduler: SchedulerLoop): { pool: PoolStats; metrics: Metrics } {
+function poolParts(
+  database: Database,
+  clock: Clock,
+  config: Config,
+  scheduler: SchedulerLoop,
+  signals: Signals,
+): { pool: PoolStats; metrics: Metrics } {
   const pool = new PoolStats(database, clock, config.poolCacheMs);
+  // A node that joined or freed capacity here shows in the next read (other replicas: within the cache age).
+  signals.on(topics.nodeChanged, () => pool.invalidate());
   return { pool, metrics: new Metrics({ pool, database, clock, scheduler }) };
 }

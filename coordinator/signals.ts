@@ -20,4 +20,9 @@ export class Signals {
 export const topics = {
   /** A job was queued or capacity was freed: the scheduler should run a pass. */
   schedule: 'schedule',
+  /**
+   * A node joined, came back, changed what it offers or had capacity freed (the payload is its id;
+   * none: every node): the scheduler reads it again before its next pass, and runs one.
+   */
+  nodeChanged: 'node-changed',
 } as const;

@@ -80,13 +80,6 @@ const hardware: Command = async (args, output) => {
   return 0;
 };
 
-function notImplemented(name: CommandName): Command {
-  return async (_args, output) => {
-    output.err.push(`gantry-agent ${name}: not implemented yet\n`);
-    return 2;
-  };
-}
-
 const commands: Record<CommandName, Command> = {
   hardware,
   join: joinCommand,

@@ -103,7 +103,6 @@ export const JobSpec = z
   })
   .strict();
 export type JobSpec = z.infer<typeof JobSpec>;
-export type JobSpecInput = z.input<typeof JobSpec>;
 
 export const jobStatuses = ['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export const JobStatus = z.enum(jobStatuses);

@@ -67,12 +67,6 @@ export const LogPage = z.object({
 });
 export type LogPage = z.infer<typeof LogPage>;
 
-/**
- * A followed log (follow=1) is server-sent events: `log` events (id = seq, data = a LogBatch),
- * then one `end` event with this data, once the job ended and every chunk was sent.
- */
-export const LogEnd = z.object({ status: z.string(), exitCode: z.number().int().nullable(), error: z.string().nullable() });
-
 /** A progress note the agent adds to the job's events (an image pull, say). */
 export const JobProgress = z
   .object({

@@ -21,7 +21,7 @@ export const GpuCounts = z.object({
   free: count,
   /** Held by a job. */
   busy: count,
-  /** Idle on a draining node: online but not offered. */
+  /** Idle on an online node that takes no work (draining, or its agent has no runtime): not offered. */
   draining: count,
   /** On offline nodes. */
   offline: count,

@@ -106,7 +106,3 @@ export async function revokeKey(db: Db, actor: Actor, keyId: string, at: Date, c
   });
 }
 
-export async function getAccount(db: Db, id: string): Promise<AccountRow | undefined> {
-  const [row] = await db.select().from(accounts).where(eq(accounts.id, id));
-  return row;
-}

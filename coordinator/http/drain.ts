@@ -35,7 +35,7 @@ export function drainRoutes(deps: AppDeps) {
       }),
       async (c) => {
         const state = await setDraining(db, c.get('principal'), c.req.valid('param').id, draining);
-        if (!draining) deps.signals.emit(topics.schedule);
+        deps.signals.emit(topics.nodeChanged, state.nodeId);
         return c.json(state, 200);
       },
     );

@@ -111,7 +111,7 @@ export function leaseRoutes(deps: AppDeps) {
       const at = deps.clock.now();
       const job = await db.transaction((tx) => finishJob(tx, c.get('nodeId'), c.req.valid('param').id, report, at));
       // Its capacity is free, and a retried job is queued again.
-      deps.signals.emit(topics.schedule);
+      deps.signals.emit(topics.nodeChanged, c.get('nodeId'));
       return c.json(answer(job), 200);
     },
   );

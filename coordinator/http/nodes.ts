@@ -5,6 +5,7 @@ import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { getOwnNode, listOwnNodes, nodeMetricsSeries, retireNode, updateNode } from '../nodes/manage.ts';
 import { nodeRetiredChannel } from '../nodes/agent-auth.ts';
+import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
@@ -69,6 +70,8 @@ export function nodeRoutes(deps: AppDeps) {
     }),
     async (c) => {
       const node = await updateNode(db, c.get('principal').accountId, c.req.valid('param').id, c.req.valid('json'));
+      // A new price, labels or region change where jobs go.
+      deps.signals.emit(topics.nodeChanged, node.id);
       return c.json(node, 200);
     },
   );

@@ -5,6 +5,8 @@ import type { MeteredUsage } from '../../shared/pool.ts';
 import type { DbOrTx } from '../db/open.ts';
 import { gpus, jobEvents, jobs, nodes } from '../db/schema/index.ts';
 import { ApiError } from '../http/problem.ts';
+// The rule of which nodes take work, kept with its other forms in the scheduler's rules table.
+import { takesWork } from '../scheduler/rules.ts';
 import { changeStatus, type JobRow } from './lifecycle.ts';
 
 // The job-side transitions of a lease: placement (in bulk, for the scheduler), the agent's
@@ -79,11 +81,11 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
           allocated_disk_mb = ${nodes}.allocated_disk_mb + v.disk,
           last_placed_at = ${ts(at)}
         from jsonb_to_recordset(${json(nodeRows)}) as v(id text, cpu int, mem int, disk int, pg bigint, pc bigint)
-        where ${nodes}.id = v.id and ${nodes}.status = 'online' and not ${nodes}.draining
+        where ${nodes}.id = v.id and ${takesWork.sql('nodes')}
           and ${nodes}.price_gpu_hour_micros = v.pg and ${nodes}.price_cpu_hour_micros = v.pc
         returning ${nodes}.id`,
   );
-  if (updatedNodes.length !== nodeRows.length) throw new PlacementConflict('a node went offline, started draining or changed its prices');
+  if (updatedNodes.length !== nodeRows.length) throw new PlacementConflict('a node went offline, stopped taking work or changed its prices');
 
   const gpuRows = batch.flatMap((p) => p.gpuIds.map((g) => ({ n: p.nodeId, g, j: p.jobId })));
   if (gpuRows.length) {
@@ -140,8 +142,6 @@ async function lockJobAndNode(tx: DbOrTx, jobId: string): Promise<JobRow | null>
   }
   throw new ApiError('unavailable', 'the job keeps moving; try again');
 }
-
-export { lockJobAndNode as lockLiveJob };
 
 type NodeCounter = 'jobsSucceeded' | 'jobsFailed' | 'leaseExpiries';
 

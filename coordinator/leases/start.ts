@@ -40,7 +40,8 @@ export async function createLeaseSide(opts: { database: Database; clock: Clock; 
     clock,
     log,
     leaseTtlSeconds: config.leaseTtlSeconds,
-    onFreed: () => signals.emit(topics.schedule),
+    // Expired leases free capacity on nodes the sweep does not name: read them all again.
+    onFreed: () => signals.emit(topics.nodeChanged),
   });
   return {
     leases,

@@ -43,38 +43,72 @@ function gpuValues(nodeId: string, g: GpuDevice) {
 }
 
 interface GpuClaimConflict {
+  /** The claiming GPU's id (in the report). */
+  gpuId: string;
   uuid: string;
+  /** Set where the claim is by (UUID, bus id): its node reports the UUID more than once. */
+  pciBusId: string | null;
   nodeId: string;
   sameAccount: boolean;
   nodeName: string;
 }
 
+/** What a GPU claims: its UUID, and where its node reports that UUID on several GPUs, its bus id with it. */
+interface GpuClaim {
+  gpuId: string;
+  uuid: string;
+  pciBusId: string | null;
+}
+
 /**
- * Which of these GPU UUIDs another live (not retired) node already holds. Takes a transaction
- * lock on each UUID first, so two nodes claiming one GPU at once cannot both win: a marketplace
- * must not sell one GPU twice.
+ * One physical GPU belongs to one node, known by its UUID; GPUs that share a UUID (cloned VMs,
+ * masked reports: the agent names them <uuid>/<bus id>) are known by (UUID, PCI bus id).
  */
-async function findClaimConflicts(tx: Tx, accountId: string, selfId: string | null, uuids: string[]): Promise<GpuClaimConflict[]> {
-  const distinct = [...new Set(uuids)].sort();
+function claimsOf(reported: GpuDevice[], claimed: GpuDevice[] = reported): GpuClaim[] {
+  const wholeByUuid = new Map<string, number>();
+  for (const g of reported) if (!g.mig) wholeByUuid.set(g.uuid, (wholeByUuid.get(g.uuid) ?? 0) + 1);
+  return claimed.map((g) => ({
+    gpuId: g.id,
+    uuid: g.uuid,
+    pciBusId: !g.mig && (wholeByUuid.get(g.uuid) ?? 0) > 1 ? g.pciBusId : null,
+  }));
+}
+
+/**
+ * Which of these claims another live (not retired) node already holds. Takes a transaction lock
+ * on each UUID first, so two nodes claiming one GPU at once cannot both win: a marketplace must
+ * not sell one GPU twice. A claim by (UUID, bus id) meets only a GPU of that UUID at that bus id
+ * (or at none known).
+ */
+async function findClaimConflicts(tx: Tx, accountId: string, selfId: string | null, claims: GpuClaim[]): Promise<GpuClaimConflict[]> {
+  const distinct = [...new Set(claims.map((c) => c.uuid))].sort();
   if (!distinct.length) return [];
   for (const uuid of distinct) {
     await tx.execute(sql`select pg_advisory_xact_lock(${gpuClaimLockSpace}, hashtext(${uuid}))`);
   }
-  const rows = await tx
-    .selectDistinct({ uuid: gpus.uuid, nodeId: nodes.id, accountId: nodes.accountId, nodeName: nodes.name })
+  const held = await tx
+    .selectDistinct({ uuid: gpus.uuid, pciBusId: gpus.pciBusId, nodeId: nodes.id, accountId: nodes.accountId, nodeName: nodes.name })
     .from(gpus)
     .innerJoin(nodes, eq(nodes.id, gpus.nodeId))
     .where(
       and(inArray(gpus.uuid, distinct), ne(nodes.status, 'retired'), selfId ? ne(nodes.id, selfId) : undefined),
     );
-  return rows.map((r) => ({ uuid: r.uuid, nodeId: r.nodeId, sameAccount: r.accountId === accountId, nodeName: r.nodeName }));
+  const conflicts: GpuClaimConflict[] = [];
+  for (const claim of claims) {
+    const holder = held.find(
+      (r) => r.uuid === claim.uuid && (claim.pciBusId === null || r.pciBusId === null || r.pciBusId === claim.pciBusId),
+    );
+    if (holder) conflicts.push({ ...claim, nodeId: holder.nodeId, sameAccount: holder.accountId === accountId, nodeName: holder.nodeName });
+  }
+  return conflicts;
 }
 
 function describeConflict(c: GpuClaimConflict): string {
+  const gpu = c.pciBusId ? `GPU ${c.uuid} at ${c.pciBusId}` : `GPU ${c.uuid}`;
   // Another tenant's node is not named.
   return c.sameAccount
-    ? `GPU ${c.uuid} already belongs to your node ${c.nodeId} (${c.nodeName}); retire that node first (DELETE /v1/nodes/${c.nodeId})`
-    : `GPU ${c.uuid} is already registered by another node`;
+    ? `${gpu} already belongs to your node ${c.nodeId} (${c.nodeName}); retire that node first (DELETE /v1/nodes/${c.nodeId})`
+    : `${gpu} is already registered by another node`;
 }
 
 /** Registers a machine as a node of the token's provider, with its GPUs, in one transaction. */
@@ -83,7 +117,7 @@ export async function registerNode(deps: Deps, req: RegisterNode, at: Date): Pro
   const name = req.name ?? (req.hardware.host.hostname.slice(0, 128) || nodeId);
   const result = await deps.database.db.transaction(async (tx) => {
     const token = await consumeEnrollmentToken(tx, req.token, at);
-    const conflicts = await findClaimConflicts(tx, token.accountId, null, req.hardware.gpus.map((g) => g.uuid));
+    const conflicts = await findClaimConflicts(tx, token.accountId, null, claimsOf(req.hardware.gpus));
     if (conflicts.length) {
       deps.log.warn('gpu claimed twice: registration refused', {
         accountId: token.accountId,
@@ -113,7 +147,7 @@ export async function registerNode(deps: Deps, req: RegisterNode, at: Date): Pro
     return { accountId: token.accountId };
   });
   deps.log.info('node registered', { nodeId, accountId: result.accountId, name, gpus: req.hardware.gpus.length });
-  deps.signals.emit(topics.schedule);
+  deps.signals.emit(topics.nodeChanged, nodeId);
   return { nodeId, name, coordinatorName: deps.config.name, nodeTtlSeconds: deps.config.nodeTtlSeconds };
 }
 
@@ -158,15 +192,15 @@ async function applyHardware(deps: Deps, tx: Tx, node: NodeRow, report: Hardware
   }
 
   const fresh = report.gpus.filter((g) => !byId.has(g.id));
-  const conflicts = await findClaimConflicts(tx, node.accountId, node.id, fresh.map((g) => g.uuid));
-  const refusedUuids = new Set(conflicts.map((c) => c.uuid));
+  const conflicts = await findClaimConflicts(tx, node.accountId, node.id, claimsOf(report.gpus, fresh));
+  const refused = new Set(conflicts.map((c) => c.gpuId));
   if (conflicts.length) {
     deps.log.warn('gpu claimed twice: left out of the node', {
       nodeId: node.id,
       conflicts: conflicts.map((c) => ({ uuid: c.uuid, heldBy: c.nodeId })),
     });
   }
-  const toInsert = fresh.filter((g) => !refusedUuids.has(g.uuid));
+  const toInsert = fresh.filter((g) => !refused.has(g.id));
   change.refused = conflicts.map(describeConflict);
   if (toInsert.length) await tx.insert(gpus).values(toInsert.map((g) => gpuValues(node.id, g)));
   change.added = toInsert.map((g) => g.id);
@@ -198,6 +232,7 @@ async function applyHardware(deps: Deps, tx: Tx, node: NodeRow, report: Hardware
 interface BeatRow {
   prev_status: string;
   draining: boolean;
+  takes_work_changed: boolean;
   sampled: number;
   uuids: string[] | string | null;
 }
@@ -219,13 +254,14 @@ function textArray(v: BeatRow['uuids']): string[] {
  */
 const heartbeatStatement = `
   with prev as (
-    select id, status, last_heartbeat_at, metrics is null as unsampled
+    select id, status, last_heartbeat_at, metrics is null as unsampled, takes_work
     from nodes where id = $1::text and status <> 'retired' for update
   ), n as (
     update nodes set status = 'online', last_heartbeat_at = $2::text::timestamptz, metrics = $3::text::jsonb,
       agent_version = coalesce($4::text, nodes.agent_version), takes_work = coalesce($6::text::boolean, nodes.takes_work)
     from prev where nodes.id = prev.id
-    returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled, nodes.draining
+    returning prev.status as prev_status, prev.last_heartbeat_at as prev_at, prev.unsampled, nodes.draining,
+      prev.takes_work is distinct from nodes.takes_work as takes_work_changed
   ), g as (
     update gpus set utilization_pct = v.u, memory_used_mb = v.m, temperature_c = v.t, power_w = v.p
     from jsonb_to_recordset($5::text::jsonb) as v(uuid text, u int, m int, t int, p int)
@@ -242,7 +278,7 @@ const heartbeatStatement = `
     on conflict (node_id, at) do update set sample = excluded.sample
     returning 1
   )
-  select n.prev_status, n.draining,
+  select n.prev_status, n.draining, n.takes_work_changed,
     (select count(*)::int from s) as sampled,
     (select coalesce(array_agg(distinct uuid), '{}') from gpus where node_id = $1::text) as uuids
   from n`;
@@ -283,10 +319,12 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
   ];
   let change: HardwareChange | null = null;
   let prevStatus = 'online';
+  let takesWorkChanged = false;
   const beat = async (q: DbOrTx, statement: string) => {
     const [row] = await runStatement<BeatRow>(deps.database, q, statement, params);
     if (!row) throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');
     prevStatus = row.prev_status;
+    takesWorkChanged = row.takes_work_changed === true;
     const extras = await deps.heartbeatHook.onHeartbeat(q, nodeId, { jobs: hb.jobs, draining: row.draining }, at);
     const known = new Set(textArray(row.uuids));
     const sampled = new Set(hb.metrics.gpus.map((g) => g.id));
@@ -316,6 +354,8 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
     deps.log.info('node hardware changed', { nodeId, added: c.added, removed: c.removed, changed: c.changed, requeued: c.requeued });
   }
   if (prevStatus === 'offline') deps.log.info('node online', { nodeId });
-  if (prevStatus === 'offline' || (c && (c.added.length || c.requeued.length))) deps.signals.emit(topics.schedule);
+  if (prevStatus === 'offline' || takesWorkChanged || (c && (c.added.length || c.removed.length || c.changed.length || c.requeued.length))) {
+    deps.signals.emit(topics.nodeChanged, nodeId);
+  }
   return answer;
 }

@@ -4,6 +4,7 @@ import type { JobSpec } from '../../shared/jobs.ts';
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { ConstraintName, DryRun, Offer, OffersQuery, RuledOut, Shape } from '../../shared/pool.ts';
 import { toNumber, type Database } from '../db/open.ts';
+import { capacityRules, gpuMatchSql, nodeRules, parseCuda, priceMilliSql, takesWork, type JobRequest } from '../scheduler/rules.ts';
 
 const n = toNumber;
 
@@ -60,49 +61,35 @@ export function askFromSpec(spec: JobSpec): Ask {
 
 const shapeOf = (a: Ask): Shape => ({ gpus: a.gpus, cpu: a.cpuMillis / 1000, memoryMb: a.memoryMb });
 
-// The matching rules of the scheduler (coordinator/scheduler/feasibility.ts) written as SQL, so
-// that offers and dry runs over thousands of nodes are one query; test/integration/offers.test.ts
-// holds the model match to modelMatches' answers.
-//
-// A model matches when its words (split on spaces and dashes, case aside) stand in a row among
-// the product name's words: "H100" matches "NVIDIA H100 80GB HBM3", "A10" does not match "A100".
-const modelWords = (s: string) => s.toLowerCase().split(/[\s-]+/).filter(Boolean).join(' ');
-function modelOk(a: Ask): SQL {
-  const want = a.gpuModel ? modelWords(a.gpuModel) : '';
-  if (!want) return sql`true`;
-  return sql`strpos(' ' || trim(regexp_replace(lower(g.model), '[[:space:]-]+', ' ', 'g')) || ' ', ${` ${want} `}) > 0`;
-}
-const memoryOk = (a: Ask): SQL => (a.gpuMinMemoryMb ? sql`g.memory_mb >= ${a.gpuMinMemoryMb}` : sql`true`);
-/** "12.4" as 12004 (major × 1000 + minor), as the scheduler compares them; unknown never passes. */
-function cudaOk(a: Ask): SQL {
-  const m = a.minCudaVersion?.match(/^(\d{1,4})\.(\d{1,3})/);
-  if (!m) return sql`true`;
-  const wanted = Number(m[1]) * 1000 + Number(m[2]);
-  return sql`(case when g.cuda_version ~ '^[0-9]{1,4}[.][0-9]{1,3}' then split_part(g.cuda_version, '.', 1)::int * 1000 + substring(split_part(g.cuda_version, '.', 2) from '^[0-9]+')::int >= ${wanted} else false end)`;
-}
-/** The shape's hourly price on node n in milli-micro-units (exact for fractional cores). */
-const priceMilliOf = (a: Ask): SQL =>
-  sql`(${a.gpus}::bigint * n.price_gpu_hour_micros * 1000 + ${a.cpuMillis}::bigint * n.price_cpu_hour_micros)`;
-const priceOf = (a: Ask): SQL => sql`round(${priceMilliOf(a)} / 1000.0)`;
+// The scheduler's matching rules in their SQL form (coordinator/scheduler/rules.ts), so that
+// offers and dry runs over thousands of nodes are one query each.
 
-/** The node-level tests (besides liveness), in the order the dry-run reports them. */
-function nodeTests(a: Ask): { name: ConstraintName; ok: SQL }[] {
-  const tests: { name: ConstraintName; ok: SQL }[] = [];
-  if (a.nodeId) tests.push({ name: 'node', ok: sql`n.id = ${a.nodeId}` });
-  if (a.providerId) tests.push({ name: 'provider', ok: sql`n.account_id = ${a.providerId}` });
-  if (a.region) tests.push({ name: 'region', ok: sql`n.region = ${a.region}` });
-  if (a.labels && Object.keys(a.labels).length) tests.push({ name: 'labels', ok: sql`n.labels @> ${JSON.stringify(a.labels)}::jsonb` });
-  // feasibility.ts registryAllowed and networkTaken: an agent that does not say rules nothing out.
-  if (a.registry) tests.push({ name: 'registry', ok: sql`coalesce(n.runtime->'registries' @> ${JSON.stringify([a.registry])}::jsonb, true)` });
-  if (a.network) tests.push({ name: 'network', ok: sql`coalesce(n.runtime->'networks' @> ${JSON.stringify([a.network])}::jsonb, true)` });
-  return tests;
+/** The ask as the rules read a job. */
+function requestOf(a: Ask): JobRequest {
+  return {
+    id: 'ask',
+    cpuMillis: a.cpuMillis,
+    memoryMb: a.memoryMb,
+    diskMb: a.diskMb ?? 0,
+    gpuCount: a.gpus,
+    gpuModel: a.gpuModel ?? null,
+    gpuMinMemoryMb: a.gpuMinMemoryMb ?? null,
+    minCuda: parseCuda(a.minCudaVersion),
+    labels: a.labels && Object.keys(a.labels).length ? a.labels : null,
+    region: a.region ?? null,
+    nodeId: a.nodeId ?? null,
+    providerId: a.providerId ?? null,
+    maxPriceMicros: a.maxPriceMicros ?? null,
+    registry: a.registry,
+    network: a.network,
+  };
 }
-const capacityTests = (a: Ask): { name: ConstraintName; ok: SQL }[] => [
-  { name: 'cpu', ok: sql`n.cpu_millis - n.allocated_cpu_millis >= ${a.cpuMillis}` },
-  { name: 'memory', ok: sql`n.memory_mb - n.allocated_memory_mb >= ${a.memoryMb}` },
-  ...(a.diskMb ? [{ name: 'disk' as const, ok: sql`n.disk_mb - n.allocated_disk_mb >= ${a.diskMb}` }] : []),
-  ...(a.maxPriceMicros === undefined ? [] : [{ name: 'price' as const, ok: sql`${priceMilliOf(a)} <= ${a.maxPriceMicros}::bigint * 1000` }]),
-];
+
+const priceOf = (j: JobRequest): SQL => sql`round(${priceMilliSql(j)} / 1000.0)`;
+
+/** The rules the job asks, in the order the dry run reports them. */
+const asked = <R extends { name: ConstraintName; asks(j: JobRequest): boolean; sql(j: JobRequest): SQL }>(rules: readonly R[], j: JobRequest) =>
+  rules.filter((r) => r.asks(j)).map((r) => ({ name: r.name, ok: r.sql(j) }));
 
 interface OfferRow {
   id: string;
@@ -166,21 +153,23 @@ function toOffer(r: OfferRow): Offer {
  * memory, then least CPU left over), then least recently placed on.
  */
 export async function findOffers(database: Database, a: Ask, limit: number): Promise<Offer[]> {
+  const j = requestOf(a);
   const tests = sql.join(
-    [...nodeTests(a), ...capacityTests(a)].map((t) => t.ok),
+    [...asked(nodeRules, j), ...asked(capacityRules, j)].map((t) => t.ok),
     sql` and `,
   );
   const nodeCols = sql`n.id, n.region, n.labels, n.cpu_millis - n.allocated_cpu_millis as cpu_free_millis,
     n.memory_mb - n.allocated_memory_mb as memory_free_mb, n.price_gpu_hour_micros as price_gpu,
-    n.price_cpu_hour_micros as price_cpu, ${priceOf(a)} as price, n.jobs_succeeded, n.jobs_failed, n.lease_expiries,
+    n.price_cpu_hour_micros as price_cpu, ${priceOf(j)} as price, n.jobs_succeeded, n.jobs_failed, n.lease_expiries,
     n.last_heartbeat_at, n.runtime->'registries' as registries, n.runtime->'networks' as networks`;
-  const live = sql`n.status = 'online' and not n.draining and n.takes_work`;
-  const match = sql`${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}`;
+  const live = takesWork.sql('n');
+  const match = gpuMatchSql(j);
   if (a.gpus === 0) {
     const rows = await database.rows<OfferRow>(sql`
       select ${nodeCols}, null as model, null as is_mig, null as memory_mb, null as free, null as total, null as cuda, null as driver
       from nodes n where ${live} and ${tests}
-      order by ${priceMilliOf(a)}, n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis, n.last_placed_at nulls first, n.id
+      order by ${priceMilliSql(j)}, (select count(*) from gpus g where g.node_id = n.id and g.job_id is null),
+        n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis, n.last_placed_at nulls first, n.id
       limit ${limit}`);
     return rows.map(toOffer);
   }
@@ -199,7 +188,7 @@ export async function findOffers(database: Database, a: Ask, limit: number): Pro
     select ${nodeCols}, f.model, f.is_mig, f.memory_mb, f.free, f.total, f.cuda, f.driver
     from groups f join nodes n on n.id = f.node_id
     where ${live} and f.free >= ${a.gpus} and ${tests}
-    order by ${priceMilliOf(a)}, f.node_free - ${a.gpus}, n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis,
+    order by ${priceMilliSql(j)}, f.node_free - ${a.gpus}, n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis,
       n.last_placed_at nulls first, n.id, f.model
     limit ${limit}`);
   return rows.map(toOffer);
@@ -261,6 +250,7 @@ function detailOf(c: ConstraintName, a: Ask, nodes: number, cheapestMicros: numb
  */
 export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun> {
   const a = askFromSpec(spec);
+  const j = requestOf(a);
   const offers = await findOffers(database, a, 5);
   const gpuCase =
     a.gpus > 0
@@ -280,19 +270,17 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
   const rows = await database.rows<{ verdict: string; nodes: unknown; cheapest: unknown }>(sql`
     with g as (
       select node_id,
-        count(*) filter (where ${modelOk(a)}) as m,
-        count(*) filter (where ${modelOk(a)} and ${memoryOk(a)}) as mm,
-        count(*) filter (where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)}) as mmc,
-        count(*) filter (where ${modelOk(a)} and ${memoryOk(a)} and ${cudaOk(a)} and g.job_id is null) as free
+        count(*) filter (where ${gpuMatchSql(j, 'gpu_model')}) as m,
+        count(*) filter (where ${gpuMatchSql(j, 'gpu_memory')}) as mm,
+        count(*) filter (where ${gpuMatchSql(j)}) as mmc,
+        count(*) filter (where ${gpuMatchSql(j)} and g.job_id is null) as free
       from gpus g group by node_id
     ), v as (
-      select ${priceMilliOf(a)} as price, case
-        when n.status <> 'online' then 'offline'
-        when n.draining then 'draining'
-        when not n.takes_work then 'no_runtime'
-        ${whens(nodeTests(a))}
+      select ${priceMilliSql(j)} as price, case
+        ${takesWork.whyNotSql()}
+        ${whens(asked(nodeRules, j))}
         ${gpuCase}
-        ${whens(capacityTests(a))}
+        ${whens(asked(capacityRules, j))}
         else 'fits' end as verdict
       from nodes n left join g on g.node_id = n.id
       where n.status in ('online', 'offline')

@@ -3,6 +3,7 @@ import type { GpuCounts, Pool, PoolGpuModel, PoolRegion } from '../../shared/poo
 import { fromMicros } from '../../shared/money.ts';
 import type { Clock } from '../clock.ts';
 import { toNumber, type Database } from '../db/open.ts';
+import { takesWork } from '../scheduler/rules.ts';
 
 const n = toNumber;
 const nullableNumber = (v: unknown) => (v === null || v === undefined ? null : Number(v));
@@ -33,20 +34,22 @@ interface GpuGroupRow {
  * kind (a MIG profile, told apart by its memory, is a row of its own), and by region.
  */
 function gpuGroups(database: Database) {
+  // Free: idle where work can land (the scheduler's rule); idle elsewhere online counts as draining.
+  const live = takesWork.sql('n');
   return database.rows<GpuGroupRow>(sql`
     select grouping(n.region) = 0 as by_region, n.region, g.model, g.mig is not null as is_mig,
       min(g.memory_mb) as memory_mb,
       count(*) filter (where n.status = 'online') as online,
-      count(*) filter (where n.status = 'online' and g.job_id is null and not n.draining) as free,
+      count(*) filter (where g.job_id is null and ${live}) as free,
       count(*) filter (where n.status = 'online' and g.job_id is not null) as busy,
-      count(*) filter (where n.status = 'online' and g.job_id is null and n.draining) as draining,
+      count(*) filter (where n.status = 'online' and g.job_id is null and not ${live}) as draining,
       count(*) filter (where n.status = 'offline') as offline,
       coalesce(sum(g.memory_mb) filter (where n.status = 'online'), 0) as memory_total_mb,
       avg(g.utilization_pct) filter (where n.status = 'online') as avg_util,
-      min(n.price_gpu_hour_micros) filter (where n.status = 'online' and g.job_id is null and not n.draining) as price_min,
+      min(n.price_gpu_hour_micros) filter (where g.job_id is null and ${live}) as price_min,
       percentile_disc(0.5) within group (order by n.price_gpu_hour_micros)
-        filter (where n.status = 'online' and g.job_id is null and not n.draining) as price_median,
-      max(n.price_gpu_hour_micros) filter (where n.status = 'online' and g.job_id is null and not n.draining) as price_max
+        filter (where g.job_id is null and ${live}) as price_median,
+      max(n.price_gpu_hour_micros) filter (where g.job_id is null and ${live}) as price_max
     from gpus g join nodes n on n.id = g.node_id
     where n.status in ('online', 'offline')
     group by grouping sets ((g.model, g.mig is not null, case when g.mig is not null then g.memory_mb end), (n.region))`);
@@ -64,16 +67,17 @@ interface NodeGroupRow {
 }
 
 function nodeGroups(database: Database) {
-  // Free capacity counts only where work can land: online and not draining.
+  // Free capacity counts only where work can land (the scheduler's rule).
+  const live = takesWork.sql('nodes');
   return database.rows<NodeGroupRow>(sql`
     select region,
       count(*) filter (where status = 'online') as online,
       count(*) filter (where status = 'offline') as offline,
       count(*) filter (where status = 'online' and draining) as draining,
       coalesce(sum(cpu_millis) filter (where status = 'online'), 0) as cpu_millis,
-      coalesce(sum(cpu_millis - allocated_cpu_millis) filter (where status = 'online' and not draining), 0) as cpu_free_millis,
+      coalesce(sum(cpu_millis - allocated_cpu_millis) filter (where ${live}), 0) as cpu_free_millis,
       coalesce(sum(memory_mb) filter (where status = 'online'), 0) as memory_mb,
-      coalesce(sum(memory_mb - allocated_memory_mb) filter (where status = 'online' and not draining), 0) as memory_free_mb
+      coalesce(sum(memory_mb - allocated_memory_mb) filter (where ${live}), 0) as memory_free_mb
     from nodes where status in ('online', 'offline')
     group by region`);
 }
@@ -198,16 +202,27 @@ export async function computePool(database: Database, now: Date): Promise<Pool> 
   };
 }
 
+interface Answer {
+  pool: Pool;
+  json: string;
+  /** When its computation began (performance.now()): what it says is at least this old. */
+  startedAt: number;
+  /** The invalidation count when it began: an event since makes it stale whatever its age. */
+  generation: number;
+}
+
 /**
- * The pool's figures as readers get them: computed at most once per `maxAgeMs` however many ask
- * at once (one computation in flight), and once there is an answer, every reader gets the latest
- * one at once while the next computes behind it, so a crowd of readers never waits on the
- * database. The answer's JSON is kept with it: serving it costs no serialization. maxAgeMs 0
- * computes on every call (tests).
+ * The pool's figures as readers get them: no reader gets an answer that began computing more than
+ * `maxAgeMs` before it asked, nor one begun before the last change told through invalidate() (a
+ * node joined, came back, changed or freed capacity). One computation in flight serves every
+ * reader it is fresh enough for, and a new one starts behind a crowd from half the age on, so
+ * that readers seldom wait on the database. The answer's JSON is kept with it: serving it costs no
+ * serialization. maxAgeMs 0 computes for every reader.
  */
 export class PoolStats {
-  private current: { pool: Pool; json: string; at: number } | null = null;
-  private inFlight: Promise<{ pool: Pool; json: string; at: number }> | null = null;
+  private current: Answer | null = null;
+  private inFlight: { startedAt: number; generation: number; answer: Promise<Answer> } | null = null;
+  private generation = 0;
 
   constructor(
     private database: Database,
@@ -215,13 +230,31 @@ export class PoolStats {
     private maxAgeMs: number,
   ) {}
 
-  private refresh() {
-    this.inFlight ??= computePool(this.database, this.clock.now())
-      .then((pool) => (this.current = { pool, json: JSON.stringify(pool), at: Date.now() }))
-      .finally(() => {
-        this.inFlight = null;
-      });
-    return this.inFlight;
+  /** What is known is out of date: the next reader gets figures computed after this call. */
+  invalidate(): void {
+    this.generation++;
+  }
+
+  private fresh(a: { startedAt: number; generation: number }, now: number): boolean {
+    return a.generation === this.generation && now - a.startedAt <= this.maxAgeMs;
+  }
+
+  private refresh(): Promise<Answer> {
+    const startedAt = performance.now();
+    const generation = this.generation;
+    const answer = computePool(this.database, this.clock.now()).then((pool) => {
+      const a: Answer = { pool, json: JSON.stringify(pool), startedAt, generation };
+      // Two can overlap (one begun before an invalidation): keep the one begun last.
+      if (!this.current || this.current.startedAt <= startedAt) this.current = a;
+      return a;
+    });
+    const flight = { startedAt, generation, answer };
+    this.inFlight = flight;
+    void answer.then(
+      () => this.inFlight === flight && (this.inFlight = null),
+      () => this.inFlight === flight && (this.inFlight = null),
+    );
+    return answer;
   }
 
   /** Fresh figures, bypassing the cache (the history writer, tests). */
@@ -229,12 +262,17 @@ export class PoolStats {
     return (await this.refresh()).pool;
   }
 
-  private async latest() {
+  private latest(): Promise<Answer> {
+    const now = performance.now();
     const current = this.current;
-    // Without an answer, or with one so old that the database may be gone: wait, so errors show.
-    if (this.maxAgeMs === 0 || !current || Date.now() - current.at > this.maxAgeMs + 60_000) return this.refresh();
-    if (Date.now() - current.at >= this.maxAgeMs) this.refresh().catch(() => {});
-    return current;
+    const flight = this.inFlight;
+    if (current && this.fresh(current, now)) {
+      // Past half its age: the next answer starts computing now, so it is there before this one is too old.
+      if (!flight && now - current.startedAt >= this.maxAgeMs / 2) this.refresh().catch(() => {});
+      return Promise.resolve(current);
+    }
+    if (flight && this.maxAgeMs > 0 && this.fresh(flight, now)) return flight.answer;
+    return this.refresh();
   }
 
   async get(): Promise<Pool> {

@@ -4,7 +4,7 @@ import type { Database } from '../db/open.ts';
 import { lockKeys } from '../db/migrate.ts';
 import { describeFailure, type Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
-import { schedulePass, type PassResult, type PassState } from './placement.ts';
+import { schedulePass, type PassResult, type PassState, type StaleNodes } from './placement.ts';
 
 /** How long passes may place on one reading of the nodes: capacity freed meanwhile shows after at most this. */
 const snapshotMaxAgeMs = 2000;
@@ -12,8 +12,14 @@ const snapshotMaxAgeMs = 2000;
 /** How often a pass reads the whole queue to refresh the reasons of jobs that cannot fit. */
 const fullPassEveryMs = 60_000;
 
-/** Channel that carries "run a pass" to the active scheduler on another replica. */
+/**
+ * Channel that carries "run a pass" to the active scheduler on another replica. The payload names
+ * the nodes that changed: '' none, '*' every node, else node ids joined by commas.
+ */
 export const scheduleChannel = 'gantry_schedule';
+
+/** NOTIFY payloads stay under PostgreSQL's 8,000 bytes: more changed nodes than this travel as '*'. */
+const maxNotifiedNodes = 200;
 
 export interface SchedulerOptions {
   database: Database;
@@ -48,10 +54,15 @@ export class SchedulerLoop {
   private conn: postgres.ReservedSql | null = null;
   private leader: boolean;
   private offs: (() => void | Promise<void>)[] = [];
-  private notifyPending = false;
+  /** What this replica (not the active scheduler) has still to tell the one that is. */
+  private forward = { sending: false, wake: false, stale: { all: false, ids: new Set<string>() } as StaleNodes };
   private lastFullPass = 0;
   /** The node snapshot passes reuse for a moment (see PassDeps.snapshot). */
-  private snapshot: { state: PassState | null; maxAgeMs: number } = { state: null, maxAgeMs: snapshotMaxAgeMs };
+  private snapshot: { state: PassState | null; maxAgeMs: number; stale: StaleNodes } = {
+    state: null,
+    maxAgeMs: snapshotMaxAgeMs,
+    stale: { all: false, ids: new Set() },
+  };
   private recheck: NodeJS.Timeout | null = null;
   private refresh = { lastAt: 0, everyMs: 2000 };
   /** The reason this scheduler last wrote for each shape that fits nowhere. */
@@ -70,9 +81,15 @@ export class SchedulerLoop {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
-    this.offs.push(this.opts.signals.on(topics.schedule, () => this.onLocalWake()));
+    this.offs.push(this.opts.signals.on(topics.schedule, () => this.onLocalWake(null)));
+    this.offs.push(this.opts.signals.on(topics.nodeChanged, (nodeId) => this.onLocalWake(nodeId || '*')));
     if (this.opts.database.driver === 'postgres') {
-      this.offs.push(await this.opts.database.listen(scheduleChannel, () => this.wake()));
+      this.offs.push(
+        await this.opts.database.listen(scheduleChannel, (payload) => {
+          if (payload) for (const id of payload.split(',')) this.markStale(this.snapshot.stale, id);
+          this.wake();
+        }),
+      );
       await this.elect();
     }
     this.schedule();
@@ -123,17 +140,39 @@ export class SchedulerLoop {
     await this.resign();
   }
 
-  private onLocalWake() {
-    if (this.leader) return this.wake();
+  /** A node's id, '*' for every node, null for no node (a submit). */
+  private markStale(stale: StaleNodes, node: string | null) {
+    if (node === '*') stale.all = true;
+    else if (node) stale.ids.add(node);
+  }
+
+  /** `node`: what changed, as markStale takes it. */
+  private onLocalWake(node: string | null) {
+    if (this.leader) {
+      this.markStale(this.snapshot.stale, node);
+      return this.wake();
+    }
     // Not the active one here: pass the news on to whoever is, at most one NOTIFY in flight.
-    if (this.notifyPending || this.stopped) return;
-    this.notifyPending = true;
-    void this.opts.database
-      .notify(scheduleChannel, '')
-      .catch(() => {})
-      .finally(() => {
-        this.notifyPending = false;
-      });
+    if (this.stopped) return;
+    this.forward.wake = true;
+    this.markStale(this.forward.stale, node);
+    if (!this.forward.sending) void this.sendForward();
+  }
+
+  private async sendForward() {
+    const f = this.forward;
+    f.sending = true;
+    try {
+      while (f.wake && !this.stopped) {
+        const payload = f.stale.all || f.stale.ids.size > maxNotifiedNodes ? '*' : [...f.stale.ids].join(',');
+        f.wake = false;
+        f.stale.all = false;
+        f.stale.ids.clear();
+        await this.opts.database.notify(scheduleChannel, payload).catch(() => {});
+      }
+    } finally {
+      f.sending = false;
+    }
   }
 
   private async drain(): Promise<void> {
@@ -146,6 +185,8 @@ export class SchedulerLoop {
           if (full) this.lastFullPass = now;
           const r = await this.runPass(full);
           this.totals.passes++;
+          // Changed nodes a pass left unread (it reads a bounded number): the next pass reads them.
+          if (this.snapshot.stale.ids.size) this.dirty = true;
           // A pass on a kept snapshot could not see capacity freed meanwhile (nor the jobs its
           // bounds left out): another look once the snapshot is read again. While jobs wait,
           // their reasons are worked out again every few seconds.
@@ -198,6 +239,8 @@ export class SchedulerLoop {
         if (row?.ok) {
           this.conn = conn;
           this.leader = true;
+          // What it read while it last led is older than what the active one placed since.
+          this.snapshot.stale.all = true;
           this.opts.log.info('this coordinator is the active scheduler');
           this.wake();
         } else {

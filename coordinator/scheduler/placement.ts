@@ -23,7 +23,10 @@ import {
   type NodeView,
   type RejectionCounts,
 } from './feasibility.ts';
+import { capacityRules, takesWork, type CapacityRule } from './rules.ts';
 import { candidate, compareCandidates, type Candidate } from './scoring.ts';
+
+const [cpuRule, memoryRule, diskRule] = capacityRules as [CapacityRule, CapacityRule, CapacityRule, CapacityRule];
 
 type Constraints = NonNullable<JobSpec['constraints']>;
 
@@ -138,7 +141,7 @@ export class PassState {
   private best(job: JobRequest): NodeView | null {
     let best: Candidate | null = null;
     for (const node of this.candidatesFor(job)) {
-      if (node.freeCpuMillis < job.cpuMillis || node.freeMemoryMb < job.memoryMb || node.freeDiskMb < job.diskMb || node.freeGpus.length < job.gpuCount) continue;
+      if (!cpuRule.js(job, node) || !memoryRule.js(job, node) || !diskRule.js(job, node) || node.freeGpus.length < job.gpuCount) continue;
       const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
       if (!withinPrice(job, price)) continue;
       if (best && price > best.priceMilliMicros) continue;
@@ -176,6 +179,26 @@ function shapeKey(j: JobRequest): string {
 
 /** The nodes that take work (online, not draining) and their free GPUs, in two queries. */
 export async function loadPassState(db: DbOrTx, now: number): Promise<PassState> {
+  return new PassState(await loadNodeViews(db, null), now);
+}
+
+/**
+ * The kept state with the named nodes read again (those that joined, came back, changed or had
+ * capacity freed since it was read): a node that no longer takes work leaves it.
+ */
+export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly string[], now: number): Promise<PassState> {
+  const fresh = await loadNodeViews(db, ids);
+  const named = new Set(ids);
+  const kept = state.nodes.filter((n) => !named.has(n.id));
+  return new PassState([...kept, ...fresh], now, state.loadedAt);
+}
+
+/** NodeViews of the nodes that take work: all of them, or those of `only`. */
+async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promise<NodeView[]> {
+  // One text parameter whatever the count (ids hold no comma): one bind, one plan.
+  const idList = only ? only.join(',') : '';
+  const onlyNodes = only ? sql`and id = any(string_to_array(${idList}, ','))` : sql``;
+  const onlyGpus = only ? sql`and g.node_id = any(string_to_array(${idList}, ','))` : sql``;
   const nodeRows = await executeRows<{
     id: string;
     account_id: string;
@@ -196,7 +219,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
           cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
           disk_mb - allocated_disk_mb as free_disk,
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
-        from ${nodes} where status = 'online' and not draining and takes_work`,
+        from ${nodes} where ${takesWork.sql('nodes')} ${onlyNodes}`,
   );
   // Free GPUs one text per node (fields split by \x1f, GPUs by \x1e): a tenth of the rows to
   // parse when the pool is idle and every GPU is free.
@@ -204,7 +227,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
     db,
     sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
-        where g.job_id is null and n.status = 'online' and not n.draining and n.takes_work
+        where g.job_id is null and ${takesWork.sql('n')} ${onlyGpus}
         group by g.node_id`,
   );
   const views = new Map<string, NodeView>();
@@ -236,7 +259,7 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
       view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c });
     }
   }
-  return new PassState([...views.values()], now);
+  return [...views.values()];
 }
 
 interface Cursor {
@@ -354,7 +377,7 @@ export interface PassDeps {
    * conflict and be read again). Passes come back to back under load; reading 10,000 nodes for
    * each would be most of their cost.
    */
-  snapshot?: { state: PassState | null; maxAgeMs: number };
+  snapshot?: { state: PassState | null; maxAgeMs: number; stale?: StaleNodes };
   /** Re-explain the shapes a pass did not read, on a fresh snapshot, at most this often. */
   refresh?: { lastAt: number; everyMs: number };
   /** What this scheduler last wrote as each shape's reason (kept across passes by the loop). */
@@ -364,6 +387,19 @@ export interface PassDeps {
   /** Tests: called between planning a batch and committing it. */
   beforeCommit?: () => Promise<void> | void;
 }
+
+/** Nodes that changed since the snapshot was read (told by events): read again before the next pass. */
+export interface StaleNodes {
+  /** Every node (an event that names none). */
+  all: boolean;
+  ids: Set<string>;
+}
+
+/**
+ * Most changed nodes one pass reads again (about 50 ms here): under heavy churn (thousands of
+ * jobs ending a second) the rest wait for the next pass, so no pass pays for a whole reload.
+ */
+const maxRefreshedNodes = 500;
 
 export interface PassResult {
   /** How old the node snapshot the pass placed on was (0: read for it). */
@@ -391,8 +427,21 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   const result: PassResult = { placed: 0, unplaced: 0, batches: 0, conflicts: 0 };
   const now = deps.clock.now().getTime();
   const kept = deps.snapshot;
-  const reuse = !deps.full && kept?.state && now - kept.state.loadedAt < kept.maxAgeMs;
+  // Taken before reading: what changes while this pass reads and places is read by the next.
+  const stale = kept?.stale;
+  const reuse = !deps.full && !stale?.all && kept?.state && now - kept.state.loadedAt < kept.maxAgeMs;
+  const staleIds: string[] = [];
+  if (stale) {
+    stale.all = false;
+    if (!reuse) stale.ids.clear();
+    for (const id of stale.ids) {
+      if (staleIds.length === maxRefreshedNodes) break;
+      staleIds.push(id);
+    }
+    for (const id of staleIds) stale.ids.delete(id);
+  }
   let state = reuse ? kept!.state!.beginPass(now) : await loadPassState(db, now);
+  if (reuse && staleIds.length) state = await refreshNodes(db, state, staleIds, now);
   if (kept) kept.state = state;
   result.snapshotAgeMs = now - state.loadedAt;
   /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */

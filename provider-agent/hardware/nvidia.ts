@@ -5,6 +5,7 @@
 // wrong ends as a warning, never as a thrown error.
 import { execFile, type ExecFileException } from 'node:child_process';
 import { access, constants, readdir, readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import nvidiaSmi from 'node-nvidia-smi';
 import { GpuDevice, GpuMetrics, maxGpuMemoryMb, maxGpusPerNode, maxWarningLength } from '../../shared/hardware.ts';
@@ -119,8 +120,35 @@ function clip(text: string, max = 600): string {
 // ---------------------------------------------------------------------------------------------
 // Normalization: pure functions from what nvidia-smi printed to the shared capacity schema
 
+/**
+ * Whole GPUs that report one UUID (cloned VMs, masked reports) are two GPUs all the same: each is
+ * named `<uuid>/<PCI bus id>` instead, and leased by index (nvidiaDeviceId), where their bus ids
+ * tell them apart. Without that, the later ones are dropped by admit().
+ */
+function separateSharedUuids(candidates: unknown[], warnings: string[]): unknown[] {
+  const byUuid = new Map<string, Record<string, unknown>[]>();
+  for (const c of candidates) {
+    if (!isElement(c) || c['mig'] !== null || typeof c['uuid'] !== 'string' || c['id'] !== c['uuid']) continue;
+    const group = byUuid.get(c['uuid']) ?? [];
+    group.push(c);
+    byUuid.set(c['uuid'], group);
+  }
+  const renamed = new Map<unknown, Record<string, unknown>>();
+  for (const [uuid, group] of byUuid) {
+    if (group.length < 2) continue;
+    const busIds = group.map((g) => g['pciBusId']);
+    const indexes = group.map((g) => g['index']).join(', ');
+    // Nothing tells them apart: admit() keeps the first and says so.
+    if (busIds.some((b) => typeof b !== 'string') || new Set(busIds).size !== group.length) continue;
+    warnings.push(clip(`GPUs ${indexes} report the same UUID ${uuid}: advertised as ${group.length}, told apart by PCI bus id (${busIds.join(', ')}) and leased by index`));
+    for (const g of group) renamed.set(g, { ...g, id: `${uuid}/${g['pciBusId'] as string}` });
+  }
+  return renamed.size ? candidates.map((c) => renamed.get(c) ?? c) : candidates;
+}
+
 /** Keeps the candidates the shared schema accepts, drops duplicates, caps the count; says why for each one dropped. */
-function admit(candidates: unknown[], warnings: string[]): GpuDevice[] {
+function admit(found: unknown[], warnings: string[]): GpuDevice[] {
+  const candidates = separateSharedUuids(found, warnings);
   const gpus: GpuDevice[] = [];
   const ids = new Set<string>();
   for (const candidate of candidates) {
@@ -404,6 +432,28 @@ export async function queryGpus(opts: NvidiaSmiOptions = {}): Promise<QueryGpuOu
 
 type XmlOutcome = { data: NvidiaSmiResult } | { error: Error | string };
 
+// The XML parser node-nvidia-smi itself uses, with its options: for output it dropped over a stderr line.
+const xml2js = createRequire(createRequire(import.meta.url).resolve('node-nvidia-smi'))('xml2js') as {
+  parseStringPromise(xml: string, opts: { explicitArray: boolean; trim: boolean }): Promise<unknown>;
+};
+
+/**
+ * node-nvidia-smi drops the XML whenever nvidia-smi wrote to stderr, though drivers print warnings
+ * there (infoROM) beside complete output: run it again and read stdout ourselves. Complete XML (it
+ * parses, with its <nvidia_smi_log>) is used, and what stderr said becomes a warning.
+ */
+async function xmlBesideStderr(said: string, opts: NvidiaSmiOptions): Promise<{ data: NvidiaSmiResult; warning: string } | null> {
+  const run = await runNvidiaSmi(['-q', '-x'], opts, 'nvidia-smi -q -x');
+  if (!run.ok) return null;
+  try {
+    const data = (await xml2js.parseStringPromise(run.stdout, { explicitArray: false, trim: true })) as NvidiaSmiResult;
+    if (!isElement(data?.nvidia_smi_log)) return null;
+    return { data, warning: clip(`nvidia-smi -q -x wrote to stderr: ${run.stderr.trim() || said}`, maxWarningLength) };
+  } catch {
+    return null;
+  }
+}
+
 // One -q -x in flight per process: node-nvidia-smi's child cannot be told to stop, so a
 // detection that arrives while one runs waits for that one (whatever PATH it was started
 // with: the agent's does not change) instead of starting another.
@@ -530,6 +580,13 @@ export async function detectNvidiaGpus(opts: NvidiaSmiOptions = {}): Promise<Nvi
     return { gpus: [], warnings: [`nvidia-smi -q -x did not answer within ${timeoutMs} ms: no GPUs advertised`] };
   }
   if ('data' in outcome) return withMigUuids(outcome.data, callOpts);
+  if (typeof outcome.error === 'string') {
+    const beside = await xmlBesideStderr(outcome.error, callOpts);
+    if (beside) {
+      const inventory = await withMigUuids(beside.data, callOpts);
+      return { gpus: inventory.gpus, warnings: [beside.warning, ...inventory.warnings] };
+    }
+  }
   return fallbackInventory(describeXmlFailure(outcome.error), callOpts);
 }
 

@@ -32,11 +32,14 @@ export interface ContainerSpecOptions {
 }
 
 /**
- * The id the NVIDIA container runtime accepts for a leased GPU: a whole GPU by its UUID, a MIG
+ * The id the NVIDIA container runtime accepts for a leased GPU: a whole GPU by its UUID (by its index
+ * where its UUID is another's too), a MIG
  * device by its MIG UUID, or (drivers that give MIG devices no UUID) the legacy
  * MIG-<parent GPU UUID>/<GPU instance>/<compute instance> form.
  */
 export function nvidiaDeviceId(gpu: LeaseGpu): string {
+  // GPUs that share one UUID are named <uuid>/<PCI bus id>: the UUID would select both, the index one.
+  if (!gpu.mig && gpu.uuid && gpu.id.startsWith(`${gpu.uuid}/`)) return String(gpu.index);
   if (!gpu.mig) return gpu.uuid || gpu.id;
   if (gpu.id.startsWith('MIG-')) return gpu.id;
   return `MIG-${gpu.uuid}/${gpu.mig.gpuInstanceId}/${gpu.mig.computeInstanceId}`;

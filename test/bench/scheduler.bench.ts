@@ -110,10 +110,10 @@ function startAgents(database: Database, signals: Signals) {
                   and leased_at < now() - ((abs(hashtext(id)) % 4000) + 1000) * interval '1 millisecond'
                 order by leased_at limit 5000`,
           );
-          if (!due.length) return [{ n: 0 }];
+          if (!due.length) return { n: 0, nodeIds: [] as string[] };
           const nodeIds = [...new Set(due.map((d) => d.node_id))].sort();
           await tx.execute(sql`select id from ${nodes} where id in (${sql.join(nodeIds.map((id) => sql`${id}`), sql`, `)}) order by id for update`);
-          return executeRows<{ n: number }>(
+          const done = await executeRows<{ n: number }>(
             tx,
             sql`
             with done as (
@@ -130,14 +130,16 @@ function startAgents(database: Database, signals: Signals) {
             )
             select count(*)::int as n from done`,
           );
+          return { n: Number(done[0]?.n ?? 0), nodeIds };
         })
         .catch((err) => {
           console.error(`# agents: ${String(err?.cause?.message ?? err?.message ?? err)}`);
-          return [{ n: 0 }];
+          return { n: 0, nodeIds: [] as string[] };
         });
-      const n = Number(rows[0]?.n ?? 0);
+      const n = rows.n;
       finished += n;
-      if (n) signals.emit(topics.schedule);
+      // What the finish route says: these nodes have capacity free again.
+      if (n) for (const id of rows.nodeIds) signals.emit(topics.nodeChanged, id);
       await sleep(100);
     }
   })();

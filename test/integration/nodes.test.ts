@@ -23,11 +23,11 @@ interface Agent {
   heartbeat(body: Record<string, unknown>, token?: string): Promise<Response>;
 }
 
-async function enroll(h: Harness, provider?: { accountId: string; api: ApiClient }, gpuCount = 2): Promise<Agent> {
+async function enroll(h: Harness, provider?: { accountId: string; api: ApiClient }, gpuCount = 2, machine?: HardwareReport): Promise<Agent> {
   provider ??= await h.newAccount('provider');
   const { token } = await provider.api.post<EnrollmentToken>('/v1/enrollment-tokens', {});
   const { publicJwk, privateKey } = await newAgentKey();
-  const hardware = a5000Machine(`n${++machines}`, gpuCount);
+  const hardware = machine ?? a5000Machine(`n${++machines}`, gpuCount);
   const reg = await h.client().post<RegisteredNode>('/v1/agent/register', { token, publicKey: publicJwk, hardware });
   const sign = (c: { iatSeconds?: number; expSeconds?: number; sub?: string; aud?: string } = {}) =>
     signAgentToken(privateKey, { sub: c.sub ?? reg.nodeId, aud: c.aud ?? reg.coordinatorName, ...c });
@@ -208,9 +208,9 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
       name: 'on-gpu-1',
       image: 'busybox:latest',
       command: ['true'],
-      // Only this node, with more memory than the host keeps below: no scheduler pass places it again.
+      // A label no node has: the scheduler never places it (the test does, below, without racing it).
       resources: { cpu: 2, memoryMb: 40_000, gpus: 1 },
-      constraints: { nodeId: a.nodeId },
+      constraints: { nodeId: a.nodeId, nodeLabels: { placed: 'by-the-test' } },
     });
     const held = a.hardware.gpus[1]!;
     // Placed on GPU 1 as the scheduler would: job leased at epoch 1, allocation taken, GPU marked.
@@ -260,6 +260,27 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
     expect(answer.warnings).toEqual([`GPU ${a.hardware.gpus[0]!.uuid} is already registered by another node`]);
     const node = await b.provider.api.get<Node>(`/v1/nodes/${b.nodeId}`);
     expect(node.gpus.map((g) => g.uuid)).toEqual(b.hardware.gpus.map((g) => g.uuid));
+  });
+
+  it('GPUs that share one UUID are known by (UUID, bus id): another node may hold that UUID at other bus ids, not at theirs', async () => {
+    // What the agent reports for two GPUs with one UUID (cloned VMs): <uuid>/<bus id>, the bus ids apart.
+    const twins = (buses: [string, string]): HardwareReport => {
+      const m = a5000Machine('twins', 2);
+      const uuid = m.gpus[0]!.uuid;
+      return { ...m, gpus: m.gpus.map((g, i) => ({ ...g, uuid, id: `${uuid}/${buses[i]}`, pciBusId: buses[i]! })) };
+    };
+    const a = await enroll(h, undefined, 2, twins(['00000000:81:00.0', '00000000:C1:00.0']));
+    const uuid = a.hardware.gpus[0]!.uuid;
+    const b = await enroll(h, undefined, 2, twins(['00000000:3B:00.0', '00000000:86:00.0']));
+    const nodeB = await b.provider.api.get<Node>(`/v1/nodes/${b.nodeId}`);
+    expect(nodeB.gpus.map((g) => [g.uuid, g.pciBusId])).toEqual([
+      [uuid, '00000000:3B:00.0'],
+      [uuid, '00000000:86:00.0'],
+    ]);
+    // The same UUID at a bus id node A holds: one physical GPU, refused.
+    const err = await refusal(enroll(h, undefined, 2, twins(['00000000:C1:00.0', '00000000:E1:00.0'])));
+    expect(err.status).toBe(409);
+    expect(err.problem?.detail).toBe(`GPU ${uuid} at 00000000:C1:00.0 is already registered by another node`);
   });
 
   it('merges what the heartbeat hook answers, calling it inside the heartbeat transaction', async () => {

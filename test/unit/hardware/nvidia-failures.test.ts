@@ -148,13 +148,26 @@ describe('a warning beside good output keeps the GPUs', () => {
     mig: null,
   });
   const a5000FromCsv = [fromCsv(0, a5000Uuids[0]!, '00000000:81:00.0'), fromCsv(1, a5000Uuids[1]!, '00000000:C1:00.0')];
+  // What the XML of rtx-a5000-x2-v13.xml says, the CUDA version with it.
+  const a5000FromXml = a5000FromCsv.map((g) => ({ ...g, cudaVersion: '13.1' }));
 
-  it('on stderr (node-nvidia-smi drops the data): the CSV query gives them', async () => {
+  it('on stderr beside complete XML (node-nvidia-smi drops it): the XML is used, CUDA version and all, and the warning kept', async () => {
     const f = await fake({ xml: 'rtx-a5000-x2-v13.xml', stderrWarning: inforomWarning });
     const got = await detectNvidiaGpus({ path: f.path, timeoutMs: 10_000 });
-    expect(got.gpus).toEqual(a5000FromCsv);
-    expect(got.warnings[0]).toContain(inforomWarning);
-    expect(got.warnings.join(' ')).toContain('GPUs taken from nvidia-smi --query-gpu');
+    expect(got.gpus).toEqual(a5000FromXml);
+    expect(got.warnings).toEqual([`nvidia-smi -q -x wrote to stderr: ${inforomWarning}`]);
+    // No CSV fallback.
+    expect((await f.calls()).some((args) => args.some((a) => a.startsWith('--query-gpu')))).toBe(false);
+  });
+
+  it('on stderr beside a MIG GPU: its MIG devices are advertised from the XML', async () => {
+    const f = await fake({ xml: 'a100-sxm4-40gb-mig-v11.xml', stderrWarning: inforomWarning });
+    const got = await detectNvidiaGpus({ path: f.path, timeoutMs: 10_000 });
+    expect(got.gpus.map((g) => [g.id, g.mig?.gpuInstanceId])).toEqual([
+      ['GPU-27b94a00-ed54-5c24-b1fd-1054085de32a:1:0', 1],
+      ['GPU-27b94a00-ed54-5c24-b1fd-1054085de32a:2:0', 2],
+    ]);
+    expect(got.warnings[0]).toBe(`nvidia-smi -q -x wrote to stderr: ${inforomWarning}`);
   });
 
   it('on stdout before the XML: the CSV query gives them, and the warning is kept', async () => {
@@ -172,7 +185,7 @@ describe('a warning beside good output keeps the GPUs', () => {
   });
 
   it('a MIG-enabled GPU seen only through the CSV query advertises nothing, and says so', async () => {
-    const f = await fake({ xml: 'a100-sxm4-40gb-mig-v11.xml', stderrWarning: inforomWarning });
+    const f = await fake({ xml: 'a100-sxm4-40gb-mig-v11.xml', stdoutWarning: inforomWarning });
     const got = await detectNvidiaGpus({ path: f.path, timeoutMs: 10_000 });
     expect(got.gpus).toEqual([]);
     expect(got.warnings.join(' ')).toContain('GPU-27b94a00-ed54-5c24-b1fd-1054085de32a has MIG enabled');

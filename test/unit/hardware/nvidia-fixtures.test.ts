@@ -162,6 +162,36 @@ const expected: Record<string, Expected> = {
       }),
     ],
   },
+  'rtx-a5000-x2-same-uuid-v13.xml': {
+    // Derived from rtx-a5000-x2-v13.xml (SOURCES.md): both GPUs say UUID …89ab. Two GPUs, told apart by bus id.
+    gpus: [
+      {
+        id: 'GPU-12345678-aaaa-bbbb-cccc-0123456789ab/00000000:81:00.0',
+        index: 0,
+        uuid: 'GPU-12345678-aaaa-bbbb-cccc-0123456789ab',
+        model: 'NVIDIA RTX A5000',
+        memoryMb: 24564,
+        driverVersion: '590.44.01',
+        cudaVersion: '13.1',
+        pciBusId: '00000000:81:00.0',
+        mig: null,
+      },
+      {
+        id: 'GPU-12345678-aaaa-bbbb-cccc-0123456789ab/00000000:C1:00.0',
+        index: 1,
+        uuid: 'GPU-12345678-aaaa-bbbb-cccc-0123456789ab',
+        model: 'NVIDIA RTX A5000',
+        memoryMb: 24564,
+        driverVersion: '590.44.01',
+        cudaVersion: '13.1',
+        pciBusId: '00000000:C1:00.0',
+        mig: null,
+      },
+    ],
+    warnings: [
+      'GPUs 0, 1 report the same UUID GPU-12345678-aaaa-bbbb-cccc-0123456789ab: advertised as 2, told apart by PCI bus id (00000000:81:00.0, 00000000:C1:00.0) and leased by index',
+    ],
+  },
   'rtx-pro-6000-blackwell-maxq-v13.xml': {
     gpus: [
       whole({

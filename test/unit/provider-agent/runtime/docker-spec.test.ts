@@ -98,6 +98,15 @@ describe('container spec', () => {
     expect(nvidiaDeviceId(migWithUuid)).toBe('MIG-1111-2222');
     expect(nvidiaDeviceId(migLegacy)).toBe('MIG-GPU-cccc/3/0');
   });
+
+  it('leases GPUs that share one UUID by index: the UUID would hand the job both', () => {
+    const twin = (index: number, bus: string) => ({ id: `GPU-dddd/${bus}`, index, uuid: 'GPU-dddd', model: 'NVIDIA RTX A5000', mig: null });
+    const c = containerSpec(grant({}, [twin(1, '00000000:C1:00.0')]), opts);
+    expect(c.HostConfig!.DeviceRequests).toEqual([{ Driver: 'nvidia', DeviceIDs: ['1'], Capabilities: [['gpu']] }]);
+    expect(c.Env).toContain('NVIDIA_VISIBLE_DEVICES=1');
+    expect(nvidiaDeviceId(twin(0, '00000000:81:00.0'))).toBe('0');
+  });
+
 });
 
 describe('engine streams', () => {

@@ -2,7 +2,7 @@
 // options here, with node:util parseArgs, and gets back a typed value or a UsageError.
 import { parseArgs } from 'node:util';
 
-export const commandNames = ['hardware', 'join', 'run', 'install-service'] as const;
+export const commandNames = ['hardware', 'join', 'run', 'install-service', 'network-rules'] as const;
 export type CommandName = (typeof commandNames)[number];
 
 export const usage = `Usage: gantry-agent <command> [options]
@@ -11,7 +11,8 @@ Commands:
   hardware [--json]      what this machine offers: CPU, memory, disk, GPUs, container runtime
   join                   register this machine with a coordinator (with --run: then run it)
   run                    run the agent: heartbeats with live metrics, leases
-  install-service        write a systemd unit that runs the agent at every boot
+  install-service        write a systemd unit that runs the agent at every boot, after network-rules as root
+  network-rules          (root) install the firewall rules that isolate jobs' bridge network
 
 Options for hardware:
   --json                 print one JSON object instead of a table
@@ -34,6 +35,8 @@ Options for join and run:
   --hardware-seconds <s>   time between hardware inventories (default: 60)
   --insecure-http        allow plain http:// to a coordinator on another machine
   --unsafe-process-runtime  without Docker: run jobs as plain processes, NOT isolated
+  --allow-registry <host[:port]>  a registry jobs' images may come from; repeat for more
+                         (default: docker.io, ghcr.io, nvcr.io, quay.io, registry.k8s.io, public.ecr.aws)
 
 Options for install-service:
   --state-dir <dir>      as above

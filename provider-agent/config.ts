@@ -1,5 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { z } from 'zod';
+import { defaultAllowedRegistries, RegistryHost } from '../shared/images.ts';
 import { Labels, Price, Region } from '../shared/jobs.ts';
 import { NodeName } from '../shared/nodes.ts';
 import { UsageError } from './cli-args.ts';
@@ -23,6 +24,8 @@ const RunSettings = z.object({
   unsafeProcessRuntime: z.boolean().default(false),
   /** Run nothing: the lease runner's test executor (tests only). */
   testExecutor: z.boolean().default(false),
+  /** The registries jobs' images come from; given, it replaces the default list (allowedRegistriesOf). */
+  allowedRegistries: z.array(RegistryHost).min(1, 'names no registry').max(64).optional(),
 });
 export type RunSettings = z.infer<typeof RunSettings>;
 
@@ -55,6 +58,7 @@ const runOptions = {
   'insecure-http': { type: 'boolean' },
   'unsafe-process-runtime': { type: 'boolean' },
   'test-executor': { type: 'boolean' },
+  'allow-registry': { type: 'string', multiple: true },
 } as const;
 
 function parse<T extends z.ZodType>(schema: T, input: Record<string, unknown>, flagOf: (key: string) => string): z.infer<T> {
@@ -87,8 +91,17 @@ const flagNames: Record<string, string> = {
   priceCpuHour: '--price-cpu-hour',
   unitPath: '--unit-path',
   user: '--user',
+  allowedRegistries: '--allow-registry',
 };
 const flagOf = (key: string) => flagNames[key] ?? key;
+
+/** --allow-registry (repeatable) or GANTRY_AGENT_ALLOWED_REGISTRIES (comma-separated); Docker Hub's other names are docker.io. */
+function registryList(flags: string[] | undefined, envList: string | undefined): string[] | undefined {
+  const given = flags?.length ? flags : envList?.split(',');
+  const names = given?.map((r) => r.trim().toLowerCase()).filter(Boolean);
+  if (!names?.length) return undefined;
+  return [...new Set(names.map((r) => (r === 'index.docker.io' || r === 'registry-1.docker.io' ? 'docker.io' : r)))];
+}
 
 function runInput(v: Record<string, unknown>, env: Env) {
   return {
@@ -98,6 +111,7 @@ function runInput(v: Record<string, unknown>, env: Env) {
     insecureHttp: v['insecure-http'] as boolean | undefined,
     unsafeProcessRuntime: v['unsafe-process-runtime'] as boolean | undefined,
     testExecutor: v['test-executor'] as boolean | undefined,
+    allowedRegistries: registryList(v['allow-registry'] as string[] | undefined, env.GANTRY_AGENT_ALLOWED_REGISTRIES),
   };
 }
 
@@ -152,6 +166,11 @@ export function parseServiceArgs(argv: string[], env: Env = process.env): Servic
     },
     flagOf,
   );
+}
+
+/** The registries a node pulls from: --allow-registry (or its variable), else the list given at join, else the public ones. */
+export function allowedRegistriesOf(settings: { allowedRegistries?: string[] | undefined }, node?: { allowedRegistries?: string[] | undefined } | null): string[] {
+  return settings.allowedRegistries ?? node?.allowedRegistries ?? [...defaultAllowedRegistries];
 }
 
 /** A coordinator URL the agent will not use as it is. */

@@ -79,6 +79,7 @@ export async function joinCoordinator(
     coordinatorUrl: settings.coordinatorUrl,
     coordinatorName: answer.coordinatorName,
     insecureHttp: settings.insecureHttp,
+    ...(settings.allowedRegistries ? { allowedRegistries: settings.allowedRegistries } : {}),
     enrolledAt: new Date().toISOString(),
   };
   await state.writeNode(node);

@@ -4,7 +4,10 @@
 import type { HardwareReport } from '../shared/hardware.ts';
 import { type CommandName, parseHardwareArgs, parseInvocation, usage, UsageError } from './cli-args.ts';
 import { detectHardware } from './hardware/index.ts';
-import { installServiceCommand, joinCommand, runCommand } from './commands.ts';
+import { installServiceCommand, joinCommand, networkRulesCommand, runCommand } from './commands.ts';
+import { allowedRegistriesOf, parseRunArgs } from './config.ts';
+import { dockerRuntimePolicy } from './runtime/select.ts';
+import { AgentState } from './state.ts';
 
 interface Output {
   out: string[];
@@ -29,13 +32,17 @@ function gib(mb: number): string {
 
 function formatHardware(report: HardwareReport, workDir: string): string {
   const { host } = report;
-  const runtime = host.containerRuntime.kind === 'docker' ? `Docker ${host.containerRuntime.version}` : 'no container runtime';
+  const rt = host.containerRuntime;
+  const runtime = rt.kind === 'docker' ? `Docker ${rt.version}` : 'no container runtime';
+  const extra = rt.kind === 'docker' && rt.networks ? [`networks  ${rt.networks.join(', ')}${rt.networks.includes('bridge') ? '' : ' only (see the warning)'}`] : [];
+  if (rt.kind === 'docker' && rt.registries) extra.push(`images    from ${rt.registries.join(', ')}`);
   const lines = [
     `host      ${host.hostname}: ${host.os} ${host.arch}`,
     `cpu       ${host.cpuCores} cores, ${host.cpuModel}`,
     `memory    ${gib(host.memoryMb)}`,
     `disk      ${gib(host.diskFreeMb)} free in ${workDir}`,
     `runtime   ${runtime}`,
+    ...extra,
     `gpus      ${report.gpus.length === 0 ? 'none' : report.gpus.length}`,
   ];
   if (report.gpus.length > 0) {
@@ -64,7 +71,11 @@ const hardware: Command = async (args, output) => {
     output.out.push(usage);
     return 0;
   }
-  const report = await detectHardware({ workDir: opts.workDir, timeoutMs: opts.timeoutMs });
+  // What the Docker runtime would take with this environment's GANTRY_AGENT_* settings.
+  const settings = parseRunArgs([]);
+  const node = await new AgentState(settings.stateDir).readNode().catch(() => null);
+  const policy = await dockerRuntimePolicy({ ...settings, allowedRegistries: allowedRegistriesOf(settings, node), workDir: opts.workDir });
+  const report = await detectHardware({ workDir: opts.workDir, timeoutMs: opts.timeoutMs, policy });
   output.out.push(opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatHardware(report, opts.workDir));
   return 0;
 };
@@ -74,6 +85,7 @@ const commands: Record<CommandName, Command> = {
   join: joinCommand,
   run: runCommand,
   'install-service': installServiceCommand,
+  'network-rules': networkRulesCommand,
 };
 
 async function main(argv: string[], output: Output): Promise<number> {

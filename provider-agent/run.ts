@@ -1,7 +1,7 @@
 import { ApiClient } from '../shared/client.ts';
 import type { HardwareReport } from '../shared/hardware.ts';
 import { AgentTokenSigner } from './agent-token.ts';
-import { checkCoordinatorUrl, type RunSettings } from './config.ts';
+import { allowedRegistriesOf, checkCoordinatorUrl, type RunSettings } from './config.ts';
 import { detectHardware, sampleMetrics } from './hardware/index.ts';
 import { CoordinatorClock } from './coordinator-clock.ts';
 import { HeartbeatLoop } from './heartbeat.ts';
@@ -10,7 +10,7 @@ import { ReportStore } from './leases/report-store.ts';
 import { LeaseRunner } from './leases/runner.ts';
 import { httpLogTransport } from './logs/transport.ts';
 import { LogShipper } from './logs/shipper.ts';
-import { RuntimeUnavailableError, selectExecutor } from './runtime/select.ts';
+import { dockerRuntimePolicy, RuntimeUnavailableError, selectExecutor } from './runtime/select.ts';
 import { AgentState } from './state.ts';
 
 export class NotEnrolledError extends Error {}
@@ -31,6 +31,7 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
   const key = await state.loadKey();
   if (!key) throw new NotEnrolledError(`the node's key is missing from ${settings.stateDir}: join again with a fresh state dir`);
 
+  const allowedRegistries = allowedRegistriesOf(settings, node);
   // One estimate of the coordinator's clock, from the Date header of every answer: lease expiries
   // and the agent's own token times are the coordinator's.
   const clock = new CoordinatorClock();
@@ -44,7 +45,12 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     client,
     intervalMs: settings.heartbeatSeconds * 1000,
     hardwareEveryMs: settings.hardwareSeconds * 1000,
-    detectHardware: () => detectHardware({ workDir: settings.stateDir }),
+    // The Docker runtime's registries and networks go with the hardware: the coordinator matches jobs to them.
+    detectHardware: async () =>
+      detectHardware({
+        workDir: settings.stateDir,
+        ...(selected?.executor.name === 'docker' ? { policy: await dockerRuntimePolicy({ ...settings, allowedRegistries }) } : {}),
+      }),
     sampleMetrics: (onWarning) => sampleMetrics({ onWarning }),
     ...(opts.initialHardware ? { initialHardware: opts.initialHardware } : {}),
     agentVersion,
@@ -63,6 +69,7 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     stateDir: settings.stateDir,
     unsafeProcessRuntime: settings.unsafeProcessRuntime,
     testExecutor: settings.testExecutor,
+    allowedRegistries,
     log: runnerLog,
     say: log,
   }).catch((err) => {

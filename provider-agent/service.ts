@@ -21,6 +21,9 @@ After=network-online.target docker.service
 [Service]
 Type=simple
 User=${opts.user}
+# As root (+) whatever User= says: the firewall rules that isolate jobs' bridge network,
+# which do not survive a reboot. Without them the node takes only network: none jobs.
+ExecStartPre=+${[exec[0]!, exec[1]!, 'network-rules'].map(quote).join(' ')}
 ExecStart=${exec.map(quote).join(' ')}
 Restart=always
 RestartSec=5

@@ -3,6 +3,7 @@ import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 'jose';
 import { z } from 'zod';
+import { RegistryHost } from '../shared/images.ts';
 
 // What the agent keeps on disk between runs (its state dir): its key pair and which node it is.
 // Everything it needs after a restart is here; nothing here is shared with anyone.
@@ -21,6 +22,8 @@ export const NodeState = z
     coordinatorName: z.string().min(1),
     /** The provider allowed plain http:// to a non-loopback coordinator at join. */
     insecureHttp: z.boolean().default(false),
+    /** The registries given at join (--allow-registry): what `run` pulls from unless told otherwise. */
+    allowedRegistries: z.array(RegistryHost).min(1).max(64).optional(),
     enrolledAt: z.string(),
   })
   .strict();

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { RegistryHost } from './images.ts';
 
 // What an agent reports about its machine: at registration (HardwareReport) and in every
 // heartbeat (MetricsSample). The coordinator validates both with exactly these schemas, so
@@ -74,8 +75,22 @@ export const GpuDevice = z.strictObject({
 });
 export type GpuDevice = z.infer<typeof GpuDevice>;
 
+/** A job's network (JobSpec.network): `bridge` reaches the internet, `none` has no network. */
+export const JobNetwork = z.enum(['bridge', 'none']);
+export type JobNetwork = z.infer<typeof JobNetwork>;
+
 export const ContainerRuntime = z.discriminatedUnion('kind', [
-  z.strictObject({ kind: z.literal('docker'), version: printable(64) }),
+  z.strictObject({
+    kind: z.literal('docker'),
+    version: printable(64),
+    /** The registries the agent pulls jobs' images from; absent (an older agent): not said. */
+    registries: z.array(RegistryHost).min(1).max(64).optional(),
+    /**
+     * The job networks it takes: `bridge` only where its isolation rules are in force (no other
+     * job, host, private range or link-local address reachable). Absent (an older agent): not said.
+     */
+    networks: z.array(JobNetwork).max(2).optional(),
+  }),
   z.strictObject({ kind: z.literal('none') }),
 ]);
 export type ContainerRuntime = z.infer<typeof ContainerRuntime>;

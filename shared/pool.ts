@@ -185,6 +185,10 @@ export const Offer = z.object({
   pricePerHour: z.number(),
   record: z.object({ jobsSucceeded: count, jobsFailed: count, leaseExpiries: count }),
   lastHeartbeatAt: iso.nullable(),
+  /** The registries the node pulls images from; null when its agent does not say. */
+  registries: z.array(z.string()).nullable(),
+  /** The job networks it takes: `bridge` only where its agent isolates jobs' networking; null when not said. */
+  networks: z.array(z.string()).nullable(),
 });
 export type Offer = z.infer<typeof Offer>;
 
@@ -200,6 +204,8 @@ export const constraintNames = [
   'provider',
   'region',
   'labels',
+  'registry',
+  'network',
   'gpu_model',
   'gpu_memory',
   'cuda',

@@ -1,4 +1,5 @@
 import { sql, type SQL } from 'drizzle-orm';
+import { imageRegistry } from '../../shared/images.ts';
 import type { JobSpec } from '../../shared/jobs.ts';
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { ConstraintName, DryRun, Offer, OffersQuery, RuledOut, Shape } from '../../shared/pool.ts';
@@ -22,6 +23,8 @@ export interface Ask {
   labels?: Record<string, string> | undefined;
   nodeId?: string | undefined;
   providerId?: string | undefined;
+  registry?: string | undefined;
+  network?: string | undefined;
 }
 
 export function askFromQuery(q: OffersQuery): Ask {
@@ -51,6 +54,8 @@ export function askFromSpec(spec: JobSpec): Ask {
     labels: spec.constraints?.nodeLabels,
     nodeId: spec.constraints?.nodeId,
     providerId: spec.constraints?.providerId,
+    registry: imageRegistry(spec.image),
+    network: spec.network,
   };
 }
 
@@ -75,6 +80,8 @@ function requestOf(a: Ask): JobRequest {
     nodeId: a.nodeId ?? null,
     providerId: a.providerId ?? null,
     maxPriceMicros: a.maxPriceMicros ?? null,
+    registry: a.registry,
+    network: a.network,
   };
 }
 
@@ -104,6 +111,8 @@ interface OfferRow {
   jobs_failed: unknown;
   lease_expiries: unknown;
   last_heartbeat_at: unknown;
+  registries: unknown;
+  networks: unknown;
 }
 
 const json = (v: unknown) => (typeof v === 'string' ? JSON.parse(v) : v);
@@ -133,6 +142,8 @@ function toOffer(r: OfferRow): Offer {
     pricePerHour: fromMicros(n(r.price)),
     record: { jobsSucceeded: n(r.jobs_succeeded), jobsFailed: n(r.jobs_failed), leaseExpiries: n(r.lease_expiries) },
     lastHeartbeatAt: iso(r.last_heartbeat_at),
+    registries: (json(r.registries) ?? null) as string[] | null,
+    networks: (json(r.networks) ?? null) as string[] | null,
   };
 }
 
@@ -150,7 +161,7 @@ export async function findOffers(database: Database, a: Ask, limit: number): Pro
   const nodeCols = sql`n.id, n.region, n.labels, n.cpu_millis - n.allocated_cpu_millis as cpu_free_millis,
     n.memory_mb - n.allocated_memory_mb as memory_free_mb, n.price_gpu_hour_micros as price_gpu,
     n.price_cpu_hour_micros as price_cpu, ${priceOf(j)} as price, n.jobs_succeeded, n.jobs_failed, n.lease_expiries,
-    n.last_heartbeat_at`;
+    n.last_heartbeat_at, n.runtime->'registries' as registries, n.runtime->'networks' as networks`;
   const live = takesWork.sql('n');
   const match = gpuMatchSql(j);
   if (a.gpus === 0) {
@@ -208,6 +219,10 @@ function detailOf(c: ConstraintName, a: Ask, nodes: number, cheapestMicros: numb
       return `${those} outside region ${a.region}`;
     case 'labels':
       return `${those} without the labels ${Object.entries(a.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ')}`;
+    case 'registry':
+      return `${those} whose provider does not allow images from ${a.registry}`;
+    case 'network':
+      return `${those} that take only network: none jobs (their agent cannot isolate a job's bridge network)`;
     case 'gpu_model':
       return `${those} with no ${model}GPU`;
     case 'gpu_memory':
@@ -274,7 +289,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
   let feasible = 0;
   const ruledOut: RuledOut[] = [];
   const order = new Map<string, number>(
-    ['offline', 'draining', 'no_runtime', 'node', 'provider', 'region', 'labels', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'disk', 'price'].map(
+    ['offline', 'draining', 'no_runtime', 'node', 'provider', 'region', 'labels', 'registry', 'network', 'gpu_model', 'gpu_memory', 'cuda', 'gpu_count', 'gpus_busy', 'cpu', 'memory', 'disk', 'price'].map(
       (c, i) => [c, i],
     ),
   );

@@ -113,6 +113,8 @@ export function describePending(job: JobRequest, counts: RejectionCounts, online
     where.push(`with labels ${Object.entries(job.labels).map(([k, v]) => `${k}=${v}`).join(', ')}`);
   }
   if (job.region !== null) where.push(`in region ${job.region}`);
+  if ((counts.registry ?? 0) > 0 && job.registry) where.push(`that pulls images from ${job.registry}`);
+  if ((counts.network ?? 0) > 0 && job.network === 'bridge') where.push('that isolates bridge networking');
   const who = job.nodeId !== null ? `node ${job.nodeId}` : job.providerId !== null ? `node of provider ${job.providerId}` : 'node';
   let text = `no online ${who}${where.length ? ` ${where.join(' ')}` : ''} has ${what}`;
   if (job.maxPriceMicros !== null) text += ` within ${formatPrice(job.maxPriceMicros)}/hour`;

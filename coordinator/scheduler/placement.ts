@@ -1,5 +1,6 @@
 import { sql, type SQL } from 'drizzle-orm';
 import { newId } from '../../shared/ids.ts';
+import { imageRegistry } from '../../shared/images.ts';
 import type { JobSpec } from '../../shared/jobs.ts';
 import type { Clock } from '../clock.ts';
 import type { Database, DbOrTx } from '../db/open.ts';
@@ -170,7 +171,7 @@ export class PassState {
 }
 
 function shapeKey(j: JobRequest): string {
-  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.diskMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}`;
+  return `${j.gpuCount}|${j.gpuModel}|${j.gpuMinMemoryMb}|${j.minCuda}|${j.cpuMillis}|${j.memoryMb}|${j.diskMb}|${j.region}|${j.nodeId}|${j.providerId}|${j.maxPriceMicros}|${j.labels ? JSON.stringify(j.labels) : ''}|${j.registry ?? ''}|${j.network ?? ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -209,9 +210,12 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
     free_mem: number;
     free_disk: number;
     last_placed_ms: number | null;
+    registries: string[] | string | null;
+    networks: string[] | string | null;
   }>(
     db,
     sql`select id, account_id, labels, region, price_gpu_hour_micros as pg, price_cpu_hour_micros as pc,
+          runtime->'registries' as registries, runtime->'networks' as networks,
           cpu_millis - allocated_cpu_millis as free_cpu, memory_mb - allocated_memory_mb as free_mem,
           disk_mb - allocated_disk_mb as free_disk,
           (extract(epoch from last_placed_at) * 1000)::float8 as last_placed_ms
@@ -240,6 +244,8 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
       freeDiskMb: Number(r.free_disk),
       freeGpus: [],
       lastPlacedAtMs: r.last_placed_ms === null ? 0 : Number(r.last_placed_ms),
+      registries: typeof r.registries === 'string' ? JSON.parse(r.registries) : r.registries,
+      networks: typeof r.networks === 'string' ? JSON.parse(r.networks) : r.networks,
     });
   }
   const cuda = new Map<string, number | null>();
@@ -277,6 +283,8 @@ type QueueRow = {
   pending_reason: string | null;
   constraints: Constraints | string | null;
   min_cuda: string | null;
+  image: string;
+  network: string | null;
 };
 
 /**
@@ -299,7 +307,8 @@ export async function loadQueueBatch(
     db,
     sql`select id, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
           cpu_millis, memory_mb, disk_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
-          spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda
+          spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda,
+          spec->>'image' as image, spec->>'network' as network
         from ${jobs}
         where status = 'queued' ${after}
           ${bounds ? withinBounds(bounds) : sql``}
@@ -341,6 +350,8 @@ function toQueuedJob(r: QueueRow): QueuedJob {
     nodeId: c?.nodeId ?? null,
     providerId: c?.providerId ?? null,
     maxPriceMicros: r.max_price_micros === null ? null : toNumber(r.max_price_micros),
+    registry: imageRegistry(r.image),
+    network: r.network ?? 'bridge',
   };
 }
 

@@ -22,6 +22,10 @@ export interface JobRequest {
   nodeId: string | null;
   providerId: string | null;
   maxPriceMicros: number | null;
+  /** The registry of its image (shared/images.ts imageRegistry); absent asks none (offers by filter). */
+  registry?: string | undefined;
+  /** Its network (`bridge` or `none`); absent asks none. */
+  network?: string | undefined;
 }
 
 /** A free GPU of a node, as the scheduler sees it in one pass. */
@@ -50,6 +54,10 @@ export interface NodeView {
   freeGpus: GpuView[];
   /** For least recently used; 0 when never placed on. */
   lastPlacedAtMs: number;
+  /** The registries its agent pulls images from (nodes.runtime); null or absent when its agent does not say. */
+  registries?: string[] | null;
+  /** The job networks it takes (`bridge` only where its agent isolates it); null or absent when not said. */
+  networks?: string[] | null;
 }
 
 const col = (alias: string, name: string) => sql.raw(`${alias}.${name}`);
@@ -71,7 +79,7 @@ export const takesWork = {
 // ---------------------------------------------------------------------------------------------
 // Rules on the node itself (not on what is free), in the order a dry run reports them
 
-export type NodeRuleName = 'node' | 'provider' | 'region' | 'labels';
+export type NodeRuleName = 'node' | 'provider' | 'region' | 'labels' | 'registry' | 'network';
 
 export interface NodeRule {
   name: NodeRuleName;
@@ -96,6 +104,19 @@ export const nodeRules: readonly NodeRule[] = [
     asks: (j) => j.labels !== null && Object.keys(j.labels).length > 0,
     js: (j, n) => labelsMatch(j.labels!, n.labels),
     sql: (j) => sql`n.labels @> ${JSON.stringify(j.labels)}::jsonb`,
+  },
+  // What the node's agent says it takes (nodes.runtime); an agent that says nothing rules nothing out.
+  {
+    name: 'registry',
+    asks: (j) => !!j.registry,
+    js: (j, n) => !n.registries || n.registries.includes(j.registry!),
+    sql: (j) => sql`coalesce(n.runtime->'registries' @> ${JSON.stringify([j.registry])}::jsonb, true)`,
+  },
+  {
+    name: 'network',
+    asks: (j) => !!j.network,
+    js: (j, n) => !n.networks || n.networks.includes(j.network!),
+    sql: (j) => sql`coalesce(n.runtime->'networks' @> ${JSON.stringify([j.network])}::jsonb, true)`,
   },
 ];
 

@@ -12,6 +12,7 @@ import {
   type ContainerRuntime,
   type HostInfo,
   type HostMetrics,
+  type JobNetwork,
 } from '../../shared/hardware.ts';
 
 export interface HostOptions {
@@ -20,6 +21,18 @@ export interface HostOptions {
   /** Where DOCKER_HOST is read (default: process.env). */
   env?: NodeJS.ProcessEnv;
   dockerTimeoutMs?: number;
+  /** What the agent's Docker runtime takes (registries, job networks) and the disk it keeps back. */
+  policy?: RuntimePolicy;
+}
+
+/** What the node's Docker runtime takes, as the agent's settings and checks say. */
+export interface RuntimePolicy {
+  registries: readonly string[];
+  networks: readonly JobNetwork[];
+  /** Free disk the node does not offer: the room its image cache may still grow into. */
+  reservedDiskMb: number;
+  /** Why `bridge` is not among the networks, for the report's warnings. */
+  networkWarning?: string;
 }
 
 export const defaultDockerTimeoutMs = 2_000;
@@ -118,17 +131,21 @@ export async function detectHost(opts: HostOptions): Promise<{ host: HostInfo; w
     detectContainerRuntime(env['DOCKER_HOST'], opts.dockerTimeoutMs),
   ]);
   if (runtime.warning) warnings.push(runtime.warning);
+  if (runtime.runtime.kind === 'docker' && opts.policy?.networkWarning) warnings.push(oneLine(opts.policy.networkWarning, 500));
   const cpus = os.cpus();
   return {
     host: {
       cpuCores: Math.min(maxCpuCores, Math.max(cpus.length, os.availableParallelism())),
       cpuModel: oneLine(cpus[0]?.model ?? 'unknown', 256),
       memoryMb: Math.min(maxHostMemoryMb, Math.floor(os.totalmem() / mib)),
-      diskFreeMb: disk,
+      diskFreeMb: Math.max(0, disk - (opts.policy?.reservedDiskMb ?? 0)),
       os: oneLine(`${os.type()} ${os.release()}`, 128),
       arch: oneLine(os.arch(), 32),
       hostname: oneLine(os.hostname(), 253),
-      containerRuntime: runtime.runtime,
+      containerRuntime:
+        runtime.runtime.kind === 'docker' && opts.policy
+          ? { ...runtime.runtime, registries: [...opts.policy.registries], networks: [...opts.policy.networks] }
+          : runtime.runtime,
     },
     warnings,
   };

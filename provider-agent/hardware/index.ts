@@ -7,7 +7,7 @@ import {
   maxWarningLength,
   MetricsSample,
 } from '../../shared/hardware.ts';
-import { detectHost, sampleHostMetrics } from './host.ts';
+import { detectHost, sampleHostMetrics, type RuntimePolicy } from './host.ts';
 import { defaultDetectTimeoutMs, defaultQueryTimeoutMs, detectNvidiaGpus, sampleNvidiaMetrics } from './nvidia.ts';
 
 export interface DetectHardwareOptions {
@@ -18,6 +18,7 @@ export interface DetectHardwareOptions {
   /** Limit for each nvidia-smi call. */
   timeoutMs?: number;
   dockerTimeoutMs?: number;
+  policy?: RuntimePolicy;
 }
 
 export interface SampleMetricsOptions {
@@ -37,7 +38,7 @@ function boundedWarnings(warnings: string[]): string[] {
 export async function detectHardware(opts: DetectHardwareOptions = {}): Promise<HardwareReport> {
   const env = opts.env ?? process.env;
   const [host, nvidia] = await Promise.all([
-    detectHost({ workDir: opts.workDir ?? process.cwd(), env, dockerTimeoutMs: opts.dockerTimeoutMs }),
+    detectHost({ workDir: opts.workDir ?? process.cwd(), env, dockerTimeoutMs: opts.dockerTimeoutMs, ...(opts.policy ? { policy: opts.policy } : {}) }),
     detectNvidiaGpus({ path: env['PATH'] ?? '', timeoutMs: opts.timeoutMs ?? defaultDetectTimeoutMs }),
   ]);
   // What the coordinator will check: failing here is a bug in detection, not a bad machine.

@@ -21,6 +21,10 @@ export interface ContainerSpecOptions {
   imageId: string;
   /** The job's volumes (names of engine volumes): /inputs read-only, /outputs and the image's own VOLUME paths writable. */
   volumes: JobVolume[];
+  /** The job's network: the agent's isolated gantry-jobs for `bridge` (default: the spec's own name), or none. */
+  networkMode?: string;
+  /** Turn IPv6 off inside a job that has a network (a kernel without IPv6 has nothing to turn off). */
+  disableIpv6?: boolean;
   pidsLimit?: number;
   stopGraceSeconds: number;
   /** json-file rotation for the job's output, which the agent reads back from the engine. */
@@ -101,7 +105,9 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
       // Engine volumes, not host folders: what the job leaves is read through the engine (links
       // resolve in the container's root), and no host path of the agent shows in its mounts.
       Mounts: o.volumes.map((v) => ({ Type: 'volume' as const, Source: v.name, Target: v.target, ReadOnly: v.readOnly })),
-      NetworkMode: spec.network,
+      NetworkMode: o.networkMode ?? spec.network,
+      // No IPv6 in a job with a network: the isolation rules are written for IPv4.
+      ...(o.disableIpv6 && (o.networkMode ?? spec.network) !== 'none' ? { Sysctls: { 'net.ipv6.conf.all.disable_ipv6': '1' } } : {}),
       // A tiny init as PID 1: signals reach the job's process, and its orphans are reaped.
       Init: true,
       AutoRemove: false,
@@ -112,13 +118,6 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
         : {}),
     },
   };
-}
-
-/** The image reference as the engine pulls it: a bare name means :latest (never "every tag"). */
-export function pullReference(image: string): string {
-  if (image.includes('@')) return image;
-  const lastSlash = image.lastIndexOf('/');
-  return image.slice(lastSlash + 1).includes(':') ? image : `${image}:latest`;
 }
 
 /**

@@ -1,18 +1,21 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import Docker from 'dockerode';
+import { defaultAllowedRegistries } from '../../shared/images.ts';
 import { defaultDiskMb } from '../../shared/jobs.ts';
 import type { LeaseGrant, LeaseRef, ReportedUsage } from '../../shared/leases.ts';
 import { InputError, prepareInputs } from '../inputs.ts';
 import { defaultOutputsMaxBytes, packOutputs, repackArchive, saveOutputs } from '../outputs.ts';
 import { writePrivateFile } from '../state.ts';
 import { dockerOptionsFromEnv } from './docker-options.ts';
-import { containerName, containerSpec, defaultPidsLimit, labels, pidsShare, pullReference, volumeName, type JobVolume } from './docker-spec.ts';
+import { containerName, containerSpec, defaultPidsLimit, labels, pidsShare, volumeName, type JobVolume } from './docker-spec.ts';
 import { Helper, samplerScript, type HelperMount } from './helper.ts';
 import { removeTree } from './tree.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
+import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
+import { jobNetworkName, NetworkGuard } from './network.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
 import { startWatchdog, stoppedByWatchdog, type DeadlineFile } from './watchdog.ts';
 
@@ -43,11 +46,23 @@ export interface DockerRuntimeOptions {
   keepFailedContainers?: boolean;
   /** Timeout of each short engine call (inspect, create, remove); streams have none. */
   apiTimeoutMs?: number;
+  /** The registries jobs' images are pulled from (HOST[:PORT]); default: the public ones. */
+  allowedRegistries?: readonly string[];
+  /** The cap on the images the agent pulled, least recently used of ended jobs removed first. */
+  imageCacheMb?: number;
+  /** Run bridge jobs on Docker's default bridge where the isolation rules are not in force (the provider's own risk). */
+  unisolatedBridge?: boolean;
   /**
    * How long after its lease's end a container's watchdog stops it when the agent has not (the
    * agent, when it runs, stops the job at the end itself). Default 2 s.
    */
   watchdogMarginMs?: number;
+}
+
+/** What the runtime needs of an image: its content id, its VOLUME paths, whether it runs as root. */
+function describeImage(i: Docker.ImageInspectInfo): { id: string; volumes: string[]; rootUser: boolean } {
+  const user = (i.Config?.User ?? '').split(':')[0] ?? '';
+  return { id: i.Id, volumes: Object.keys(i.Config?.Volumes ?? {}), rootUser: user === '' || user === 'root' || user === '0' };
 }
 
 /** The engine's own words for a failure (its JSON message), not dockerode's wrapping. */
@@ -67,6 +82,7 @@ export function engineReason(err: unknown): string {
   return String(e?.message ?? err).replace(/^\(HTTP code \d+\)\s*[\w ]*-\s*/, '').trim();
 }
 
+const hostHasIpv6 = existsSync('/proc/sys/net/ipv6');
 /** Inodes a job may use per MiB of its disk budget: ext4's default of one inode per 16 KiB. */
 export const inodesPerMb = 64;
 
@@ -102,6 +118,8 @@ export class DockerRuntime implements Executor {
   private readonly api: Docker;
   private readonly streams: Docker;
   private readonly grace: number;
+  private readonly images: ImageStore;
+  private readonly network: NetworkGuard;
   /** Each run's lease end (local ms) as last renewed, by `jobId.epoch`. */
   private readonly deadlines = new Map<string, number>();
   /** Runs whose container has a watchdog reading their deadline file; each file's writes in order. */
@@ -114,6 +132,16 @@ export class DockerRuntime implements Executor {
     // Waits, logs, stats and pulls last as long as the job: no socket timeout on those.
     this.streams = new Docker({ ...base, timeout: undefined });
     this.grace = o.stopGraceSeconds ?? 10;
+    this.images = new ImageStore({
+      api: this.api,
+      streams: this.streams,
+      allowedRegistries: o.allowedRegistries ?? defaultAllowedRegistries,
+      cacheMb: o.imageCacheMb ?? defaultImageCacheMb,
+      indexFile: imageCacheIndex(o.workDir),
+      log: o.log,
+      engineReason,
+    });
+    this.network = new NetworkGuard(this.api);
     this.helper = new Helper(this.streams, o.nodeId);
   }
 
@@ -194,6 +222,17 @@ export class DockerRuntime implements Executor {
     if (ctx.signal.aborted) return { exitCode: null, reason: 'cancelled', error: 'stopped before it started' };
     const dir = this.jobDir(grant.jobId, grant.epoch);
 
+    let networkMode: string = 'none';
+    if (grant.spec.network === 'bridge') {
+      const isolation = await this.network.status();
+      if (isolation.isolated) networkMode = jobNetworkName;
+      else if (this.o.unisolatedBridge) networkMode = 'bridge';
+      else {
+        this.o.log.warn('bridge job refused: its network cannot be isolated here', { jobId: grant.jobId, why: isolation.why });
+        return { exitCode: null, reason: 'error', error: 'network not allowed on this node: it takes only network: none jobs' };
+      }
+    }
+
     // The run's folder and its /outputs volume are made while the image is looked up.
     const outputsVolume = volumeName(grant.jobId, grant.epoch, 'outputs');
     const prepared = Promise.all([
@@ -216,16 +255,33 @@ export class DockerRuntime implements Executor {
 
     let image: { id: string; volumes: string[]; rootUser: boolean };
     try {
-      image = await this.ensureImage(grant.spec.image, ctx);
+      image = describeImage(await this.images.acquire(grant.spec.image, ctx));
     } catch (err) {
       if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' });
-      const why = `image ${grant.spec.image} could not be pulled: ${engineReason(err)}`;
+      // The client sees plain words; what the engine said stays in the provider's log.
+      const why = err instanceof ImageRefused ? err.message : 'image could not be pulled';
+      if (!(err instanceof ImageRefused)) this.o.log.warn('image not ready', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
       ctx.onProgress?.(why);
-      this.o.log.warn('image pull failed', { jobId: grant.jobId, image: grant.spec.image, error: engineReason(err) });
       return forget({ exitCode: null, reason: 'error', error: why });
     }
+    try {
+      return await this.startOn(grant, ctx, image, networkMode, { dir, name, prepared, outputsVolume, forget, setVolumes: (v) => (volumes = v) });
+    } finally {
+      await this.images.release(image.id);
+    }
+  }
 
-    volumes = this.jobVolumes(grant, image.volumes);
+  /** From the image in hand to the container's end: its volumes and inputs, the container, then follow(). */
+  private async startOn(
+    grant: LeaseGrant,
+    ctx: ExecutionContext,
+    image: { id: string; volumes: string[]; rootUser: boolean },
+    networkMode: string,
+    run: { dir: string; name: string; prepared: Promise<unknown>; outputsVolume: string; forget: (r: ExecutionResult) => Promise<ExecutionResult>; setVolumes: (v: JobVolume[]) => void },
+  ): Promise<ExecutionResult> {
+    const { dir, name, prepared, outputsVolume, forget } = run;
+    const volumes = this.jobVolumes(grant, image.volumes);
+    run.setVolumes(volumes);
     try {
       await prepared;
       await Promise.all(volumes.filter((v) => v.name !== outputsVolume).map((v) => this.createVolume(v.name, grant)));
@@ -243,6 +299,8 @@ export class DockerRuntime implements Executor {
       nodeId: this.o.nodeId,
       imageId: image.id,
       volumes,
+      networkMode,
+      disableIpv6: hostHasIpv6,
       stopGraceSeconds: this.grace,
       pidsLimit: this.o.pidsBudget ? pidsShare(this.o.pidsBudget, grant.cpuMillis, availableParallelism() * 1000, pidsCap) : pidsCap,
     });
@@ -307,61 +365,6 @@ export class DockerRuntime implements Executor {
       if (statusOf(err) === 404) return null;
       throw err;
     }
-  }
-
-  /** The image's content id, its VOLUME paths and whether it runs as root: present as it is, or pulled (with progress) when missing. */
-  private async ensureImage(image: string, ctx: ExecutionContext): Promise<{ id: string; volumes: string[]; rootUser: boolean }> {
-    const ref = pullReference(image);
-    const described = (i: Docker.ImageInspectInfo) => {
-      const user = (i.Config?.User ?? '').split(':')[0] ?? '';
-      return { id: i.Id, volumes: Object.keys(i.Config?.Volumes ?? {}), rootUser: user === '' || user === 'root' || user === '0' };
-    };
-    try {
-      const present = await this.api.getImage(ref).inspect();
-      return described(present);
-    } catch (err) {
-      if (statusOf(err) !== 404) throw err;
-    }
-    const started = Date.now();
-    ctx.onProgress?.(`pulling image ${ref}`);
-    this.o.log.info('pulling image', { image: ref });
-    const stream = (await this.streams.pull(ref)) as NodeJS.ReadableStream & { destroy?: () => void };
-    const onAbort = () => stream.destroy?.();
-    ctx.signal.addEventListener('abort', onAbort, { once: true });
-    const layers = new Map<string, { current: number; total: number }>();
-    let lastNote = Date.now();
-    try {
-      for await (const ev of jsonLines(stream as AsyncIterable<Buffer>)) {
-        const e = ev as { error?: string; errorDetail?: { message?: string }; status?: string; id?: string; progressDetail?: { current?: number; total?: number } };
-        if (e.error) throw new Error(e.errorDetail?.message ?? e.error);
-        if (e.id && e.progressDetail?.total) layers.set(e.id, { current: e.progressDetail.current ?? 0, total: e.progressDetail.total });
-        if (e.id && (e.status === 'Download complete' || e.status === 'Pull complete' || e.status === 'Already exists')) {
-          const l = layers.get(e.id);
-          if (l) l.current = l.total;
-        }
-        if (Date.now() - lastNote >= 5000 && layers.size) {
-          lastNote = Date.now();
-          let cur = 0;
-          let tot = 0;
-          for (const l of layers.values()) {
-            cur += l.current;
-            tot += l.total;
-          }
-          const note = `pulling image ${ref}: ${Math.floor((cur / Math.max(1, tot)) * 100)}% of ${(tot / 1e6).toFixed(1)} MB`;
-          ctx.onProgress?.(note);
-          this.o.log.info('pulling image', { image: ref, currentBytes: cur, totalBytes: tot });
-        }
-      }
-    } finally {
-      ctx.signal.removeEventListener('abort', onAbort);
-    }
-    if (ctx.signal.aborted) throw new Error('pull stopped');
-    const pulled = await this.api.getImage(ref).inspect();
-    const digest = pulled.RepoDigests?.[0] ?? pulled.Id;
-    const secs = ((Date.now() - started) / 1000).toFixed(1);
-    ctx.onProgress?.(`pulled image ${ref} (${digest}) in ${secs} s`);
-    this.o.log.info('pulled image', { image: ref, digest, seconds: Number(secs) });
-    return described(pulled);
   }
 
   /** From a created or running (or already exited) container to the run's end. */

@@ -2,8 +2,13 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { defaultLogCapBytes } from '../logs/shipper.ts';
+import Docker from 'dockerode';
+import { dockerOptionsFromEnv } from './docker-options.ts';
 import { DockerRuntime, probeDocker, type RuntimeLogger } from './docker.ts';
+import { checkNetworkIsolation } from './network.ts';
 import type { Executor } from './executor.ts';
+import { defaultImageCacheMb, imageCacheReserveMb } from './images.ts';
+import type { RuntimePolicy } from '../hardware/host.ts';
 import { ProcessRuntime, processRuntimeWarning } from './process.ts';
 import { TestExecutor } from './test-executor.ts';
 
@@ -21,6 +26,10 @@ const RuntimeEnv = z.object({
   GANTRY_AGENT_LOG_CAP_BYTES: z.coerce.number().int().min(1024).default(defaultLogCapBytes),
   GANTRY_AGENT_OUTPUTS_MAX_BYTES: z.coerce.number().int().min(0).default(256 * 1024 * 1024),
   GANTRY_AGENT_KEEP_FAILED_CONTAINERS: flag.default(false),
+  /** The cap on the images the agent pulled for jobs; the advertised free disk leaves it out. */
+  GANTRY_AGENT_IMAGE_CACHE_MB: z.coerce.number().int().min(0).max(1_073_741_824).default(defaultImageCacheMb),
+  /** Bridge jobs without the isolation rules, on Docker's default bridge: the provider's own risk (a dev machine). */
+  GANTRY_AGENT_UNISOLATED_BRIDGE: flag.default(false),
 });
 export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string; pidsBudget: number };
 
@@ -49,6 +58,28 @@ export function runtimeSettings(stateDir: string, env: Env = process.env): Runti
   return { ...parsed.data, workDir: parsed.data.GANTRY_AGENT_WORK_DIR ?? join(stateDir, 'work'), pidsBudget: budget ?? Math.floor(pidMax / 2) };
 }
 
+/**
+ * What the Docker runtime takes, for the hardware report: the registries the provider allows, the
+ * job networks it can isolate, and the disk its image cache may still grow into.
+ */
+export async function dockerRuntimePolicy(opts: { stateDir: string; allowedRegistries: readonly string[]; env?: Env; workDir?: string }): Promise<RuntimePolicy> {
+  const settings = runtimeSettings(opts.stateDir, opts.env);
+  const network = await checkNetworkIsolation(new Docker({ ...dockerOptionsFromEnv(), timeout: 5000 })).catch((err: Error) => ({ isolated: false as const, why: err.message }));
+  const bridge = network.isolated || settings.GANTRY_AGENT_UNISOLATED_BRIDGE;
+  return {
+    registries: opts.allowedRegistries,
+    networks: bridge ? ['bridge', 'none'] : ['none'],
+    reservedDiskMb: await imageCacheReserveMb(opts.workDir ?? settings.workDir, settings.GANTRY_AGENT_IMAGE_CACHE_MB),
+    ...(network.isolated
+      ? {}
+      : {
+          networkWarning: settings.GANTRY_AGENT_UNISOLATED_BRIDGE
+            ? `GANTRY_AGENT_UNISOLATED_BRIDGE=1: bridge jobs run on Docker's default bridge and can reach this host, its network and other jobs (${network.why})`
+            : `this node takes only network: none jobs: ${network.why}`,
+        }),
+  };
+}
+
 /** No runtime can run jobs here: the agent says why and does not take work. */
 export class RuntimeUnavailableError extends Error {}
 
@@ -64,6 +95,7 @@ export async function selectExecutor(opts: {
   stateDir: string;
   unsafeProcessRuntime: boolean;
   testExecutor?: boolean;
+  allowedRegistries?: readonly string[];
   log: RuntimeLogger;
   say: (line: string) => void;
   env?: Env;
@@ -93,6 +125,9 @@ export async function selectExecutor(opts: {
     stopGraceSeconds: settings.GANTRY_AGENT_STOP_GRACE_SECONDS,
     outputsMaxBytes: settings.GANTRY_AGENT_OUTPUTS_MAX_BYTES,
     keepFailedContainers: settings.GANTRY_AGENT_KEEP_FAILED_CONTAINERS,
+    imageCacheMb: settings.GANTRY_AGENT_IMAGE_CACHE_MB,
+    unisolatedBridge: settings.GANTRY_AGENT_UNISOLATED_BRIDGE,
+    ...(opts.allowedRegistries ? { allowedRegistries: opts.allowedRegistries } : {}),
     ...(settings.GANTRY_AGENT_PIDS_LIMIT ? { pidsLimit: settings.GANTRY_AGENT_PIDS_LIMIT } : {}),
     pidsBudget: settings.pidsBudget,
     diskSampleSeconds: settings.GANTRY_AGENT_DISK_SAMPLE_SECONDS,

@@ -1,5 +1,6 @@
 // The job runtime end to end: the coordinator in this process (PGlite, loopback), the agent as
-// its own process on this machine's Docker engine with the busybox test image.
+// its own process on this machine's Docker engine with the busybox test image, which it pulls by
+// digest from the loopback registry (each lease resolves the tag to a digest at the registry).
 //
 //   lease → running       the job's `leased` event to its `running` event (the agent verified the
 //                         lease, prepared, created and started the container, and reported)

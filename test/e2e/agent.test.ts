@@ -237,6 +237,8 @@ for (const kind of ['pglite', 'postgres'] as DbKind[]) {
       expect(r.code).toBe(0);
       const unit = await readFile(unitPath, 'utf8');
       expect(unit).toMatch(/^ExecStart=.*gantry-agent\.js run --state-dir /m);
+      // The rules that isolate bridge jobs, as root before each start (they do not survive a reboot).
+      expect(unit).toMatch(/^ExecStartPre=\+.*gantry-agent\.js network-rules$/m);
       expect(unit).toContain(stateDir);
       expect(unit).toMatch(/^Restart=always$/m);
       expect(unit).toMatch(/^WantedBy=multi-user.target$/m);

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
 import { spawnAgent, startLocalCoordinator, type AgentProcess, type LocalCoordinator } from '../support/agent-process.ts';
-import { dockerOptions, dockerTestImage, requireDockerOrSkip } from '../support/docker-env.ts';
+import { dockerOptions, dockerTestImage, pushToTestRegistry, requireDockerOrSkip, testRegistry } from '../support/docker-env.ts';
 import { until } from '../support/until.ts';
 
 const docker = await requireDockerOrSkip();
@@ -29,8 +29,9 @@ function providerUser(): { uid: number; gid: number } | null {
   return group ? { uid: 65534, gid: Number(group) } : null;
 }
 const asProvider = providerUser();
-const userImage = 'gantry-test/busybox-user:hostile';
-const volumeImage = 'gantry-test/busybox-volume:hostile';
+// In the loopback registry: an agent runs only images a registry serves.
+const userImage = `${testRegistry}/gantry-test/busybox-user:hostile`;
+const volumeImage = `${testRegistry}/gantry-test/busybox-volume:hostile`;
 const terminal = ['succeeded', 'failed', 'cancelled'];
 
 describe.skipIf(!docker)('hostile jobs', () => {
@@ -201,6 +202,7 @@ describe.skipIf(!docker)('hostile jobs', () => {
     for await (const _ of build) {
       /* the engine's progress */
     }
+    await pushToTestRegistry(engine, tag);
   }
 
   it("counts what a job writes to its image's own VOLUME paths against its disk budget", async () => {

@@ -81,6 +81,10 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
         takesWork: rng.chance(0.8),
         labels: rng.chance(0.5) ? { zone: rng.pick(['a', 'b']) } : {},
         region: rng.pick([null, 'eu', 'us']),
+        // What its agent says it takes; an older agent says nothing.
+        runtime: rng.chance(0.2)
+          ? { kind: 'docker', version: '24.0' }
+          : { kind: 'docker', version: '24.0', registries: rng.pick([['docker.io'], ['docker.io', 'ghcr.io'], ['127.0.0.1:5000']]), networks: rng.pick([['bridge', 'none'], ['none']]) },
         publicKey: { kty: 'OKP', crv: 'Ed25519', x: id },
         cpuMillis,
         memoryMb,
@@ -123,7 +127,8 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
     };
     return JobSpec.parse({
       name: 'parity',
-      image: 'busybox:latest',
+      image: rng.pick(['busybox:latest', 'ghcr.io/acme/trainer:1', '127.0.0.1:5000/gantry/busybox:latest']),
+      network: rng.pick(['bridge', 'none']),
       command: ['true'],
       resources: { cpu: rng.pick([1, 2, 4, 8]), memoryMb: rng.pick([1024, 8192, 32_768]), diskMb: rng.pick([1_024, 10_240, 40_960]), gpus: gpuCount, ...(gpuCount && Object.keys(gpu).length ? { gpu } : {}) },
       ...(rng.chance(0.3) ? { maxPricePerHour: rng.pick([0.5, 1, 3]) } : {}),

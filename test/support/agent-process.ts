@@ -12,6 +12,7 @@ import { startCoordinator, type Coordinator } from '../../coordinator/server.ts'
 import { ApiClient } from '../../shared/client.ts';
 import { repoRoot } from './coordinator-process.ts';
 import { postgresAdminUrl } from './database.ts';
+import { testRegistryAgentEnv } from './docker-env.ts';
 import { lineCollector } from './lines.ts';
 
 export interface AgentProcess {
@@ -24,11 +25,18 @@ export interface AgentProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-/** `as`: run the agent as this user and group (a provider's own account, not root). */
-export function spawnAgent(args: string[], env: Record<string, string> = {}, as: { uid: number; gid: number } | null = null): AgentProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'provider-agent/main.ts', ...args], {
+/**
+ * `as`: run the agent as this user and group (a provider's own account, not root). `wrap`: run it
+ * under another command, such as `nsenter --net=…` (which execs it: the same pid).
+ */
+export function spawnAgent(args: string[], env: Record<string, string> = {}, as: { uid: number; gid: number } | null = null, wrap: string[] = []): AgentProcess {
+  const argv = [process.execPath, '--import', 'tsx', 'provider-agent/main.ts', ...args];
+  const child = spawn(wrap[0] ?? argv[0]!, [...wrap.slice(1), ...(wrap.length ? argv : argv.slice(1))], {
     cwd: repoRoot,
-    env: { ...process.env, ...env },
+    // The loopback registry of the test image, allowed as a provider would name it, and bridge
+    // jobs without the isolation rules (the shared engine runs with --iptables=false); a test of
+    // either passes its own GANTRY_AGENT_ALLOWED_REGISTRIES or GANTRY_AGENT_UNISOLATED_BRIDGE.
+    env: { ...process.env, ...testRegistryAgentEnv, GANTRY_AGENT_UNISOLATED_BRIDGE: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(as ?? {}),
   });
@@ -78,8 +86,8 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}, as:
 }
 
 /** Runs a gantry-agent command to its end. */
-export async function runAgentCommand(args: string[], env: Record<string, string> = {}) {
-  const p = spawnAgent(args, env);
+export async function runAgentCommand(args: string[], env: Record<string, string> = {}, wrap: string[] = []) {
+  const p = spawnAgent(args, env, null, wrap);
   const { code } = await p.exited;
   return { code, stdout: p.stdout, stderr: p.stderr };
 }

@@ -16,15 +16,38 @@
 // unless their options say `exec`. The image's busybox `wget` segfaults: use `nc`.
 import Docker from 'dockerode';
 
-/** The local image the tests run: busybox-static, built by .ci/docker-setup.sh with `docker import`. */
-export const dockerTestImage: string = process.env.GANTRY_TEST_IMAGE ?? 'gantry-test/busybox:latest';
+/**
+ * The image the tests' jobs run: busybox-static in the loopback registry of .ci/docker-setup.sh
+ * (127.0.0.1:5000/gantry/busybox:latest), which the agent pulls by digest like any client image.
+ * The local-only `gantry-test/busybox` it was built from is refused by the agent (no registry
+ * digest): tests that start containers themselves may still use that one (localTestImage).
+ */
+export const testRegistry: string = process.env.GANTRY_TEST_REGISTRY || '127.0.0.1:5000';
+export const dockerTestImage: string = process.env.GANTRY_TEST_REGISTRY_IMAGE || `${testRegistry}/gantry/busybox:latest`;
+export const registryImage: string = dockerTestImage;
+export const localTestImage: string = process.env.GANTRY_TEST_IMAGE ?? 'gantry-test/busybox:latest';
 
 /**
- * The same image in the loopback registry (127.0.0.1:5000/gantry/busybox:latest in CI), not
- * tagged locally, so that a test of the agent's pull path really pulls. Undefined when no
- * registry was set up: such a test skips on its own.
+ * What a test agent needs to pull the test image: the loopback registry named explicitly (an
+ * agent refuses a loopback registry unless its provider names it). spawnAgent passes it.
  */
-export const registryImage: string | undefined = process.env.GANTRY_TEST_REGISTRY_IMAGE || undefined;
+export const testRegistryAgentEnv: Record<string, string> = { GANTRY_AGENT_ALLOWED_REGISTRIES: testRegistry };
+
+/**
+ * Puts an image the engine holds into the loopback registry, so that an agent may run it (it runs
+ * only what a registry serves). `ref` is the engine's tag of it under testRegistry.
+ */
+export async function pushToTestRegistry(docker: Docker, ref: string): Promise<void> {
+  // The engine wants an auth header even for a registry without auth: an empty one.
+  const stream = (await docker.getImage(ref).push({ authconfig: { serveraddress: testRegistry } } as never)) as unknown as NodeJS.ReadableStream;
+  await new Promise<void>((resolve, reject) =>
+    docker.modem.followProgress(stream, (err: Error | null, events: { error?: string }[]) => {
+      const failed = events?.find((e) => e.error);
+      if (err || failed) reject(err ?? new Error(failed!.error));
+      else resolve();
+    }),
+  );
+}
 
 /** The engine address the tests use: DOCKER_HOST, else the system socket. */
 export const dockerHost: string = process.env.DOCKER_HOST || 'unix:///var/run/docker.sock';
@@ -49,14 +72,6 @@ function messageOf(e: unknown): string {
   return String(e);
 }
 
-function statusOf(e: unknown): number | undefined {
-  if (typeof e === 'object' && e !== null && 'statusCode' in e) {
-    const s = (e as { statusCode: unknown }).statusCode;
-    return typeof s === 'number' ? s : undefined;
-  }
-  return undefined;
-}
-
 async function check(): Promise<DockerAvailability> {
   const docker = new Docker(dockerOptions(5_000));
   try {
@@ -65,18 +80,18 @@ async function check(): Promise<DockerAvailability> {
     return { ok: false, why: `no Docker engine answers at ${dockerHost} (${messageOf(e)}); start one with \`bash .ci/docker-setup.sh\`` };
   }
   try {
-    await docker.getImage(dockerTestImage).inspect();
+    // The registry's answer through the engine, as the agent asks it (no pull).
+    await docker.getImage(dockerTestImage).distribution();
   } catch (e) {
-    const why = statusOf(e) === 404 ? 'not found' : messageOf(e);
     return {
       ok: false,
-      why: `test image ${dockerTestImage} is missing on the engine at ${dockerHost} (${why}); build it with \`bash .ci/docker-setup.sh\``,
+      why: `test image ${dockerTestImage} is not in the loopback registry (${messageOf(e)}); push it with \`bash .ci/docker-setup.sh\``,
     };
   }
   return { ok: true };
 }
 
-/** Pings the engine and checks that the test image exists. Checked once per process. */
+/** Pings the engine and checks that the registry holds the test image. Checked once per process. */
 export function dockerAvailable(): Promise<DockerAvailability> {
   checked ??= check();
   return checked;

@@ -40,9 +40,10 @@ export const jobs = pgTable(
     priceCpuHourMicros: bigint('price_cpu_hour_micros', { mode: 'number' }),
     pendingReason: text('pending_reason'),
     // Everything that decides where a job can fit, hashed: the scheduler skips and explains a
-    // shape that fits nowhere once per pass, not once per job (queue_reasons).
+    // shape that fits nowhere once per pass, not once per job (queue_reasons). The image's first
+    // part stands for its registry (finer than the registry rule needs, never coarser).
     queueShape: text('queue_shape').generatedAlwaysAs(
-      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || disk_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', ''))`,
+      sql`md5(gpu_count::text || '|' || coalesce(gpu_model, '') || '|' || coalesce(gpu_min_memory_mb::text, '') || '|' || cpu_millis::text || '|' || memory_mb::text || '|' || disk_mb::text || '|' || coalesce(max_price_micros::text, '') || '|' || coalesce(region, '') || '|' || coalesce((spec -> 'constraints')::text, '') || '|' || coalesce(spec -> 'resources' -> 'gpu' ->> 'minCudaVersion', '') || '|' || split_part(spec ->> 'image', '/', 1) || '|' || coalesce(spec ->> 'network', ''))`,
     ),
     cancelRequestedAt: at('cancel_requested_at'),
     idempotencyKey: text('idempotency_key'),

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { UsageError } from '../../../provider-agent/cli-args.ts';
-import { checkCoordinatorUrl, InsecureCoordinatorError, parseJoinArgs, parseRunArgs, parseServiceArgs } from '../../../provider-agent/config.ts';
+import { allowedRegistriesOf, checkCoordinatorUrl, InsecureCoordinatorError, parseJoinArgs, parseRunArgs, parseServiceArgs } from '../../../provider-agent/config.ts';
 
 describe('gantry-agent settings', () => {
   it('reads join flags, repeatable labels and prices', () => {
@@ -15,6 +15,15 @@ describe('gantry-agent settings', () => {
     expect(parseRunArgs(['--state-dir', '/a'], { GANTRY_AGENT_STATE_DIR: '/b' }).stateDir).toBe('/a');
     expect(parseRunArgs([], { GANTRY_AGENT_STATE_DIR: '/b' }).stateDir).toBe('/b');
     expect(parseRunArgs([], {}).stateDir).toMatch(/\.gantry-agent$/);
+  });
+
+  it('takes the registries from --allow-registry, then GANTRY_AGENT_ALLOWED_REGISTRIES, then the list given at join, then the public ones', () => {
+    const run = (args: string[], env: Record<string, string> = {}) => parseRunArgs(args, env);
+    expect(run(['--allow-registry', 'ghcr.io', '--allow-registry', '10.0.0.5:5000'], { GANTRY_AGENT_ALLOWED_REGISTRIES: 'quay.io' }).allowedRegistries).toEqual(['ghcr.io', '10.0.0.5:5000']);
+    expect(run([], { GANTRY_AGENT_ALLOWED_REGISTRIES: 'quay.io, index.docker.io' }).allowedRegistries).toEqual(['quay.io', 'docker.io']);
+    expect(allowedRegistriesOf(run([]), { allowedRegistries: ['nvcr.io'] })).toEqual(['nvcr.io']);
+    expect(allowedRegistriesOf(run([]), null)).toEqual(['docker.io', 'ghcr.io', 'nvcr.io', 'quay.io', 'registry.k8s.io', 'public.ecr.aws']);
+    expect(() => run(['--allow-registry', 'https://ghcr.io'])).toThrow(/^--allow-registry: a registry host/);
   });
 
   it('says which flag is wrong', () => {

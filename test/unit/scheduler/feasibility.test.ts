@@ -137,3 +137,20 @@ describe('the reason a job waits', () => {
     expect(describePending(job(), {}, 0)).toBe('no node is online and taking work');
   });
 });
+
+describe('registries and networks', () => {
+  const models = new ModelMatcher();
+  it('places a job only where its image’s registry is allowed and its network is taken', () => {
+    const n = node({ registries: ['docker.io', '127.0.0.1:5000'], networks: ['none'] });
+    expect(decide(job({ registry: 'ghcr.io', network: 'none' }), n, models)).toEqual({ fits: false, reason: 'registry' });
+    expect(decide(job({ registry: 'docker.io', network: 'bridge' }), n, models)).toEqual({ fits: false, reason: 'network' });
+    expect(decide(job({ registry: '127.0.0.1:5000', network: 'none' }), n, models).fits).toBe(true);
+    // An agent that does not say (an older one) rules nothing out.
+    expect(decide(job({ registry: 'ghcr.io', network: 'bridge' }), node(), models).fits).toBe(true);
+  });
+
+  it('names the registry and the network when they are why a job waits', () => {
+    expect(describePending(job({ registry: 'ghcr.io' }), { registry: 2 }, 2)).toBe('no online node that pulls images from ghcr.io has 1 free CPU and 1024 MB of free memory');
+    expect(describePending(job({ registry: 'docker.io', network: 'bridge' }), { network: 1 }, 1)).toMatch(/^no online node that isolates bridge networking has/);
+  });
+});

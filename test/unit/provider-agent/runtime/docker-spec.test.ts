@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { containerSpec, nvidiaDeviceId, pidsShare, pullReference } from '../../../../provider-agent/runtime/docker-spec.ts';
+import { containerSpec, nvidiaDeviceId, pidsShare } from '../../../../provider-agent/runtime/docker-spec.ts';
 import { runtimeSettings } from '../../../../provider-agent/runtime/select.ts';
 import { demux, sinceParam, splitTimestamp } from '../../../../provider-agent/runtime/engine-streams.ts';
 import { JobSpec } from '../../../../shared/jobs.ts';
@@ -85,6 +85,11 @@ describe('container spec', () => {
     expect(plain.Entrypoint).toBeUndefined();
     expect(plain.HostConfig!.ShmSize).toBe(1024 * 1024 * 1024);
     expect(plain.HostConfig!.NetworkMode).toBe('bridge');
+    // A bridge job on the agent's isolated network, with IPv6 off (the rules are IPv4's).
+    const isolated = containerSpec(grant({}), { ...opts, networkMode: 'gantry-jobs', disableIpv6: true }).HostConfig!;
+    expect(isolated.NetworkMode).toBe('gantry-jobs');
+    expect(isolated.Sysctls).toEqual({ 'net.ipv6.conf.all.disable_ipv6': '1' });
+    expect(containerSpec(grant({ network: 'none' }), { ...opts, networkMode: 'none', disableIpv6: true }).HostConfig!.Sysctls).toBeUndefined();
     expect(containerSpec(grant({ entrypoint: ['/bin/sh', '-c'] }), opts).Entrypoint).toEqual(['/bin/sh', '-c']);
   });
 
@@ -102,13 +107,6 @@ describe('container spec', () => {
     expect(nvidiaDeviceId(twin(0, '00000000:81:00.0'))).toBe('0');
   });
 
-  it('pulls one tag, never every tag of a bare name', () => {
-    expect(pullReference('busybox')).toBe('busybox:latest');
-    expect(pullReference('127.0.0.1:5000/gantry/busybox')).toBe('127.0.0.1:5000/gantry/busybox:latest');
-    expect(pullReference('127.0.0.1:5000/gantry/busybox:1.36')).toBe('127.0.0.1:5000/gantry/busybox:1.36');
-    const pinned = `registry.example/x@sha256:${'a'.repeat(64)}`;
-    expect(pullReference(pinned)).toBe(pinned);
-  });
 });
 
 describe('engine streams', () => {

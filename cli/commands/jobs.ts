@@ -1,4 +1,4 @@
-import { jobStatuses, type Job, type JobEvent, type JobStatus } from '../../shared/jobs.ts';
+import { isTerminal, jobStatuses, type Job, type JobEvent, type JobStatus, type MeteredUsage } from '../../shared/jobs.ts';
 import { getJob, idArg, listAll, naming } from '../api.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
@@ -101,6 +101,9 @@ export const job: Command = {
           ['ran', j.startedAt ? runTime(j) : null],
           ['exit code', j.exitCode !== null ? String(j.exitCode) : null],
           ['error', j.error],
+          ['prices', j.prices ? `${amount(j.prices.perGpuHour)}/GPU-hour, ${amount(j.prices.perCpuHour)}/CPU-hour (at lease)` : null],
+          ['cost', j.prices ? `${amount(j.cost)}${isTerminal(j.status) ? '' : ' so far'}` : null],
+          ['usage', j.usage ? usageLine(j.usage) : null],
           ['result', j.result !== null && j.result !== undefined ? JSON.stringify(j.result) : null],
         ],
         ctx.out,
@@ -118,6 +121,17 @@ export const job: Command = {
     }
   },
 };
+
+/** Two decimals like every price, more when a small amount would otherwise read 0.00. */
+export function amount(n: number): string {
+  const fine = n.toFixed(6).replace(/0+$/, '');
+  return fine.split('.')[1]!.length > 2 ? fine : n.toFixed(2);
+}
+
+function usageLine(u: MeteredUsage): string {
+  const gpus = Object.entries(u.gpuSeconds).map(([model, s]) => `${formatDuration(s)} ${model}`);
+  return [`${formatDuration(u.seconds)} leased`, ...(gpus.length ? [`GPU ${gpus.join(', ')}`] : []), `${u.cpuCoreSeconds} CPU-core-s`].join(', ');
+}
 
 export function shellQuote(arg: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;

@@ -5,7 +5,7 @@ import { PageQuery, pageOf } from '../../shared/pagination.ts';
 import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireInputsUploaded } from '../blobs/service.ts';
-import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJob } from '../jobs/lifecycle.ts';
+import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJobAt, toApiJobs } from '../jobs/lifecycle.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 
@@ -41,9 +41,9 @@ export function jobRoutes(deps: AppDeps) {
       // Inputs are uploaded first: a job naming bytes its owner never uploaded could never run.
       await requireInputsUploaded(db, c.get('principal').accountId, spec.inputs);
       const { job, replayed } = await submitJob(db, c.get('principal').accountId, spec, key, deps.clock.now());
-      if (replayed) return c.json(toApiJob(job), 200);
+      if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
       deps.signals.emit(topics.schedule);
-      return c.json(toApiJob(job), 201);
+      return c.json(await toApiJobAt(db, job, deps.clock.now()), 201);
     },
   );
 
@@ -60,7 +60,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const q = c.req.valid('query');
       const page = await listJobs(db, c.get('principal').accountId, q);
-      return c.json({ items: page.items.map(toApiJob), nextCursor: page.nextCursor }, 200);
+      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now()), nextCursor: page.nextCursor }, 200);
     },
   );
 
@@ -76,7 +76,7 @@ export function jobRoutes(deps: AppDeps) {
     }),
     async (c) => {
       const job = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
-      return c.json(toApiJob(job), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
     },
   );
 
@@ -93,7 +93,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const job = await cancelJob(db, c.get('principal').accountId, c.req.valid('param').id, deps.clock.now());
       if (job.status === 'cancelled') deps.signals.emit(topics.schedule);
-      return c.json(toApiJob(job), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
     },
   );
 

@@ -19,7 +19,7 @@ export async function naming<T>(what: string, id: string, call: Promise<T>): Pro
   try {
     return await call;
   } catch (err) {
-    if (err instanceof ApiRequestError && err.status === 404 && err.problem?.code === 'not_found' && !/^no route/.test(err.problem.detail ?? '')) {
+    if (err instanceof ApiRequestError && err.problem?.code === 'not_found') {
       throw new CliError(`${what} ${id} not found (or it is not yours)`);
     }
     throw err;

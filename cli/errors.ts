@@ -63,8 +63,8 @@ function describeProblem(err: ApiRequestError): string {
     case 403:
       return `not allowed: ${detail}`;
     case 404:
-      // "no route" means the coordinator is older than this command, not that a thing is missing.
-      if (/^no route for /.test(detail)) return `this coordinator does not offer that yet (${detail})`;
+      // No route means the coordinator is older than this command, not that a thing is missing.
+      if (p?.code === 'no_route') return `this coordinator does not offer that yet (${detail})`;
       return detail;
     default:
       if (err.status >= 500) {

@@ -89,7 +89,7 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
       await expectOk(res);
     } catch (err) {
       if (signal.aborted) return true;
-      if (err instanceof ApiRequestError && err.status === 404 && /^no route/.test(err.problem?.detail ?? '')) return false;
+      if (err instanceof ApiRequestError && err.problem?.code === 'no_route') return false;
       if (err instanceof ApiRequestError && err.status < 500) throw err;
       // A dropped connection or a restarting coordinator: try again, the job goes on.
       await sleep(Math.min(10_000, 500 * 2 ** attempt), undefined, { signal }).catch(() => {});

@@ -14,7 +14,8 @@ import { nodeRoutes } from './http/nodes.ts';
 import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
 import { outputRoutes } from './http/outputs.ts';
-import { ApiError, problemResponse, renderError } from './http/problem.ts';
+import { ApiError } from './errors.ts';
+import { problemResponse, renderError } from './http/problem.ts';
 import { metricsRoutes } from './http/metrics.ts';
 import { poolRoutes } from './http/pool.ts';
 import { offerRoutes } from './http/offers.ts';
@@ -118,7 +119,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     servers: [{ url: deps.config.publicUrl }],
   });
 
-  app.notFound((c) => problemResponse(c, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
+  app.notFound((c) => problemResponse(c, 'no_route', `no route for ${c.req.method} ${c.req.path}`));
   app.onError(renderError);
   return app;
 }

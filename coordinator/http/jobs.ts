@@ -2,12 +2,12 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { idPattern } from '../../shared/ids.ts';
 import { Job, JobEvent, JobListQuery, JobSpec } from '../../shared/jobs.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireInputsUploaded } from '../blobs/service.ts';
 import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJobAt, toApiJobs } from '../jobs/lifecycle.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });

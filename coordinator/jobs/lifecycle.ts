@@ -5,7 +5,7 @@ import { type Job, type JobSpec, type JobStatus, isTerminal, MeteredUsage } from
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { gpus, jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { ApiError, notFound } from '../errors.ts';
 import { meter } from './metering.ts';
 
 export type JobRow = typeof jobs.$inferSelect;

@@ -3,7 +3,7 @@ import type { JobStatus } from '../../shared/jobs.ts';
 import type { FinishReport, OutcomeReason } from '../../shared/leases.ts';
 import type { DbOrTx } from '../db/open.ts';
 import { gpus, jobEvents, jobs, nodes } from '../db/schema/index.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 // The rule of which nodes take work, kept with its other forms in the scheduler's rules table.
 import { takesWork } from '../scheduler/rules.ts';
 import { changeStatus, type JobRow } from './lifecycle.ts';

@@ -1,4 +1,5 @@
 import { freemem, loadavg, totalmem } from 'node:os';
+import { backoffDelay } from '../shared/backoff.ts';
 import { ApiRequestError, type ApiClient } from '../shared/client.ts';
 import type { HardwareReport, MetricsSample } from '../shared/hardware.ts';
 import type { LeaseRef } from '../shared/leases.ts';
@@ -151,8 +152,7 @@ export class HeartbeatLoop {
   }
 
   private backoffMs(): number {
-    const ceiling = Math.min(this.maxBackoffMs, this.intervalMs * 2 ** Math.min(this.failures - 1, 20));
-    return Math.round(ceiling * (0.5 + this.random() * 0.5));
+    return backoffDelay(this.failures, { initialMs: this.intervalMs, maxMs: this.maxBackoffMs, random: this.random });
   }
 
   private sleep(ms: number): Promise<void> {

@@ -1,4 +1,5 @@
 import type { JSONWebKeySet } from 'jose';
+import { backoffDelay } from '../../shared/backoff.ts';
 import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
 import {
   FinishReport,
@@ -97,7 +98,7 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 const leaseKey = (l: { jobId: string; epoch: number }) => `${l.jobId}.${l.epoch}`;
 
 /** The wait before try `attempt` + 1 (0-based) of a call to the coordinator: doubling from 500 ms up to `capMs`, with jitter. */
-const retryDelay = (attempt: number, capMs: number) => Math.min(capMs, 500 * 2 ** Math.min(attempt, 16)) * (0.5 + Math.random());
+const retryDelay = (attempt: number, capMs: number) => backoffDelay(attempt + 1, { initialMs: 500, maxMs: capMs });
 
 /** An answer that will not change when asked again: 4xx other than 401/408/429. */
 const isFinal = (err: unknown) => err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && ![401, 408, 429].includes(err.status);

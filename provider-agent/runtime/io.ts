@@ -1,24 +1,16 @@
+import { retry } from '../../shared/backoff.ts';
 import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
 import type { LeaseGrant } from '../../shared/leases.ts';
 import type { ExecutionContext } from './executor.ts';
 
 export type LeaseIo = Required<Pick<ExecutionContext, 'onProgress' | 'fetchInput' | 'uploadOutputs' | 'uploadResult'>>;
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 /** Retries what may pass (network, 5xx, an expired agent token) a few times; a 4xx answer is final. */
-async function withRetries<T>(what: string, fn: () => Promise<T>, attempts = 5): Promise<T> {
-  let delay = 500;
-  for (let i = 1; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      const final = err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && err.status !== 401 && err.status !== 429;
-      if (final || i >= attempts) throw new Error(`${what}: ${(err as Error)?.message ?? String(err)}`);
-      await sleep(delay * (0.5 + Math.random()));
-      delay = Math.min(8000, delay * 2);
-    }
-  }
+async function withRetries<T>(what: string, fn: () => Promise<T>, tries = 5): Promise<T> {
+  const final = (err: unknown) => err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && err.status !== 401 && err.status !== 429;
+  return retry(fn, { initialMs: 500, maxMs: 8000, tries, retryable: (err) => !final(err) }).catch((err) => {
+    throw new Error(`${what}: ${(err as Error)?.message ?? String(err)}`);
+  });
 }
 
 /**

@@ -207,11 +207,10 @@ export class HeartbeatLoop {
     const sentAtMs = Date.now();
     let answer: HeartbeatAnswer;
     try {
-      const raw = await this.opts.client.request('POST', '/v1/agent/heartbeat', body, {
+      answer = await this.opts.client.request('POST', '/v1/agent/heartbeat', body, HeartbeatAnswer, {
         signal: this.inFlight.signal,
         timeoutMs: Math.min(30_000, Math.max(5_000, this.intervalMs * 2)),
       });
-      answer = HeartbeatAnswer.parse(raw);
     } catch (err) {
       if (!this.stopped) this.failed(err);
       return false;

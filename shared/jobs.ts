@@ -173,3 +173,6 @@ export const JobEvent = z.object({
   reason: z.string(),
 });
 export type JobEvent = z.infer<typeof JobEvent>;
+
+/** GET /v1/jobs/{id}/events */
+export const JobEventList = z.object({ items: z.array(JobEvent) });

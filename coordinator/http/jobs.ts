@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { idPattern } from '../../shared/ids.ts';
-import { Job, JobEvent, JobListQuery, JobSpec } from '../../shared/jobs.ts';
+import { Job, JobEventList, JobListQuery, JobSpec, type JobEvent } from '../../shared/jobs.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireInputsUploaded } from '../blobs/service.ts';
@@ -105,7 +105,7 @@ export function jobRoutes(deps: AppDeps) {
       security: bearerAuth,
       middleware: client,
       request: { params: JobIdParam },
-      responses: { 200: { description: 'Events', ...json(z.object({ items: z.array(JobEvent) })) }, ...errorResponses },
+      responses: { 200: { description: 'Events', ...json(JobEventList) }, ...errorResponses },
     }),
     async (c) => {
       const rows = await listEvents(db, c.get('principal').accountId, c.req.valid('param').id);

@@ -1,5 +1,5 @@
 import { retry } from '../../shared/backoff.ts';
-import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
+import { ApiRequestError, NoContent, type ApiClient } from '../../shared/client.ts';
 import type { LeaseGrant } from '../../shared/leases.ts';
 import type { ExecutionContext } from './executor.ts';
 
@@ -24,7 +24,7 @@ export function leaseIo(client: ApiClient, grant: LeaseGrant, warn: (msg: string
     onProgress(message) {
       // In order, never blocking the run; a note that does not arrive is only a note.
       lastNote = lastNote
-        .then(() => client.post(`${job}/progress`, { epoch: grant.epoch, message: message.slice(0, 512) }))
+        .then(() => client.post(`${job}/progress`, { epoch: grant.epoch, message: message.slice(0, 512) }, NoContent))
         .catch((err) => warn('progress note not delivered', { jobId: grant.jobId, error: String((err as Error)?.message ?? err) }));
     },
     fetchInput: (digest) =>
@@ -46,6 +46,6 @@ export function leaseIo(client: ApiClient, grant: LeaseGrant, warn: (msg: string
         if (!res.ok) throw new ApiRequestError(res.status, null, `HTTP ${res.status} ${(await res.text().catch(() => '')).slice(0, 300)}`);
         await res.arrayBuffer();
       }),
-    uploadResult: (result) => withRetries('result upload', () => client.post(`${job}/result`, { epoch: grant.epoch, result })).then(() => {}),
+    uploadResult: (result) => withRetries('result upload', () => client.post(`${job}/result`, { epoch: grant.epoch, result }, NoContent)).then(() => {}),
   };
 }

@@ -55,6 +55,12 @@ const readBody = async (req: IncomingMessage) => {
   return text ? JSON.parse(text) : undefined;
 };
 
+/** What the coordinator answers a finish report: the job as it left it. */
+export const reportAnswer = (r: Recorded, status: string): Answer => ({
+  status: 200,
+  body: { jobId: /\/jobs\/(job_[A-Za-z0-9]+)/.exec(r.path)?.[1] ?? '', status, epoch: (r.body as { epoch: number }).epoch },
+});
+
 /** The route pattern a path matches: ids become ':id'. */
 const pattern = (method: string, path: string) => `${method} ${path.split('?')[0]!.replace(/\/job_[A-Za-z0-9]+/g, '/:id')}`;
 
@@ -71,6 +77,9 @@ export async function startStandIn(): Promise<StandIn> {
     for (let i = 0; i < 10 && !offered.length; i++) await new Promise((r) => setTimeout(r, 20));
     return { status: 200, body: { leases: offered.splice(0) } };
   });
+  // The agent's reports are answered with the job as the report left it (ReportAnswer).
+  routes.set('POST /v1/agent/jobs/:id/running', (r) => reportAnswer(r, 'running'));
+  routes.set('POST /v1/agent/jobs/:id/finish', (r) => reportAnswer(r, 'succeeded'));
   const server: Server = createServer(async (req, res) => {
     const recorded: Recorded = { method: req.method!, path: req.url!, body: await readBody(req), at: Date.now() };
     requests.push(recorded);

@@ -6,7 +6,7 @@ import { LeaseRunner, type LogSink } from '../../../../provider-agent/leases/run
 import { ReportStore } from '../../../../provider-agent/leases/report-store.ts';
 import { TestExecutor } from '../../../../provider-agent/runtime/test-executor.ts';
 import { ApiClient } from '../../../../shared/client.ts';
-import { newSigningKey, startStandIn, type StandIn } from '../../../support/agent-api-stand-in.ts';
+import { newSigningKey, reportAnswer, startStandIn, type StandIn } from '../../../support/agent-api-stand-in.ts';
 import { until } from '../../../support/until.ts';
 
 // The lease runner against a loopback stand-in for the coordinator's agent routes, running its
@@ -86,7 +86,7 @@ describe('LeaseRunner', () => {
 
   it('keeps a finish report the coordinator cannot take yet, and delivers it with backoff', async () => {
     let refusals = 2;
-    api.on('POST /v1/agent/jobs/:id/finish', () => (refusals-- > 0 ? { status: 503 } : { status: 200, body: { status: 'succeeded' } }));
+    api.on('POST /v1/agent/jobs/:id/finish', (r) => (refusals-- > 0 ? { status: 503 } : reportAnswer(r, 'succeeded')));
     const grant = api.grant();
     api.offer(grant);
     await until('three finish tries', () => callsFor(grant.jobId).filter((c) => c === 'POST finish').length === 3, 10_000);

@@ -8,6 +8,7 @@ import { nodes, tokens } from './commands/nodes.ts';
 import { offers, pool } from './commands/offers.ts';
 import { submit } from './commands/submit.ts';
 import { usage } from './commands/usage.ts';
+import { gantryVersion } from '../shared/version.ts';
 
 // `gantry`: the command line for clients and providers. Every failure is one line on stderr
 // and a non-zero exit; a stack trace only with GANTRY_DEBUG=1.
@@ -48,7 +49,7 @@ function topHelp(): string {
 }
 
 function version(): string {
-  return '0.1.0';
+  return gantryVersion;
 }
 
 async function main(argv: string[]): Promise<number> {

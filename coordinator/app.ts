@@ -14,6 +14,7 @@ import { nodeRoutes } from './http/nodes.ts';
 import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
 import { outputRoutes } from './http/outputs.ts';
+import { gantryVersion } from '../shared/version.ts';
 import { ApiError } from './errors.ts';
 import { problemResponse, renderError } from './http/problem.ts';
 import { metricsRoutes } from './http/metrics.ts';
@@ -115,7 +116,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   });
   app.doc31('/openapi.json', {
     openapi: '3.1.0',
-    info: { title: 'Gantry coordinator', version: '0.1.0' },
+    info: { title: 'Gantry coordinator', version: gantryVersion },
     servers: [{ url: deps.config.publicUrl }],
   });
 

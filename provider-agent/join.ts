@@ -1,12 +1,12 @@
-import { createRequire } from 'node:module';
 import { ApiClient, ApiRequestError, UnreachableError } from '../shared/client.ts';
+import { gantryVersion } from '../shared/version.ts';
 import type { HardwareReport } from '../shared/hardware.ts';
 import { RegisteredNode, type RegisterNode } from '../shared/nodes.ts';
 import { checkCoordinatorUrl, type JoinSettings } from './config.ts';
 import { noRuntimeAdvice } from './runtime/select.ts';
 import { AgentState, type NodeState } from './state.ts';
 
-export const agentVersion: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export const agentVersion = gantryVersion;
 
 /** A join that cannot go on, said in one line (main prints it and exits 1). */
 export class JoinError extends Error {}

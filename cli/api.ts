@@ -2,7 +2,10 @@ import type { ApiClient } from '../shared/client.ts';
 import { ApiRequestError } from '../shared/client.ts';
 import type { Problem } from '../shared/errors.ts';
 import { idPattern, type IdKind } from '../shared/ids.ts';
-import type { Job } from '../shared/jobs.ts';
+import { createParser } from 'eventsource-parser';
+import type { z } from 'zod';
+import { Job } from '../shared/jobs.ts';
+import { pageOf } from '../shared/pagination.ts';
 import { CliError, UsageError } from './errors.ts';
 
 // Small pieces of talking to the coordinator that several commands share.
@@ -19,7 +22,7 @@ export async function naming<T>(what: string, id: string, call: Promise<T>): Pro
   try {
     return await call;
   } catch (err) {
-    if (err instanceof ApiRequestError && err.status === 404 && err.problem?.code === 'not_found' && !/^no route/.test(err.problem.detail ?? '')) {
+    if (err instanceof ApiRequestError && err.problem?.code === 'not_found') {
       throw new CliError(`${what} ${id} not found (or it is not yours)`);
     }
     throw err;
@@ -27,7 +30,7 @@ export async function naming<T>(what: string, id: string, call: Promise<T>): Pro
 }
 
 export const getJob = (api: ApiClient, id: string, signal?: AbortSignal) =>
-  naming('job', id, api.get<Job>(`/v1/jobs/${id}`, signal ? { signal } : undefined));
+  naming('job', id, api.get(`/v1/jobs/${id}`, Job, signal ? { signal } : undefined));
 
 /** Turns a non-2xx raw response into the same error ApiClient.request throws. */
 export async function expectOk(res: Response): Promise<Response> {
@@ -44,15 +47,16 @@ export async function expectOk(res: Response): Promise<Response> {
 }
 
 /** Reads every page of a list endpoint, up to limit items. */
-export async function listAll<T>(api: ApiClient, path: string, query: Record<string, string | undefined>, limit: number): Promise<T[]> {
-  const items: T[] = [];
+export async function listAll<S extends z.ZodType>(api: ApiClient, path: string, item: S, query: Record<string, string | undefined>, limit: number): Promise<z.output<S>[]> {
+  const items: z.output<S>[] = [];
+  const Page = pageOf(item);
   let cursor: string | null = null;
   do {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(query)) if (v !== undefined) q.set(k, v);
     q.set('limit', String(Math.min(200, limit - items.length)));
     if (cursor) q.set('cursor', cursor);
-    const page: { items: T[]; nextCursor?: string | null } = await api.get(`${path}?${q}`);
+    const page = await api.get(`${path}?${q}`, Page);
     items.push(...page.items);
     cursor = page.nextCursor ?? null;
   } while (cursor && items.length < limit);
@@ -65,32 +69,25 @@ export interface ServerSentEvent {
   id?: string;
 }
 
-/** Parses a text/event-stream body (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
+/**
+ * Parses a text/event-stream body with eventsource-parser (a line ending split across chunks,
+ * `\r` in one and `\n` in the next, is one line ending). An event without a type is a
+ * `message`, and the last id seen stays the event's id, as the spec's last event ID buffer does.
+ */
 export async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerSentEvent> {
   const decoder = new TextDecoder();
-  let buffer = '';
-  let event = '';
-  let data: string[] = [];
-  let id: string | undefined;
+  let ready: ServerSentEvent[] = [];
+  let lastId: string | undefined;
+  const parser = createParser({
+    onEvent(m) {
+      if (m.id !== undefined) lastId = m.id;
+      ready.push({ event: m.event ?? 'message', data: m.data, ...(lastId !== undefined ? { id: lastId } : {}) });
+    },
+  });
   for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
-    buffer += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = buffer.search(/\r\n|\r|\n/)) >= 0) {
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + (buffer.startsWith('\r\n', nl) ? 2 : 1));
-      if (line === '') {
-        if (data.length) yield { event: event || 'message', data: data.join('\n'), ...(id !== undefined ? { id } : {}) };
-        event = '';
-        data = [];
-        continue;
-      }
-      if (line.startsWith(':')) continue;
-      const colon = line.indexOf(':');
-      const field = colon < 0 ? line : line.slice(0, colon);
-      const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-      if (field === 'event') event = value;
-      else if (field === 'data') data.push(value);
-      else if (field === 'id') id = value;
-    }
+    parser.feed(decoder.decode(chunk, { stream: true }));
+    const out = ready;
+    ready = [];
+    yield* out;
   }
 }

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { ApiClient } from '../shared/client.ts';
-import { resolveLogin, type Login } from './config.ts';
+import { cliSettings, resolveLogin, type Login } from './config.ts';
 import { UsageError } from './errors.ts';
 import { interactive, Painter, Progress } from './output.ts';
 
@@ -66,7 +66,7 @@ export function createContext(env: NodeJS.ProcessEnv, signal: AbortSignal): Cont
     progress: () => new Progress(stderr, errInteractive, new Painter(errInteractive)),
     async connect(opts = {}) {
       const login = await resolveLogin(env, opts.needKey ?? true);
-      const timeoutMs = Number(env.GANTRY_TIMEOUT_MS) > 0 ? Number(env.GANTRY_TIMEOUT_MS) : 30_000;
+      const { timeoutMs } = cliSettings(env);
       const api = new ApiClient({ baseUrl: login.coordinator, timeoutMs, ...(login.apiKey ? { token: login.apiKey } : {}) });
       return { api, login };
     },

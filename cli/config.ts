@@ -60,6 +60,25 @@ export async function removeStoredLogin(env: NodeJS.ProcessEnv): Promise<boolean
   }
 }
 
+/**
+ * The CLI's settings from the environment: the one declaration of them, its output the type the
+ * code reads. An empty variable counts as unset, as a shell user expects.
+ */
+const CliEnv = z
+  .object({
+    GANTRY_URL: z.string().optional(),
+    GANTRY_API_KEY: z.string().optional(),
+    // A timeout that is not a positive number falls back to 30 s rather than refusing the command.
+    GANTRY_TIMEOUT_MS: z.coerce.number().positive().catch(30_000),
+    GANTRY_DEBUG: z.string().optional(),
+  })
+  .transform((e) => ({ url: e.GANTRY_URL, apiKey: e.GANTRY_API_KEY, timeoutMs: e.GANTRY_TIMEOUT_MS, debug: e.GANTRY_DEBUG === '1' }));
+export type CliSettings = z.output<typeof CliEnv>;
+
+export function cliSettings(env: NodeJS.ProcessEnv): CliSettings {
+  return CliEnv.parse(Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== '')));
+}
+
 export interface Login {
   coordinator: string;
   apiKey: string | null;
@@ -70,8 +89,9 @@ export interface Login {
 /** The login to use: GANTRY_URL and GANTRY_API_KEY win over the stored one. */
 export async function resolveLogin(env: NodeJS.ProcessEnv, needKey = true): Promise<Login> {
   const stored = await readStoredLogin(env);
-  const url = env.GANTRY_URL || stored?.coordinator;
-  const key = env.GANTRY_API_KEY || stored?.apiKey || null;
+  const settings = cliSettings(env);
+  const url = settings.url ?? stored?.coordinator;
+  const key = settings.apiKey ?? stored?.apiKey ?? null;
   if (!url) {
     throw new CliError('not logged in: run gantry login --coordinator URL --key KEY, or set GANTRY_URL and GANTRY_API_KEY');
   }
@@ -81,8 +101,8 @@ export async function resolveLogin(env: NodeJS.ProcessEnv, needKey = true): Prom
     coordinator: url.replace(/\/+$/, ''),
     apiKey: key,
     source: {
-      coordinator: env.GANTRY_URL ? 'env' : 'config',
-      apiKey: env.GANTRY_API_KEY ? 'env' : stored?.apiKey ? 'config' : 'none',
+      coordinator: settings.url ? 'env' : 'config',
+      apiKey: settings.apiKey ? 'env' : stored?.apiKey ? 'config' : 'none',
     },
   };
 }

@@ -1,4 +1,4 @@
-import { ApiRequestError, UnreachableError } from '../shared/client.ts';
+import { ApiRequestError, MalformedAnswerError, UnreachableError } from '../shared/client.ts';
 
 /** Exit codes, as `gantry --help` documents them. */
 export const exitCodes = {
@@ -45,7 +45,7 @@ export function describeError(err: unknown, command: string | undefined): { mess
     return { message: `${err.message}${hint}`, exitCode: err.exitCode };
   }
   if (err instanceof CliError) return { message: err.message, exitCode: err.exitCode };
-  if (err instanceof UnreachableError) return { message: err.message, exitCode: exitCodes.error };
+  if (err instanceof UnreachableError || err instanceof MalformedAnswerError) return { message: err.message, exitCode: exitCodes.error };
   if (err instanceof ApiRequestError) return { message: describeProblem(err), exitCode: exitCodes.error };
   const e = err as NodeJS.ErrnoException;
   if (e?.code === 'ENOENT' && e.path) return { message: `no such file: ${e.path}`, exitCode: exitCodes.error };
@@ -63,8 +63,8 @@ function describeProblem(err: ApiRequestError): string {
     case 403:
       return `not allowed: ${detail}`;
     case 404:
-      // "no route" means the coordinator is older than this command, not that a thing is missing.
-      if (/^no route for /.test(detail)) return `this coordinator does not offer that yet (${detail})`;
+      // No route means the coordinator is older than this command, not that a thing is missing.
+      if (p?.code === 'no_route') return `this coordinator does not offer that yet (${detail})`;
       return detail;
     default:
       if (err.status >= 500) {

@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffDelay } from '../shared/backoff.ts';
 import type { ApiClient } from '../shared/client.ts';
 import { ApiRequestError } from '../shared/client.ts';
 import { isTerminal, type Job } from '../shared/jobs.ts';
@@ -89,10 +90,10 @@ async function streamLogs(ctx: Context, api: ApiClient, jobId: string, signal: A
       await expectOk(res);
     } catch (err) {
       if (signal.aborted) return true;
-      if (err instanceof ApiRequestError && err.status === 404 && /^no route/.test(err.problem?.detail ?? '')) return false;
+      if (err instanceof ApiRequestError && err.problem?.code === 'no_route') return false;
       if (err instanceof ApiRequestError && err.status < 500) throw err;
       // A dropped connection or a restarting coordinator: try again, the job goes on.
-      await sleep(Math.min(10_000, 500 * 2 ** attempt), undefined, { signal }).catch(() => {});
+      await sleep(backoffDelay(attempt + 1, { initialMs: 500, maxMs: 10_000 }), undefined, { signal }).catch(() => {});
       continue;
     }
     try {

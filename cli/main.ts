@@ -8,6 +8,8 @@ import { nodes, tokens } from './commands/nodes.ts';
 import { offers, pool } from './commands/offers.ts';
 import { submit } from './commands/submit.ts';
 import { usage } from './commands/usage.ts';
+import { gantryVersion } from '../shared/version.ts';
+import { cliSettings } from './config.ts';
 
 // `gantry`: the command line for clients and providers. Every failure is one line on stderr
 // and a non-zero exit; a stack trace only with GANTRY_DEBUG=1.
@@ -48,7 +50,7 @@ function topHelp(): string {
 }
 
 function version(): string {
-  return '0.1.0';
+  return gantryVersion;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -107,7 +109,7 @@ async function main(argv: string[]): Promise<number> {
     for (const line of message.split('\n').map((l) => printable(l))) {
       process.stderr.write(/^[^\s:]+:\d+: /.test(line) ? `${line}\n` : `gantry${name ? ` ${name}` : ''}: ${line}\n`);
     }
-    if (process.env.GANTRY_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    if (cliSettings(process.env).debug && err instanceof Error) process.stderr.write(`${err.stack}\n`);
     return exitCode;
   }
 }

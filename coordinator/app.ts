@@ -14,7 +14,9 @@ import { nodeRoutes } from './http/nodes.ts';
 import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
 import { outputRoutes } from './http/outputs.ts';
-import { ApiError, problemResponse, renderError } from './http/problem.ts';
+import { gantryVersion } from '../shared/version.ts';
+import { ApiError } from './errors.ts';
+import { problemResponse, renderError } from './http/problem.ts';
 import { metricsRoutes } from './http/metrics.ts';
 import { poolRoutes } from './http/pool.ts';
 import { offerRoutes } from './http/offers.ts';
@@ -114,11 +116,11 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   });
   app.doc31('/openapi.json', {
     openapi: '3.1.0',
-    info: { title: 'Gantry coordinator', version: '0.1.0' },
+    info: { title: 'Gantry coordinator', version: gantryVersion },
     servers: [{ url: deps.config.publicUrl }],
   });
 
-  app.notFound((c) => problemResponse(c, 'not_found', `no route for ${c.req.method} ${c.req.path}`));
+  app.notFound((c) => problemResponse(c, 'no_route', `no route for ${c.req.method} ${c.req.path}`));
   app.onError(renderError);
   return app;
 }

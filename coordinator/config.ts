@@ -11,7 +11,7 @@ const bool = z
 /** The shortest lease TTL the coordinator starts with. */
 export const minLeaseTtlSeconds = 15;
 
-/** Every setting of the coordinator, from the environment, parsed once at start. */
+/** Every setting of the coordinator, from the environment, parsed once at start: the one declaration (its output is Config). */
 const Env = z
   .object({
     PORT: port.default(8080),
@@ -59,35 +59,41 @@ const Env = z
   .refine((e) => Boolean(e.GANTRY_TLS_CERT) === Boolean(e.GANTRY_TLS_KEY), {
     message: 'GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both or neither',
     path: ['GANTRY_TLS_CERT'],
+  })
+  // The settings as the code reads them: this mapping is the Config type, nothing else lists them.
+  .transform((e) => {
+    const scheme = e.GANTRY_TLS_CERT ? 'https' : 'http';
+    const publicUrl = (e.GANTRY_PUBLIC_URL ?? `${scheme}://localhost:${e.PORT}`).replace(/\/+$/, '');
+    return {
+      port: e.PORT,
+      host: e.HOST,
+      databaseUrl: e.DATABASE_URL,
+      dataDir: e.GANTRY_DATA_DIR,
+      dbPoolSize: e.GANTRY_DB_POOL_SIZE,
+      publicUrl,
+      name: e.GANTRY_NAME ?? publicUrl,
+      tls: e.GANTRY_TLS_CERT && e.GANTRY_TLS_KEY ? { certFile: e.GANTRY_TLS_CERT, keyFile: e.GANTRY_TLS_KEY } : null,
+      bodyLimitBytes: e.GANTRY_BODY_LIMIT_BYTES,
+      logRequests: e.GANTRY_LOG_REQUESTS,
+      leaseTtlSeconds: e.GANTRY_LEASE_TTL_SECONDS,
+      nodeTtlSeconds: e.GANTRY_NODE_TTL_SECONDS,
+      shutdownGraceMs: e.GANTRY_SHUTDOWN_GRACE_MS,
+      signingKeyFile: e.GANTRY_SIGNING_KEY_FILE ?? null,
+      schedulerBatchSize: e.GANTRY_SCHEDULER_BATCH_SIZE,
+      schedulerTickMs: e.GANTRY_SCHEDULER_TICK_MS,
+      poolCacheMs: e.GANTRY_POOL_CACHE_MS,
+      poolHistoryStepSeconds: e.GANTRY_POOL_HISTORY_STEP_SECONDS,
+      poolHistoryRetentionSeconds: e.GANTRY_POOL_HISTORY_RETENTION_HOURS * 3600,
+      blobMaxBytes: e.GANTRY_BLOB_MAX_BYTES,
+      outputsMaxBytes: e.GANTRY_OUTPUTS_MAX_BYTES,
+      logMaxBytesPerJob: e.GANTRY_LOG_MAX_BYTES_PER_JOB,
+      logStreamsPerKey: e.GANTRY_LOG_STREAMS_PER_KEY,
+      logStreamsMax: e.GANTRY_LOG_STREAMS_MAX,
+      logStreamMaxSeconds: e.GANTRY_LOG_STREAM_MAX_SECONDS,
+    };
   });
 
-export interface Config {
-  port: number;
-  host: string;
-  databaseUrl: string | undefined;
-  dataDir: string;
-  dbPoolSize: number;
-  publicUrl: string;
-  name: string;
-  tls: { certFile: string; keyFile: string } | null;
-  bodyLimitBytes: number;
-  logRequests: boolean;
-  leaseTtlSeconds: number;
-  nodeTtlSeconds: number;
-  shutdownGraceMs: number;
-  signingKeyFile: string | null;
-  schedulerBatchSize: number;
-  schedulerTickMs: number;
-  poolCacheMs: number;
-  poolHistoryStepSeconds: number;
-  poolHistoryRetentionSeconds: number;
-  blobMaxBytes: number;
-  outputsMaxBytes: number;
-  logMaxBytesPerJob: number;
-  logStreamsPerKey: number;
-  logStreamsMax: number;
-  logStreamMaxSeconds: number;
-}
+export type Config = z.output<typeof Env>;
 
 export class ConfigError extends Error {}
 
@@ -106,38 +112,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const name = String(issue.path[0] ?? 'environment');
     throw new ConfigError(`invalid setting ${shown(name, present[name])}: ${issue.message}`);
   }
-  const e = parsed.data;
-  for (const name of ['GANTRY_TLS_CERT', 'GANTRY_TLS_KEY'] as const) {
-    const file = e[name];
+  const { tls } = parsed.data;
+  for (const [name, file] of [['GANTRY_TLS_CERT', tls?.certFile], ['GANTRY_TLS_KEY', tls?.keyFile]] as const) {
     if (file && !existsSync(file)) throw new ConfigError(`invalid setting ${shown(name, file)}: no such file`);
   }
-  const scheme = e.GANTRY_TLS_CERT ? 'https' : 'http';
-  const publicUrl = (e.GANTRY_PUBLIC_URL ?? `${scheme}://localhost:${e.PORT}`).replace(/\/+$/, '');
-  return {
-    port: e.PORT,
-    host: e.HOST,
-    databaseUrl: e.DATABASE_URL,
-    dataDir: e.GANTRY_DATA_DIR,
-    dbPoolSize: e.GANTRY_DB_POOL_SIZE,
-    publicUrl,
-    name: e.GANTRY_NAME ?? publicUrl,
-    tls: e.GANTRY_TLS_CERT && e.GANTRY_TLS_KEY ? { certFile: e.GANTRY_TLS_CERT, keyFile: e.GANTRY_TLS_KEY } : null,
-    bodyLimitBytes: e.GANTRY_BODY_LIMIT_BYTES,
-    logRequests: e.GANTRY_LOG_REQUESTS,
-    leaseTtlSeconds: e.GANTRY_LEASE_TTL_SECONDS,
-    nodeTtlSeconds: e.GANTRY_NODE_TTL_SECONDS,
-    shutdownGraceMs: e.GANTRY_SHUTDOWN_GRACE_MS,
-    signingKeyFile: e.GANTRY_SIGNING_KEY_FILE ?? null,
-    schedulerBatchSize: e.GANTRY_SCHEDULER_BATCH_SIZE,
-    schedulerTickMs: e.GANTRY_SCHEDULER_TICK_MS,
-    poolCacheMs: e.GANTRY_POOL_CACHE_MS,
-    poolHistoryStepSeconds: e.GANTRY_POOL_HISTORY_STEP_SECONDS,
-    poolHistoryRetentionSeconds: e.GANTRY_POOL_HISTORY_RETENTION_HOURS * 3600,
-    blobMaxBytes: e.GANTRY_BLOB_MAX_BYTES,
-    outputsMaxBytes: e.GANTRY_OUTPUTS_MAX_BYTES,
-    logMaxBytesPerJob: e.GANTRY_LOG_MAX_BYTES_PER_JOB,
-    logStreamsPerKey: e.GANTRY_LOG_STREAMS_PER_KEY,
-    logStreamsMax: e.GANTRY_LOG_STREAMS_MAX,
-    logStreamMaxSeconds: e.GANTRY_LOG_STREAM_MAX_SECONDS,
-  };
+  return parsed.data;
 }

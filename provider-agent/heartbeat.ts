@@ -1,4 +1,5 @@
 import { freemem, loadavg, totalmem } from 'node:os';
+import { backoffDelay } from '../shared/backoff.ts';
 import { ApiRequestError, type ApiClient } from '../shared/client.ts';
 import type { HardwareReport, MetricsSample } from '../shared/hardware.ts';
 import type { LeaseRef } from '../shared/leases.ts';
@@ -155,9 +156,8 @@ export class HeartbeatLoop {
   private backoffMs(): number {
     // A coordinator that answers 503 with Retry-After (its database is away) is asked again then,
     // not after a backoff grown over the outage: the node must be heard soon after the database returns.
-    const asked = this.retryAfterMs ?? Number.POSITIVE_INFINITY;
-    const ceiling = Math.min(this.maxBackoffMs, asked, this.intervalMs * 2 ** Math.min(this.failures - 1, 20));
-    return Math.round(ceiling * (0.5 + this.random() * 0.5));
+    const delay = backoffDelay(this.failures, { initialMs: this.intervalMs, maxMs: this.maxBackoffMs, random: this.random });
+    return Math.min(delay, this.retryAfterMs ?? Number.POSITIVE_INFINITY);
   }
 
   private sleep(ms: number): Promise<void> {
@@ -212,11 +212,10 @@ export class HeartbeatLoop {
     const sentAtMs = Date.now();
     let answer: HeartbeatAnswer;
     try {
-      const raw = await this.opts.client.request('POST', '/v1/agent/heartbeat', body, {
+      answer = await this.opts.client.request('POST', '/v1/agent/heartbeat', body, HeartbeatAnswer, {
         signal: this.inFlight.signal,
         timeoutMs: Math.min(30_000, Math.max(5_000, this.intervalMs * 2)),
       });
-      answer = HeartbeatAnswer.parse(raw);
     } catch (err) {
       if (!this.stopped) this.failed(err);
       return false;

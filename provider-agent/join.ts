@@ -1,12 +1,12 @@
-import { createRequire } from 'node:module';
 import { ApiClient, ApiRequestError, UnreachableError } from '../shared/client.ts';
+import { gantryVersion } from '../shared/version.ts';
 import type { HardwareReport } from '../shared/hardware.ts';
-import type { RegisteredNode, RegisterNode } from '../shared/nodes.ts';
+import { RegisteredNode, type RegisterNode } from '../shared/nodes.ts';
 import { checkCoordinatorUrl, type JoinSettings } from './config.ts';
 import { noRuntimeAdvice } from './runtime/select.ts';
 import { AgentState, type NodeState } from './state.ts';
 
-export const agentVersion: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export const agentVersion = gantryVersion;
 
 /** A join that cannot go on, said in one line (main prints it and exits 1). */
 export class JoinError extends Error {}
@@ -64,7 +64,7 @@ export async function joinCoordinator(
   };
   let answer: RegisteredNode;
   try {
-    answer = await client.post<RegisteredNode>('/v1/agent/register', body);
+    answer = await client.post('/v1/agent/register', body, RegisteredNode);
   } catch (err) {
     if (err instanceof ApiRequestError) {
       const fields = err.problem?.errors?.map((e) => `${e.path || '(body)'}: ${e.message}`).slice(0, 3).join('; ');

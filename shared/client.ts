@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import type { Problem } from './errors.ts';
 
 /** An API answer that was not a success, with the problem body the coordinator sent. */
@@ -12,6 +13,29 @@ export class ApiRequestError extends Error {
     super(message);
   }
 }
+
+/** A success answer that is not the shape the shared schema says (a coordinator of another version, a proxy's page). */
+export class MalformedAnswerError extends Error {
+  constructor(
+    readonly method: string,
+    readonly path: string,
+    readonly issues: string,
+  ) {
+    super(`the coordinator's answer to ${method} ${path.split('?')[0]} is not what this client expects (${issues})`);
+  }
+}
+
+/** The first few zod issues on one line: "items.0.status: Invalid option; nextCursor: Required". */
+function describeIssues(error: z.ZodError): string {
+  const shown = error.issues.slice(0, 3).map((i) => `${i.path.length ? `${i.path.join('.')}: ` : ''}${i.message}`.replace(/\s+/g, ' '));
+  return shown.join('; ') + (error.issues.length > 3 ? `; and ${error.issues.length - 3} more` : '');
+}
+
+/** The answer of a route that answers 204. */
+export const NoContent = z.null();
+
+type Init = { headers?: Record<string, string>; signal?: AbortSignal; timeoutMs?: number };
+const isSchema = (x: unknown): x is z.ZodType => typeof x === 'object' && x !== null && typeof (x as z.ZodType).safeParse === 'function';
 
 /** The coordinator could not be reached at all. */
 export class UnreachableError extends Error {}
@@ -49,12 +73,16 @@ export class ApiClient {
     }
   }
 
-  async request<T = unknown>(
-    method: string,
-    path: string,
-    body?: unknown,
-    init: { headers?: Record<string, string>; signal?: AbortSignal; timeoutMs?: number } = {},
-  ): Promise<T> {
+  /**
+   * One JSON call. With a schema (the shared one the route answers with), the answer is parsed
+   * with it and typed by it: a malformed answer is a MalformedAnswerError, never a cast.
+   */
+  async request<S extends z.ZodType>(method: string, path: string, body: unknown, schema: S, init?: Init): Promise<z.output<S>>;
+  /** Unchecked: the caller reads what it probes (tests of the API itself). */
+  async request<T = unknown>(method: string, path: string, body?: unknown, init?: Init): Promise<T>;
+  async request(method: string, path: string, body?: unknown, schemaOrInit?: z.ZodType | Init, maybeInit?: Init): Promise<unknown> {
+    const schema = isSchema(schemaOrInit) ? schemaOrInit : undefined;
+    const init = (isSchema(schemaOrInit) ? maybeInit : schemaOrInit) ?? {};
     const headers: Record<string, string> = { accept: 'application/json', ...init.headers };
     if (body !== undefined) headers['content-type'] = 'application/json';
     const res = await this.raw(method, path, {
@@ -70,13 +98,35 @@ export class ApiClient {
       const retryAfter = Number(res.headers.get('retry-after') ?? Number.NaN);
       throw new ApiRequestError(res.status, problem, detail, Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : null);
     }
-    return parsed as T;
+    if (!schema) return parsed;
+    const checked = schema.safeParse(parsed);
+    if (!checked.success) throw new MalformedAnswerError(method, path, describeIssues(checked.error));
+    return checked.data;
   }
 
-  get = <T = unknown>(path: string, init?: { signal?: AbortSignal; timeoutMs?: number }) => this.request<T>('GET', path, undefined, init);
-  post = <T = unknown>(path: string, body?: unknown, init?: { headers?: Record<string, string> }) => this.request<T>('POST', path, body ?? {}, init);
-  patch = <T = unknown>(path: string, body: unknown) => this.request<T>('PATCH', path, body);
-  delete = <T = unknown>(path: string) => this.request<T>('DELETE', path);
+  get<S extends z.ZodType>(path: string, schema: S, init?: Init): Promise<z.output<S>>;
+  get<T = unknown>(path: string, init?: Init): Promise<T>;
+  get(path: string, schemaOrInit?: z.ZodType | Init, init?: Init): Promise<unknown> {
+    return isSchema(schemaOrInit) ? this.request('GET', path, undefined, schemaOrInit, init) : this.request('GET', path, undefined, schemaOrInit);
+  }
+
+  post<S extends z.ZodType>(path: string, body: unknown, schema: S, init?: Init): Promise<z.output<S>>;
+  post<T = unknown>(path: string, body?: unknown, init?: Init): Promise<T>;
+  post(path: string, body?: unknown, schemaOrInit?: z.ZodType | Init, init?: Init): Promise<unknown> {
+    return isSchema(schemaOrInit) ? this.request('POST', path, body ?? {}, schemaOrInit, init) : this.request('POST', path, body ?? {}, schemaOrInit);
+  }
+
+  patch<S extends z.ZodType>(path: string, body: unknown, schema: S): Promise<z.output<S>>;
+  patch<T = unknown>(path: string, body: unknown): Promise<T>;
+  patch(path: string, body: unknown, schema?: z.ZodType): Promise<unknown> {
+    return schema ? this.request('PATCH', path, body, schema) : this.request('PATCH', path, body);
+  }
+
+  delete<S extends z.ZodType>(path: string, schema: S): Promise<z.output<S>>;
+  delete<T = unknown>(path: string): Promise<T>;
+  delete(path: string, schema?: z.ZodType): Promise<unknown> {
+    return schema ? this.request('DELETE', path, undefined, schema) : this.request('DELETE', path);
+  }
 }
 
 function safeJson(text: string): unknown {

@@ -8,6 +8,8 @@ export const errorCodes = [
   'unauthenticated',
   'forbidden',
   'not_found',
+  // The path or method names no route (an older coordinator, a typo), unlike a thing that is missing.
+  'no_route',
   'conflict',
   'stale_lease',
   'payload_too_large',

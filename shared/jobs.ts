@@ -112,6 +112,25 @@ export const isTerminal = (s: JobStatus) => terminalStatuses.includes(s);
 
 const timestamp = z.string().nullable();
 
+/**
+ * What a finished job used, metered from lease start to end (jobs.usage): GPU-seconds by model,
+ * CPU-core-seconds, memory-MB-seconds.
+ */
+export const MeteredUsage = z.object({
+  seconds: z.number().min(0),
+  gpuSeconds: z.record(z.string(), z.number().min(0)),
+  cpuCoreSeconds: z.number().min(0),
+  memoryMbSeconds: z.number().min(0),
+});
+export type MeteredUsage = z.infer<typeof MeteredUsage>;
+
+/** The prices a job's current (or last) lease was taken at, per hour, as decimals like every price. */
+export const LeasePrices = z.object({
+  perGpuHour: z.number(),
+  perCpuHour: z.number(),
+});
+export type LeasePrices = z.infer<typeof LeasePrices>;
+
 export const Job = z.object({
   id: z.string(),
   name: z.string(),
@@ -133,6 +152,12 @@ export const Job = z.object({
   exitCode: z.number().int().nullable(),
   error: z.string().nullable(),
   result: z.unknown().nullable(),
+  /** Null until the job is first leased. */
+  prices: LeasePrices.nullable(),
+  /** What the job costs its owner so far: to now while it holds a lease, what was charged once it ended. */
+  cost: z.number(),
+  /** What it used, metered the same way as its cost; null until first leased. */
+  usage: MeteredUsage.nullable(),
 });
 export type Job = z.infer<typeof Job>;
 
@@ -148,3 +173,6 @@ export const JobEvent = z.object({
   reason: z.string(),
 });
 export type JobEvent = z.infer<typeof JobEvent>;
+
+/** GET /v1/jobs/{id}/events */
+export const JobEventList = z.object({ items: z.array(JobEvent) });

@@ -105,6 +105,9 @@ export const FinishReport = z
 export type FinishReport = z.infer<typeof FinishReport>;
 export type FinishReportInput = z.input<typeof FinishReport>;
 
+/** GET /.well-known/jwks.json: the public keys leases are signed with (each a JWK, read by jose). */
+export const Jwks = z.object({ keys: z.array(z.looseObject({ kty: z.string() })) });
+
 /** The job as the agent's report left it. */
 export const ReportAnswer = z.object({
   jobId: z.string(),

@@ -2,7 +2,9 @@
 // client can lease now (GET /v1/offers, POST /v1/jobs/dry-run) and what was spent or earned
 // (GET /v1/usage). Prices and amounts travel as decimal currency units (shared/money.ts).
 import { z } from 'zod';
-import { JobStatus, Labels, Region } from './jobs.ts';
+import { JobStatus, Labels, MeteredUsage, Region } from './jobs.ts';
+
+export { MeteredUsage } from './jobs.ts';
 
 const count = z.number().int().min(0);
 const iso = z.string();
@@ -238,17 +240,6 @@ export const DryRun = z.object({
 });
 export type DryRun = z.infer<typeof DryRun>;
 
-/**
- * What a finished job used, metered from lease start to end (jobs.usage): GPU-seconds by model,
- * CPU-core-seconds, memory-MB-seconds.
- */
-export const MeteredUsage = z.object({
-  seconds: z.number().min(0),
-  gpuSeconds: z.record(z.string(), z.number().min(0)),
-  cpuCoreSeconds: z.number().min(0),
-  memoryMbSeconds: z.number().min(0),
-});
-export type MeteredUsage = z.infer<typeof MeteredUsage>;
 
 const day = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, 'a day like 2025-01-31');
 

@@ -1,4 +1,4 @@
-import { jobStatuses, type Job, type JobEvent, type JobStatus } from '../../shared/jobs.ts';
+import { isTerminal, Job, JobEventList, jobStatuses, type JobEvent, type JobStatus, type MeteredUsage } from '../../shared/jobs.ts';
 import { getJob, idArg, listAll, naming } from '../api.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
@@ -47,7 +47,7 @@ export const jobs: Command = {
     }
     const limit = flagValue('jobs', 'limit', str(values, 'limit'), (t) => parseWholeNumber(t, 1, 100_000)) ?? 50;
     const { api } = await ctx.connect();
-    const items = await listAll<Job>(api, '/v1/jobs', { status }, limit);
+    const items = await listAll(api, '/v1/jobs', Job, { status }, limit);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
       return;
@@ -74,7 +74,7 @@ export const job: Command = {
       ctx.stdout.write(`${JSON.stringify(j, null, 2)}\n`);
       return;
     }
-    const { items: events } = await naming('job', id, api.get<{ items: JobEvent[] }>(`/v1/jobs/${id}/events`));
+    const { items: events } = await naming('job', id, api.get(`/v1/jobs/${id}/events`, JobEventList));
     const s = j.spec;
     const r = s.resources;
     const resources = [`${r.cpu} CPU`, formatSizeMb(r.memoryMb), r.gpus ? `${gpuSummary(j)} GPU${r.gpus > 1 ? 's' : ''}` : null]
@@ -101,6 +101,9 @@ export const job: Command = {
           ['ran', j.startedAt ? runTime(j) : null],
           ['exit code', j.exitCode !== null ? String(j.exitCode) : null],
           ['error', j.error],
+          ['prices', j.prices ? `${amount(j.prices.perGpuHour)}/GPU-hour, ${amount(j.prices.perCpuHour)}/CPU-hour (at lease)` : null],
+          ['cost', j.prices ? `${amount(j.cost)}${isTerminal(j.status) ? '' : ' so far'}` : null],
+          ['usage', j.usage ? usageLine(j.usage) : null],
           ['result', j.result !== null && j.result !== undefined ? JSON.stringify(j.result) : null],
         ],
         ctx.out,
@@ -119,6 +122,17 @@ export const job: Command = {
   },
 };
 
+/** Two decimals like every price, more when a small amount would otherwise read 0.00. */
+export function amount(n: number): string {
+  const fine = n.toFixed(6).replace(/0+$/, '');
+  return fine.split('.')[1]!.length > 2 ? fine : n.toFixed(2);
+}
+
+function usageLine(u: MeteredUsage): string {
+  const gpus = Object.entries(u.gpuSeconds).map(([model, s]) => `${formatDuration(s)} ${model}`);
+  return [`${formatDuration(u.seconds)} leased`, ...(gpus.length ? [`GPU ${gpus.join(', ')}`] : []), `${u.cpuCoreSeconds} CPU-core-s`].join(', ');
+}
+
 export function shellQuote(arg: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
 }
@@ -132,7 +146,7 @@ export const cancel: Command = {
   async run(ctx, { values, positionals }) {
     const id = idArg('job', positionals[0], 'cancel');
     const { api } = await ctx.connect();
-    const j = await naming('job', id, api.post<Job>(`/v1/jobs/${id}/cancel`));
+    const j = await naming('job', id, api.post(`/v1/jobs/${id}/cancel`, {}, Job));
     if (j.status === 'cancelled') {
       ctx.stdout.write(`${id} cancelled\n`);
       return;

@@ -1,4 +1,6 @@
 import { ApiClient, ApiRequestError } from '../../shared/client.ts';
+import { Job } from '../../shared/jobs.ts';
+import { pageOf } from '../../shared/pagination.ts';
 import { type Command, str } from '../command.ts';
 import { configPath, readStoredLogin, removeStoredLogin, resolveLogin, writeStoredLogin } from '../config.ts';
 import { CliError, UsageError } from '../errors.ts';
@@ -20,7 +22,7 @@ async function checkKey(coordinator: string, key: string): Promise<string> {
   if (health?.status !== 'ok') throw new CliError(`${coordinator} does not look like a Gantry coordinator`);
   const api = new ApiClient({ baseUrl: coordinator, token: key, timeoutMs: 10_000 });
   try {
-    await api.get('/v1/jobs?limit=1');
+    await api.get('/v1/jobs?limit=1', pageOf(Job));
     return 'client';
   } catch (err) {
     if (!(err instanceof ApiRequestError)) throw err;

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import type { LogPage } from '../../shared/logs.ts';
+import { LogPage } from '../../shared/logs.ts';
 import { expectOk, getJob, idArg, naming } from '../api.ts';
 import { type Command, flagValue, str } from '../command.ts';
 import { CliError } from '../errors.ts';
@@ -31,7 +31,7 @@ export const logs: Command = {
     let cursor: string | null = null;
     for (;;) {
       const q: string = cursor ? `?cursor=${encodeURIComponent(cursor)}` : '';
-      const page: LogPage = await naming('job', id, api.get<LogPage>(`/v1/jobs/${id}/logs${q}`));
+      const page: LogPage = await naming('job', id, api.get(`/v1/jobs/${id}/logs${q}`, LogPage));
       for (const batch of page.items) writeBatch(ctx, batch, Boolean(values.raw));
       if (page.nextCursor === null || !page.items.length) break;
       cursor = page.nextCursor;

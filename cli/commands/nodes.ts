@@ -1,4 +1,4 @@
-import type { EnrollmentToken, EnrollmentTokenInfo, Node, NodeGpu } from '../../shared/nodes.ts';
+import { EnrollmentToken, EnrollmentTokenInfo, Node, type NodeGpu } from '../../shared/nodes.ts';
 import { listAll } from '../api.ts';
 import { type Command, type Context, flagValue, list, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
@@ -54,7 +54,7 @@ export const nodes: Command = {
   positionals: { min: 0, max: 0 },
   async run(ctx, { values }) {
     const { api } = await ctx.connect();
-    const items = await listAll<Node>(api, '/v1/nodes', { status: str(values, 'status') }, 100_000);
+    const items = await listAll(api, '/v1/nodes', Node, { status: str(values, 'status') }, 100_000);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
       return;
@@ -102,11 +102,11 @@ export const tokens: Command = {
       if (sub === 'list' && id) throw new UsageError('tokens list takes no argument', 'tokens');
       const { api } = await ctx.connect();
       if (sub === 'revoke') {
-        const revoked = await api.delete<EnrollmentTokenInfo>(`/v1/enrollment-tokens/${encodeURIComponent(id!)}`);
+        const revoked = await api.delete(`/v1/enrollment-tokens/${encodeURIComponent(id!)}`, EnrollmentTokenInfo);
         ctx.stdout.write(values.json ? `${JSON.stringify(revoked, null, 2)}\n` : `Revoked ${revoked.id}: no machine joins with it any more.\n`);
         return;
       }
-      const items = await listAll<EnrollmentTokenInfo>(api, '/v1/enrollment-tokens', {}, 100_000);
+      const items = await listAll(api, '/v1/enrollment-tokens', EnrollmentTokenInfo, {}, 100_000);
       if (values.json) ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
       else if (!items.length) ctx.stdout.write('No enrollment tokens yet: gantry tokens create makes one.\n');
       else ctx.stdout.write(table(tokenColumns, items, { painter: ctx.out, width: ctx.stdoutIsTerminal ? ctx.stdout.columns : undefined }));
@@ -122,7 +122,7 @@ export const tokens: Command = {
       labels[k] = v;
     }
     const { api, login } = await ctx.connect();
-    const created = await api.post<EnrollmentToken>('/v1/enrollment-tokens', { uses, expiresInSeconds, ...(Object.keys(labels).length ? { labels } : {}) });
+    const created = await api.post('/v1/enrollment-tokens', { uses, expiresInSeconds, ...(Object.keys(labels).length ? { labels } : {}) }, EnrollmentToken);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(created, null, 2)}\n`);
       return;

@@ -1,6 +1,6 @@
 import type { ApiClient } from '../../shared/client.ts';
 import type { JobSpec } from '../../shared/jobs.ts';
-import type { DryRun, Offer, Offers, Pool, PoolGpuModel, PoolQueueModel } from '../../shared/pool.ts';
+import { DryRun, Offers, Pool, type Offer, type PoolGpuModel, type PoolQueueModel } from '../../shared/pool.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
 import { type Column, printable, table } from '../output.ts';
 import { formatDuration, formatSizeMb, parseDecimal, parseSizeMb, parseWholeNumber } from '../units.ts';
@@ -17,7 +17,7 @@ export const pool: Command = {
   positionals: { min: 0, max: 0 },
   async run(ctx, { values }) {
     const { api } = await ctx.connect({ needKey: false });
-    const p = await api.get<Pool>('/v1/pool');
+    const p = await api.get('/v1/pool', Pool);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(p, null, 2)}\n`);
       return;
@@ -110,7 +110,7 @@ export const offers: Command = {
     const memory = flagValue('offers', 'memory', str(values, 'memory'), parseSizeMb);
     if (memory !== undefined) q.set('memoryMb', String(memory));
     const { api } = await ctx.connect();
-    const answer = await api.get<Offers>(`/v1/offers${q.size ? `?${q}` : ''}`);
+    const answer = await api.get(`/v1/offers${q.size ? `?${q}` : ''}`, Offers);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
       return;
@@ -128,7 +128,7 @@ export const offers: Command = {
 
 /** `gantry submit --dry-run`: the offers the job would take, first choice first, or why none fits. */
 export async function showDryRun(ctx: Context, api: ApiClient, spec: JobSpec, json: boolean): Promise<number> {
-  const answer = await api.post<DryRun>('/v1/jobs/dry-run', spec);
+  const answer = await api.post('/v1/jobs/dry-run', spec, DryRun);
   if (json) {
     ctx.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
     return answer.fits ? 0 : 1;

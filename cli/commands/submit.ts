@@ -3,7 +3,7 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import type { ApiClient } from '../../shared/client.ts';
-import type { Job, JobSpec } from '../../shared/jobs.ts';
+import { Job, type JobSpec } from '../../shared/jobs.ts';
 import { expectOk } from '../api.ts';
 import { type Command, type Context, flagValue, list, type Parsed, str } from '../command.ts';
 import { CliError, UsageError } from '../errors.ts';
@@ -233,7 +233,7 @@ export const submit: Command = {
       }
       progress.stop();
       const key = str(args.values, 'idempotency-key');
-      const created = await api.post<Job>('/v1/jobs', spec, key ? { headers: { 'idempotency-key': key } } : undefined);
+      const created = await api.post('/v1/jobs', spec, Job, key ? { headers: { 'idempotency-key': key } } : undefined);
       if (args.values.json) ctx.stdout.write(`${JSON.stringify(created, null, 2)}\n`);
       else ctx.stdout.write(`${created.id}\n`);
       if (!args.values.follow) {

@@ -1,4 +1,4 @@
-import type { Usage, UsageDay, UsageJob, UsageSide } from '../../shared/pool.ts';
+import { Usage, type UsageDay, type UsageJob, type UsageSide } from '../../shared/pool.ts';
 import { type Command, type Context, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
 import { type Column, table } from '../output.ts';
@@ -63,7 +63,7 @@ export const usage: Command = {
       q.set('role', role);
     }
     const { api } = await ctx.connect();
-    const u = await api.get<Usage>(`/v1/usage${q.size ? `?${q}` : ''}`);
+    const u = await api.get(`/v1/usage${q.size ? `?${q}` : ''}`, Usage);
     if (values.json) {
       ctx.stdout.write(`${JSON.stringify(u, null, 2)}\n`);
       return;

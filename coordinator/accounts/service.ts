@@ -4,7 +4,7 @@ import { newId } from '../../shared/ids.ts';
 import { insertKey } from '../auth/api-keys.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { accounts, apiKeys } from '../db/schema/index.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { ApiError, notFound } from '../errors.ts';
 
 export type AccountRow = typeof accounts.$inferSelect;
 export type ApiKeyRow = typeof apiKeys.$inferSelect;

@@ -1,13 +1,11 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { eq } from 'drizzle-orm';
-import type { MiddlewareHandler } from 'hono';
 import type { Scope } from '../../shared/accounts.ts';
 import { newId, randomLowercase } from '../../shared/ids.ts';
 import type { Clock } from '../clock.ts';
 import type { Database, DbOrTx } from '../db/open.ts';
 import { apiKeys } from '../db/schema/index.ts';
-import type { AppEnv } from '../http/env.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 
 export interface Principal {
   accountId: string;
@@ -168,18 +166,6 @@ export class KeyVerifier {
       .where(eq(apiKeys.id, keyId))
       .catch(() => this.lastWrite.delete(keyId));
   }
-}
-
-/** Authenticates the request's key; with scopes, the key must hold one of them (admin holds all). */
-export function requireKey(verifier: KeyVerifier, ...anyOf: Scope[]): MiddlewareHandler<AppEnv> {
-  return async (c, next) => {
-    const principal = await verifier.verify(c.req.header('authorization'));
-    if (anyOf.length && !principal.scopes.includes('admin') && !anyOf.some((s) => principal.scopes.includes(s))) {
-      throw new ApiError('forbidden', `this key lacks the ${anyOf.join(' or ')} scope`);
-    }
-    c.set('principal', principal);
-    await next();
-  };
 }
 
 export const hasScope = (p: Principal, s: Scope) => p.scopes.includes('admin') || p.scopes.includes(s);

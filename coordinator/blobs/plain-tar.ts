@@ -1,4 +1,4 @@
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 
 // A job's outputs are stored as the plain tar the agent packs (it never compresses): a
 // compressed archive would let a node hand a client a file that grows a thousandfold on disk.

@@ -1,7 +1,7 @@
 import { and, eq, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { blobs, jobOutputs, jobs } from '../db/schema/index.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { ApiError, notFound } from '../errors.ts';
 import { getOwnJob } from '../jobs/lifecycle.ts';
 import { requireLiveLease } from '../logs/lease.ts';
 import type { BlobStore } from './store.ts';

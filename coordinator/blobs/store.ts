@@ -1,4 +1,4 @@
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 
 /**
  * Content-addressed bytes behind job inputs and outputs. Who may read a digest is not the

@@ -3,9 +3,9 @@ import { idPattern } from '../../shared/ids.ts';
 import { Account, ApiKeyInfo, CreateAccount, CreateKey, CreatedKey, RevokedKeys, RevokeKeyQuery } from '../../shared/accounts.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
 import { createAccount, createKey, listKeys, revokeKey, type AccountRow, type ApiKeyRow } from '../accounts/service.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const toAccount = (r: AccountRow): Account => ({ id: r.id, name: r.name, kind: r.kind, createdAt: r.createdAt.toISOString() });
 const toKeyInfo = (r: ApiKeyRow): ApiKeyInfo => ({

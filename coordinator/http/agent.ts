@@ -1,9 +1,9 @@
 import { createRoute } from '@hono/zod-openapi';
 import { Heartbeat, HeartbeatAnswer, RegisterNode, RegisteredNode } from '../../shared/nodes.ts';
 import type { AppDeps } from '../deps.ts';
-import { requireAgent } from '../nodes/agent-auth.ts';
 import { ingestHeartbeat, registerNode } from '../nodes/registry.ts';
 import { agentAuth, createRouter, errorResponses } from './router.ts';
+import { requireAgent } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 

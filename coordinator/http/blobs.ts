@@ -2,13 +2,12 @@ import { createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { BlobCreated, BlobDigest } from '../../shared/blobs.ts';
 import { idPattern } from '../../shared/ids.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import { openJobInput, openOwnBlob, uploadBlob } from '../blobs/service.ts';
 import { BlobTooLargeError, fromWebStream, toWebStream } from '../blobs/store.ts';
 import type { AppDeps } from '../deps.ts';
-import { requireAgent } from '../nodes/agent-auth.ts';
 import type { AppEnv } from './env.ts';
 import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireAgent, requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const bytes = { content: { 'application/octet-stream': { schema: z.string().openapi({ format: 'binary' }) } } };

@@ -1,12 +1,12 @@
 import { createRoute } from '@hono/zod-openapi';
 import { DrainState } from '../../shared/leases.ts';
 import { idPattern } from '../../shared/ids.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { setDraining } from '../scheduler/drain.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
 import { z } from '@hono/zod-openapi';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const NodeIdParam = z.object({ id: z.string().regex(idPattern('node'), 'not a node id') });

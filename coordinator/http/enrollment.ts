@@ -2,10 +2,10 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { idPattern } from '../../shared/ids.ts';
 import { CreateEnrollmentToken, EnrollmentToken, EnrollmentTokenInfo } from '../../shared/nodes.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { createEnrollmentToken, listEnrollmentTokens, revokeEnrollmentToken } from '../nodes/enrollment-tokens.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const TokenIdParam = z.object({ id: z.string().regex(idPattern('enrollmentToken'), 'not an enrollment token id') });

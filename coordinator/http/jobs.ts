@@ -1,13 +1,13 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { idPattern } from '../../shared/ids.ts';
-import { Job, JobEvent, JobListQuery, JobSpec } from '../../shared/jobs.ts';
+import { Job, JobEventList, JobListQuery, JobSpec, type JobEvent } from '../../shared/jobs.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireInputsUploaded } from '../blobs/service.ts';
-import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJob } from '../jobs/lifecycle.ts';
+import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJobAt, toApiJobs } from '../jobs/lifecycle.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });
@@ -41,9 +41,9 @@ export function jobRoutes(deps: AppDeps) {
       // Inputs are uploaded first: a job naming bytes its owner never uploaded could never run.
       await requireInputsUploaded(db, c.get('principal').accountId, spec.inputs);
       const { job, replayed } = await submitJob(db, c.get('principal').accountId, spec, key, deps.clock.now());
-      if (replayed) return c.json(toApiJob(job), 200);
+      if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
       deps.signals.emit(topics.schedule);
-      return c.json(toApiJob(job), 201);
+      return c.json(await toApiJobAt(db, job, deps.clock.now()), 201);
     },
   );
 
@@ -60,7 +60,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const q = c.req.valid('query');
       const page = await listJobs(db, c.get('principal').accountId, q);
-      return c.json({ items: page.items.map(toApiJob), nextCursor: page.nextCursor }, 200);
+      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now()), nextCursor: page.nextCursor }, 200);
     },
   );
 
@@ -76,7 +76,7 @@ export function jobRoutes(deps: AppDeps) {
     }),
     async (c) => {
       const job = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
-      return c.json(toApiJob(job), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
     },
   );
 
@@ -93,7 +93,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const job = await cancelJob(db, c.get('principal').accountId, c.req.valid('param').id, deps.clock.now());
       if (job.status === 'cancelled') deps.signals.emit(topics.schedule);
-      return c.json(toApiJob(job), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
     },
   );
 
@@ -105,7 +105,7 @@ export function jobRoutes(deps: AppDeps) {
       security: bearerAuth,
       middleware: client,
       request: { params: JobIdParam },
-      responses: { 200: { description: 'Events', ...json(z.object({ items: z.array(JobEvent) })) }, ...errorResponses },
+      responses: { 200: { description: 'Events', ...json(JobEventList) }, ...errorResponses },
     }),
     async (c) => {
       const rows = await listEvents(db, c.get('principal').accountId, c.req.valid('param').id);

@@ -4,10 +4,10 @@ import { FinishReport, ReportAnswer, RunningReport, Work, WorkQuery } from '../.
 import type { AppDeps } from '../deps.ts';
 import { finishJob, markRunning } from '../jobs/transitions.ts';
 import type { JobRow } from '../jobs/lifecycle.ts';
-import { requireAgent } from '../nodes/agent-auth.ts';
 import { topics } from '../signals.ts';
-import { ApiError } from './problem.ts';
+import { ApiError } from '../errors.ts';
 import { agentAuth, createRouter, errorResponses } from './router.ts';
+import { requireAgent } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });

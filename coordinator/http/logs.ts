@@ -3,12 +3,11 @@ import { streamSSE } from 'hono/streaming';
 import { idPattern } from '../../shared/ids.ts';
 import { isTerminal } from '../../shared/jobs.ts';
 import { JobProgress, LogChunk, LogChunkAccepted, LogPage, LogQuery } from '../../shared/logs.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { getOwnJob } from '../jobs/lifecycle.ts';
 import { appendChunk, logTopic, readChunks, readOwnLog, recordProgress } from '../logs/service.ts';
-import { requireAgent } from '../nodes/agent-auth.ts';
 import { agentAuth, bearerAuth, createRouter, errorResponses, tooManyResponse } from './router.ts';
+import { requireAgent, requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });

@@ -1,12 +1,12 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { Node, NodeId, NodeListQuery, NodeMetricsQuery, NodeMetricsSeries, UpdateNode } from '../../shared/nodes.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { getOwnNode, listOwnNodes, nodeMetricsSeries, retireNode, updateNode } from '../nodes/manage.ts';
 import { nodeRetiredChannel } from '../nodes/agent-auth.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const NodeIdParam = z.object({ id: NodeId });

@@ -1,10 +1,10 @@
 import { createRoute } from '@hono/zod-openapi';
 import { JobSpec } from '../../shared/jobs.ts';
 import { DryRun, Offers, OffersQuery } from '../../shared/pool.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { dryRun, listOffers } from '../pool/offers.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 

@@ -1,14 +1,13 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { JobOutputsInfo, JobResultUpload, maxResultBytes } from '../../shared/blobs.ts';
 import { idPattern } from '../../shared/ids.ts';
-import { requireKey } from '../auth/api-keys.ts';
 import { openJobOutputs, storeJobOutputs, storeJobResult } from '../blobs/service.ts';
 import { requirePlainTar } from '../blobs/plain-tar.ts';
 import { fromWebStream } from '../blobs/store.ts';
 import type { AppDeps } from '../deps.ts';
-import { requireAgent } from '../nodes/agent-auth.ts';
 import { blobResponse, checkDeclaredLength, EpochQuery } from './blobs.ts';
 import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireAgent, requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 const JobIdParam = z.object({ id: z.string().regex(idPattern('job'), 'not a job id') });

@@ -4,23 +4,9 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { ZodError } from 'zod';
 import { type ErrorCode, type FieldError, type Problem, fieldErrors, problemTypePrefix } from '../../shared/errors.ts';
 import { isDatabaseUnavailable } from '../db/availability.ts';
+import { ApiError } from '../errors.ts';
 import { describeFailure } from '../log.ts';
 import type { AppEnv } from './env.ts';
-
-/** The one error class of the coordinator: domain code throws it, onError renders it. */
-export class ApiError extends Error {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    readonly errors?: FieldError[],
-    /** For rate_limited: how long the client should wait (the Retry-After header). */
-    readonly extra?: { retryAfterSeconds?: number },
-  ) {
-    super(message);
-  }
-}
-
-export const notFound = (what: string) => new ApiError('not_found', `${what} not found`);
 
 export function statusOf(code: ErrorCode): ContentfulStatusCode {
   switch (code) {
@@ -32,6 +18,7 @@ export function statusOf(code: ErrorCode): ContentfulStatusCode {
     case 'forbidden':
       return 403;
     case 'not_found':
+    case 'no_route':
       return 404;
     case 'conflict':
     case 'stale_lease':
@@ -57,6 +44,7 @@ const titles: Record<ErrorCode, string> = {
   unauthenticated: 'Authentication required',
   forbidden: 'Forbidden',
   not_found: 'Not found',
+  no_route: 'No such route',
   conflict: 'Conflict',
   stale_lease: 'Stale lease',
   payload_too_large: 'Payload too large',
@@ -113,7 +101,7 @@ export function renderError(err: Error, c: Context<AppEnv>): Response {
     }
     if (err.status === 400) return problemResponse(c, 'validation', err.message || 'bad request');
     if (err.status === 401) return problemResponse(c, 'unauthenticated', err.message || 'authentication required');
-    if (err.status === 404) return problemResponse(c, 'not_found', 'not found');
+    if (err.status === 404) return problemResponse(c, 'no_route', 'not found');
   }
   if (isDatabaseUnavailable(err)) {
     c.get('log')?.warn('request failed: database unavailable', { requestId: c.get('requestId'), error: describeFailure(err) });

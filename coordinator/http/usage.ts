@@ -1,9 +1,10 @@
 import { createRoute } from '@hono/zod-openapi';
 import { Usage, UsageQuery } from '../../shared/pool.ts';
-import { hasScope, requireKey } from '../auth/api-keys.ts';
+import { hasScope } from '../auth/api-keys.ts';
 import type { AppDeps } from '../deps.ts';
 import { usageReport } from '../pool/usage.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
+import { requireKey } from './auth.ts';
 
 const json = <T>(schema: T) => ({ content: { 'application/json': { schema } } });
 

@@ -1,11 +1,12 @@
 import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm';
 import { specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
-import { type Job, type JobSpec, type JobStatus, isTerminal } from '../../shared/jobs.ts';
-import { toMicros } from '../../shared/money.ts';
+import { type Job, type JobSpec, type JobStatus, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
+import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
-import { jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { gpus, jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
+import { ApiError, notFound } from '../errors.ts';
+import { meter } from './metering.ts';
 
 export type JobRow = typeof jobs.$inferSelect;
 type JobPatch = Partial<Omit<typeof jobs.$inferInsert, 'id' | 'status'>>;
@@ -196,8 +197,31 @@ export async function listEvents(db: DbOrTx, accountId: string, jobId: string) {
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
-/** The one mapping from a job row to the API's shape. */
-export function toApiJob(row: JobRow): Job {
+/**
+ * The jobs as the API shows them. A job holding a lease is metered to `now` at its lease's
+ * prices (its GPUs' models read in one query for all of them), so `cost` is what it costs so far.
+ */
+export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date): Promise<Job[]> {
+  const held = rows.filter((r) => (r.status === 'leased' || r.status === 'running') && r.leasedAt);
+  const models = new Map<string, string[]>();
+  if (held.length) {
+    const found = await db
+      .select({ jobId: gpus.jobId, model: gpus.model })
+      .from(gpus)
+      .where(inArray(gpus.jobId, held.map((r) => r.id)));
+    for (const g of found) models.set(g.jobId!, [...(models.get(g.jobId!) ?? []), g.model]);
+  }
+  return rows.map((r) => toApiJob(r, held.includes(r) ? meter(r, models.get(r.id) ?? [], now) : null));
+}
+
+export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date): Promise<Job> {
+  const [job] = await toApiJobs(db, [row], now);
+  return job!;
+}
+
+/** The one mapping from a job row to the API's shape; `metered` is the live lease's usage and cost so far. */
+function toApiJob(row: JobRow, metered: ReturnType<typeof meter> | null): Job {
+  const recordedUsage = MeteredUsage.safeParse(row.usage);
   return {
     id: row.id,
     name: row.name,
@@ -219,5 +243,11 @@ export function toApiJob(row: JobRow): Job {
     exitCode: row.exitCode,
     error: row.error,
     result: row.result ?? null,
+    prices:
+      row.priceGpuHourMicros === null || row.priceCpuHourMicros === null
+        ? null
+        : { perGpuHour: fromMicros(row.priceGpuHourMicros), perCpuHour: fromMicros(row.priceCpuHourMicros) },
+    cost: fromMicros(metered?.costMicros ?? row.costMicros ?? 0),
+    usage: metered?.usage ?? (recordedUsage.success ? recordedUsage.data : null),
   };
 }

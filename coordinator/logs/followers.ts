@@ -3,7 +3,7 @@ import { isTerminal } from '../../shared/jobs.ts';
 import type { LogBatch, LogStreamEnd } from '../../shared/logs.ts';
 import { toNumber, type Database } from '../db/open.ts';
 import { jobLogs, jobs } from '../db/schema/index.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 import type { Signals } from '../signals.ts';
 import { logTopic, readChunks } from './service.ts';
 

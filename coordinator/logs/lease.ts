@@ -2,7 +2,7 @@ import { eq } from 'drizzle-orm';
 import type { DbOrTx } from '../db/open.ts';
 import { jobs } from '../db/schema/index.ts';
 import type { JobRow } from '../jobs/lifecycle.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { ApiError, notFound } from '../errors.ts';
 
 /**
  * The fence on everything an agent sends about a job it runs (logs, outputs, result, progress):

@@ -2,7 +2,7 @@ import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import type { LogBatch, LogChunk } from '../../shared/logs.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { jobLogs, jobs } from '../db/schema/index.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 import { getOwnJob, recordEvent } from '../jobs/lifecycle.ts';
 import { requireLiveLease } from './lease.ts';
 

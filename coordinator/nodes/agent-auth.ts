@@ -1,14 +1,11 @@
 import { eq } from 'drizzle-orm';
-import type { MiddlewareHandler } from 'hono';
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, importJWK, jwtVerify, type CryptoKey, type JWK } from 'jose';
 import { idPattern } from '../../shared/ids.ts';
 import { agentTokenMaxLifetimeSeconds } from '../../shared/nodes.ts';
 import type { Clock } from '../clock.ts';
 import type { DbOrTx } from '../db/open.ts';
 import { nodes } from '../db/schema/index.ts';
-import type { AppDeps } from '../deps.ts';
-import type { AppEnv } from '../http/env.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 
 /** Leeway for clocks that disagree a little between a provider's machine and the coordinator. */
 const clockSkewSeconds = 5;
@@ -153,12 +150,4 @@ function describeJoseError(err: unknown): string {
   }
   if (err instanceof joseErrors.JOSEAlgNotAllowed) return 'agent tokens are signed with EdDSA only';
   return 'the agent token is not valid';
-}
-
-/** Authenticates an agent request by its own signed token; sets c.get('nodeId'). */
-export function requireAgent(deps: Pick<AppDeps, 'agents'>): MiddlewareHandler<AppEnv> {
-  return async (c, next) => {
-    c.set('nodeId', await deps.agents.verify(c.req.header('authorization')));
-    await next();
-  };
 }

@@ -4,7 +4,7 @@ import { newId, randomLowercase } from '../../shared/ids.ts';
 import type { CreateEnrollmentToken, EnrollmentToken, EnrollmentTokenInfo } from '../../shared/nodes.ts';
 import type { DbOrTx, Tx } from '../db/open.ts';
 import { enrollmentTokens } from '../db/schema/index.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { ApiError, notFound } from '../errors.ts';
 
 type TokenRow = typeof enrollmentTokens.$inferSelect;
 const toInfo = (r: TokenRow): EnrollmentTokenInfo => ({

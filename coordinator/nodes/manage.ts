@@ -4,7 +4,7 @@ import { fromMicros, toMicros } from '../../shared/money.ts';
 import { metricsRetentionDays, type Node, type NodeMetricsSeries, type NodeStatus, type UpdateNode } from '../../shared/nodes.ts';
 import { toNumber, type Db, type DbOrTx } from '../db/open.ts';
 import { gpus, jobs, nodeMetrics, nodes } from '../db/schema/index.ts';
-import { ApiError, notFound } from '../http/problem.ts';
+import { ApiError, notFound } from '../errors.ts';
 
 export type NodeRow = typeof nodes.$inferSelect;
 export type GpuRow = typeof gpus.$inferSelect;

@@ -6,7 +6,7 @@ import type { Heartbeat, HeartbeatAnswer, RegisterNode, RegisteredNode } from '.
 import type { DbOrTx, Tx } from '../db/open.ts';
 import { gpus, nodes } from '../db/schema/index.ts';
 import type { AppDeps } from '../deps.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 import { topics } from '../signals.ts';
 import { consumeEnrollmentToken } from './enrollment-tokens.ts';
 import { requeueJobsOnGpus } from './requeue.ts';

@@ -5,7 +5,7 @@ import { lockKeys } from '../db/migrate.ts';
 import type { Database } from '../db/open.ts';
 import { poolHistory } from '../db/schema/index.ts';
 import { describeFailure, type Logger } from '../log.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 import type { PoolStats } from './stats.ts';
 
 /** The most points one history answer carries; a longer span gets a coarser step. */

@@ -3,7 +3,7 @@ import type { JobStatus } from '../../shared/jobs.ts';
 import { fromMicros } from '../../shared/money.ts';
 import { MeteredUsage, type Usage, type UsageDay, type UsageJob, type UsageQuery, type UsageSide } from '../../shared/pool.ts';
 import { toNumber, type Database } from '../db/open.ts';
-import { ApiError } from '../http/problem.ts';
+import { ApiError } from '../errors.ts';
 
 const n = toNumber;
 const dayMs = 86_400_000;

@@ -5,7 +5,7 @@ import { hasScope } from '../auth/api-keys.ts';
 import type { DbOrTx } from '../db/open.ts';
 import { jobs, nodes } from '../db/schema/index.ts';
 import { liveStatuses } from '../jobs/transitions.ts';
-import { notFound } from '../http/problem.ts';
+import { notFound } from '../errors.ts';
 
 /**
  * Draining is a flag on the node that survives offline and online: a draining node gets no new

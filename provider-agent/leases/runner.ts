@@ -1,7 +1,9 @@
-import type { JSONWebKeySet } from 'jose';
+import { backoffDelay } from '../../shared/backoff.ts';
 import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
 import {
   FinishReport,
+  Jwks,
+  ReportAnswer,
   LeaseHeartbeatExtras,
   type FinishReportInput,
   type LeaseGrant,
@@ -97,7 +99,7 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 const leaseKey = (l: { jobId: string; epoch: number }) => `${l.jobId}.${l.epoch}`;
 
 /** The wait before try `attempt` + 1 (0-based) of a call to the coordinator: doubling from 500 ms up to `capMs`, with jitter. */
-const retryDelay = (attempt: number, capMs: number) => Math.min(capMs, 500 * 2 ** Math.min(attempt, 16)) * (0.5 + Math.random());
+const retryDelay = (attempt: number, capMs: number) => backoffDelay(attempt + 1, { initialMs: 500, maxMs: capMs });
 
 /** An answer that will not change when asked again: 4xx other than 401/408/429. */
 const isFinal = (err: unknown) => err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && ![401, 408, 429].includes(err.status);
@@ -127,7 +129,7 @@ export class LeaseRunner {
     this.verifier = new LeaseVerifier({
       issuer: o.issuer,
       nodeId: o.nodeId,
-      fetchJwks: () => o.client.get<JSONWebKeySet>('/.well-known/jwks.json', { timeoutMs: 10_000 }),
+      fetchJwks: () => o.client.get('/.well-known/jwks.json', Jwks, { timeoutMs: 10_000 }),
       // A lease token's exp is the coordinator's time.
       now: () => new Date(this.clock.coordinatorNow()),
     });
@@ -384,7 +386,7 @@ export class LeaseRunner {
     const { jobId, epoch } = run.grant;
     for (let attempt = 0; !run.abort.signal.aborted && !tries.aborted; attempt++) {
       try {
-        await this.o.client.post(`/v1/agent/jobs/${encodeURIComponent(jobId)}/running`, { epoch });
+        await this.o.client.post(`/v1/agent/jobs/${encodeURIComponent(jobId)}/running`, { epoch }, ReportAnswer);
         run.runningTaken = true;
         return;
       } catch (err) {
@@ -430,10 +432,10 @@ export class LeaseRunner {
       try {
         // In order: the coordinator records when the job started from the `running` report (again is harmless).
         if (!d.runningTaken) {
-          await this.o.client.post(`${path}/running`, { epoch });
+          await this.o.client.post(`${path}/running`, { epoch }, ReportAnswer);
           d.runningTaken = true;
         }
-        const a = await this.o.client.post<{ status: string }>(`${path}/finish`, report);
+        const a = await this.o.client.post(`${path}/finish`, report, ReportAnswer);
         this.o.log.info('job reported', { jobId, epoch, reason: report.reason, status: a.status });
         break;
       } catch (err) {

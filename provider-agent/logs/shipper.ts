@@ -1,3 +1,4 @@
+import { Backoff } from '../../shared/backoff.ts';
 import { maxChunkBytes, maxLinesPerChunk, type LogStream } from '../../shared/logs.ts';
 import { LineSplitter } from './lines.ts';
 import type { LogTransport, OutgoingChunk } from './transport.ts';
@@ -185,7 +186,7 @@ export class LogShipper {
   }
 
   private async sendAll() {
-    let backoff = this.o.retryMinMs;
+    const backoff = new Backoff({ initialMs: this.o.retryMinMs, maxMs: this.o.retryMaxMs });
     while (this.queue.length && !this.stats.stopped) {
       const c = this.queue[0]!;
       if (c.seq === null) c.seq = this.nextSeq++;
@@ -193,12 +194,12 @@ export class LogShipper {
       try {
         outcome = await this.o.transport({ seq: c.seq, stream: c.stream, at: c.at, lines: c.lines } satisfies OutgoingChunk);
       } catch (err) {
-        this.o.warn?.('log chunk not delivered; retrying', { seq: c.seq, error: String((err as Error)?.message ?? err), retryInMs: backoff });
-        await sleep(backoff * (0.5 + Math.random() / 2));
-        backoff = Math.min(this.o.retryMaxMs, backoff * 2);
+        const retryInMs = backoff.next();
+        this.o.warn?.('log chunk not delivered; retrying', { seq: c.seq, error: String((err as Error)?.message ?? err), retryInMs });
+        await sleep(retryInMs);
         continue;
       }
-      backoff = this.o.retryMinMs;
+      backoff.reset();
       switch (outcome.kind) {
         case 'stored':
           this.queue.shift();

@@ -1,5 +1,5 @@
 import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
-import type { LogChunkAccepted, LogStream } from '../../shared/logs.ts';
+import { LogChunkAccepted, type LogStream } from '../../shared/logs.ts';
 
 /** A chunk as the shipper hands it to its transport: the lease epoch is the transport's. */
 export interface OutgoingChunk {
@@ -27,7 +27,7 @@ export type LogTransport = (chunk: OutgoingChunk) => Promise<SendOutcome>;
 export function httpLogTransport(client: ApiClient, jobId: string, epoch: number): LogTransport {
   return async (chunk) => {
     try {
-      const answer = await client.post<LogChunkAccepted>(`/v1/agent/jobs/${encodeURIComponent(jobId)}/logs`, { epoch, ...chunk });
+      const answer = await client.post(`/v1/agent/jobs/${encodeURIComponent(jobId)}/logs`, { epoch, ...chunk }, LogChunkAccepted);
       if (answer.nextSeq !== undefined) return { kind: 'renumber', nextSeq: answer.nextSeq };
       return { kind: 'stored' };
     } catch (err) {

@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import Docker from 'dockerode';
+import { backoffDelay } from '../../shared/backoff.ts';
 import { defaultAllowedRegistries } from '../../shared/images.ts';
 import { defaultDiskMb } from '../../shared/jobs.ts';
 import type { LeaseGrant, LeaseRef, ReportedUsage } from '../../shared/leases.ts';
@@ -777,7 +778,7 @@ export class DockerRuntime implements Executor {
           if (statusOf(err) === 404) break;
           this.o.log.warn('volume not removed', { jobId, volume: name, attempt, error: engineReason(err) });
           if (attempt >= 4) break;
-          await sleep(500 * 4 ** attempt);
+          await sleep(backoffDelay(attempt, { initialMs: 2000, maxMs: 32_000, factor: 4 }));
         }
       }
     }

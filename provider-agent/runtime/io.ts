@@ -1,24 +1,16 @@
-import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
+import { retry } from '../../shared/backoff.ts';
+import { ApiRequestError, NoContent, type ApiClient } from '../../shared/client.ts';
 import type { LeaseGrant } from '../../shared/leases.ts';
 import type { ExecutionContext } from './executor.ts';
 
 export type LeaseIo = Required<Pick<ExecutionContext, 'onProgress' | 'fetchInput' | 'uploadOutputs' | 'uploadResult'>>;
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 /** Retries what may pass (network, 5xx, an expired agent token) a few times; a 4xx answer is final. */
-async function withRetries<T>(what: string, fn: () => Promise<T>, attempts = 5): Promise<T> {
-  let delay = 500;
-  for (let i = 1; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      const final = err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && err.status !== 401 && err.status !== 429;
-      if (final || i >= attempts) throw new Error(`${what}: ${(err as Error)?.message ?? String(err)}`);
-      await sleep(delay * (0.5 + Math.random()));
-      delay = Math.min(8000, delay * 2);
-    }
-  }
+async function withRetries<T>(what: string, fn: () => Promise<T>, tries = 5): Promise<T> {
+  const final = (err: unknown) => err instanceof ApiRequestError && err.status >= 400 && err.status < 500 && err.status !== 401 && err.status !== 429;
+  return retry(fn, { initialMs: 500, maxMs: 8000, tries, retryable: (err) => !final(err) }).catch((err) => {
+    throw new Error(`${what}: ${(err as Error)?.message ?? String(err)}`);
+  });
 }
 
 /**
@@ -32,7 +24,7 @@ export function leaseIo(client: ApiClient, grant: LeaseGrant, warn: (msg: string
     onProgress(message) {
       // In order, never blocking the run; a note that does not arrive is only a note.
       lastNote = lastNote
-        .then(() => client.post(`${job}/progress`, { epoch: grant.epoch, message: message.slice(0, 512) }))
+        .then(() => client.post(`${job}/progress`, { epoch: grant.epoch, message: message.slice(0, 512) }, NoContent))
         .catch((err) => warn('progress note not delivered', { jobId: grant.jobId, error: String((err as Error)?.message ?? err) }));
     },
     fetchInput: (digest) =>
@@ -54,6 +46,6 @@ export function leaseIo(client: ApiClient, grant: LeaseGrant, warn: (msg: string
         if (!res.ok) throw new ApiRequestError(res.status, null, `HTTP ${res.status} ${(await res.text().catch(() => '')).slice(0, 300)}`);
         await res.arrayBuffer();
       }),
-    uploadResult: (result) => withRetries('result upload', () => client.post(`${job}/result`, { epoch: grant.epoch, result })).then(() => {}),
+    uploadResult: (result) => withRetries('result upload', () => client.post(`${job}/result`, { epoch: grant.epoch, result }, NoContent)).then(() => {}),
   };
 }

@@ -273,7 +273,7 @@ describe.skipIf(dbSkipReason)('bad input', () => {
       ['POST', '/v1/jobs/x/y/z', true],
     ] as const) {
       const res = await unchanged(() => h.fetch(path, { method, ...(withKey ? { key } : {}) }));
-      await expectProblem(res, { status: 404, code: 'not_found', title: 'Not found', detail: `${method} ${path}` });
+      await expectProblem(res, { status: 404, code: 'no_route', title: 'No such route', detail: `${method} ${path}` });
     }
   });
 });

@@ -1,8 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sql } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
+import { jobs, nodes } from '../../coordinator/db/schema/index.ts';
 import { ApiRequestError } from '../../shared/client.ts';
+import type { Job } from '../../shared/jobs.ts';
+import type { Work } from '../../shared/leases.ts';
 import { countRows, snapshot } from '../support/db-snapshot.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { insertNode, insertProvider, jobSpec } from '../support/factories.ts';
 import { expectProblem } from '../support/problem.ts';
 
 type Page = { items: { id: string; status: string }[]; nextCursor: string | null };
@@ -224,5 +228,51 @@ describe.skipIf(dbSkipReason)('jobs API', () => {
     expect(ready.status).toBe(200);
     const rows = await h.testDb.database.rows<{ n: unknown }>(sql`select count(*) as n from drizzle.__drizzle_migrations`);
     expect(Number(rows[0]!.n)).toBeGreaterThan(0);
+  });
+
+  // Room for the jobs other tests here left queued, which the node takes too.
+  it('shows what the client pays: the prices at lease, the cost so far and the usage, then what was charged', async () => {
+    const db = h.coordinator.deps.database.db;
+    const { api } = await h.newAccount('client');
+    const node = await insertNode(
+      db,
+      { accountId: await insertProvider(db), cpu: 1024, memoryMb: 4_000_000, diskMb: 100_000_000, gpus: [{ model: 'NVIDIA L4' }], pricePerGpuHour: 3.6, pricePerCpuHour: 0.36 },
+      { audience: h.coordinator.deps.config.name, baseUrl: h.url },
+    );
+    try {
+      const queued = await api.post<Job>('/v1/jobs', jobSpec({}, { gpus: 1, cpu: 2, memoryMb: 2048 }));
+      expect([queued.prices, queued.cost, queued.usage]).toEqual([null, 0, null]);
+      let epoch: number | undefined;
+      const deadline = Date.now() + 10_000;
+      while (epoch === undefined && Date.now() < deadline) {
+        const work = await node.api.get<Work>('/v1/agent/work?wait=5');
+        epoch = work.leases.find((l) => l.jobId === queued.id)?.epoch;
+      }
+      expect(epoch, (await api.get<Job>(`/v1/jobs/${queued.id}`)).pendingReason ?? 'no reason').toBeDefined();
+      // The provider's price changes after the lease: the job keeps paying what it was leased at.
+      await db.update(nodes).set({ priceGpuHourMicros: 9_000_000 }).where(eq(nodes.id, node.nodeId));
+      // Leased an hour ago: one GPU at 3.60 + 2 cores at 0.36 for an hour = 4.32 so far.
+      await db.update(jobs).set({ leasedAt: new Date(Date.now() - 3600_000) }).where(eq(jobs.id, queued.id));
+      const running = await api.get<Job>(`/v1/jobs/${queued.id}`);
+      expect(running.prices).toEqual({ perGpuHour: 3.6, perCpuHour: 0.36 });
+      expect(running.cost).toBeGreaterThanOrEqual(4.32);
+      expect(running.cost).toBeLessThan(4.33);
+      expect(running.usage!.seconds).toBeGreaterThanOrEqual(3600);
+      expect(Object.keys(running.usage!.gpuSeconds)).toEqual(['NVIDIA L4']);
+      expect(running.usage!.cpuCoreSeconds).toBeCloseTo(running.usage!.seconds * 2, 0);
+      const listed = await api.get<{ items: Job[] }>('/v1/jobs?status=leased');
+      expect(listed.items.find((j) => j.id === queued.id)!.cost).toBeGreaterThanOrEqual(4.32);
+
+      await node.api.post(`/v1/agent/jobs/${queued.id}/finish`, { epoch, reason: 'succeeded', exitCode: 0 });
+      const [row] = await db.select().from(jobs).where(eq(jobs.id, queued.id));
+      const ended = await api.get<Job>(`/v1/jobs/${queued.id}`);
+      expect(ended.status).toBe('succeeded');
+      // An ended job shows what was charged, which no longer grows.
+      expect(ended.cost).toBe(row!.costMicros! / 1e6);
+      expect(ended.usage).toEqual(row!.usage);
+      expect(ended.prices).toEqual({ perGpuHour: 3.6, perCpuHour: 0.36 });
+    } finally {
+      await db.update(nodes).set({ status: 'offline' }).where(eq(nodes.id, node.nodeId));
+    }
   });
 });

@@ -17,7 +17,7 @@ import { markOfflineNodes } from '../../coordinator/nodes/sweeper.ts';
 import { schedulePass } from '../../coordinator/scheduler/placement.ts';
 import { loadConfig } from '../../coordinator/config.ts';
 import { Signals } from '../../coordinator/signals.ts';
-import { ApiError } from '../../coordinator/http/problem.ts';
+import { ApiError } from '../../coordinator/errors.ts';
 import { JobSpec } from '../../shared/jobs.ts';
 import type { HardwareReport } from '../../shared/hardware.ts';
 import type { LeaseRef } from '../../shared/leases.ts';

@@ -28,4 +28,13 @@ describe('server-sent events', () => {
   it('drops an event the stream cut off before its blank line', async () => {
     expect(await collect(streamOf('event: log\ndata: complete\n\nevent: log\ndata: cut'))).toEqual([{ event: 'log', data: 'complete' }]);
   });
+
+  it('keeps an event its name when a \\r\\n line ending is split across chunks', async () => {
+    // The coordinator's frames end lines in \r\n; a proxy may cut a chunk between the two.
+    const got = await collect(streamOf('event: end\r', '\ndata: {"reason":"finished"}\r', '\n\r', '\nevent: log\r\ndata: x\r\n\r\n'));
+    expect(got).toEqual([
+      { event: 'end', data: '{"reason":"finished"}' },
+      { event: 'log', data: 'x' },
+    ]);
+  });
 });

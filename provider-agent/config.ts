@@ -4,6 +4,8 @@ import { defaultAllowedRegistries, RegistryHost } from '../shared/images.ts';
 import { Labels, Price, Region } from '../shared/jobs.ts';
 import { NodeName } from '../shared/nodes.ts';
 import { UsageError } from './cli-args.ts';
+import { defaultLogCapBytes } from './logs/shipper.ts';
+import { defaultImageCacheMb } from './runtime/images.ts';
 import { resolveStateDir } from './state.ts';
 
 // The agent's settings for join, run and install-service: flags first, then GANTRY_AGENT_*
@@ -50,16 +52,61 @@ const ServiceSettings = z.object({
   user: z.string().min(1).max(64).optional(),
 });
 export type ServiceSettings = z.infer<typeof ServiceSettings>;
+const envFlag = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
 
-const runOptions = {
-  'state-dir': { type: 'string' },
-  'heartbeat-seconds': { type: 'string' },
-  'hardware-seconds': { type: 'string' },
-  'insecure-http': { type: 'boolean' },
-  'unsafe-process-runtime': { type: 'boolean' },
-  'test-executor': { type: 'boolean' },
-  'allow-registry': { type: 'string', multiple: true },
-} as const;
+/** The runtime's settings, from GANTRY_AGENT_* variables (no flags: a provider sets them in the service's environment). */
+export const RuntimeEnv = z.object({
+  GANTRY_AGENT_WORK_DIR: z.string().min(1).optional(),
+  GANTRY_AGENT_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
+  GANTRY_AGENT_PIDS_LIMIT: z.coerce.number().int().min(16).max(4_194_304).optional(),
+  /** All jobs' processes together; default half the host's pid_max, never above it. */
+  GANTRY_AGENT_PIDS_BUDGET: z.coerce.number().int().min(64).max(4_194_304).optional(),
+  GANTRY_AGENT_DISK_SAMPLE_SECONDS: z.coerce.number().min(0.5).max(5).default(2),
+  GANTRY_AGENT_LOG_CAP_BYTES: z.coerce.number().int().min(1024).default(defaultLogCapBytes),
+  GANTRY_AGENT_OUTPUTS_MAX_BYTES: z.coerce.number().int().min(0).default(256 * 1024 * 1024),
+  GANTRY_AGENT_KEEP_FAILED_CONTAINERS: envFlag.default(false),
+  /** The cap on the images the agent pulled for jobs; the advertised free disk leaves it out. */
+  GANTRY_AGENT_IMAGE_CACHE_MB: z.coerce.number().int().min(0).max(1_073_741_824).default(defaultImageCacheMb),
+  /** Bridge jobs without the isolation rules, on Docker's default bridge: the provider's own risk (a dev machine). */
+  GANTRY_AGENT_UNISOLATED_BRIDGE: envFlag.default(false),
+});
+
+/**
+ * Each setting a flag can give, with its flag: the parseArgs options of every command and the
+ * flag named in an error both come from here.
+ */
+const flags = {
+  stateDir: { flag: 'state-dir', type: 'string' },
+  heartbeatSeconds: { flag: 'heartbeat-seconds', type: 'string' },
+  hardwareSeconds: { flag: 'hardware-seconds', type: 'string' },
+  insecureHttp: { flag: 'insecure-http', type: 'boolean' },
+  unsafeProcessRuntime: { flag: 'unsafe-process-runtime', type: 'boolean' },
+  testExecutor: { flag: 'test-executor', type: 'boolean' },
+  allowedRegistries: { flag: 'allow-registry', type: 'string', multiple: true },
+  coordinatorUrl: { flag: 'coordinator', type: 'string' },
+  token: { flag: 'token', type: 'string' },
+  name: { flag: 'name', type: 'string' },
+  labels: { flag: 'label', type: 'string', multiple: true },
+  region: { flag: 'region', type: 'string' },
+  priceGpuHour: { flag: 'price-gpu-hour', type: 'string' },
+  priceCpuHour: { flag: 'price-cpu-hour', type: 'string' },
+  run: { flag: 'run', type: 'boolean' },
+  unitPath: { flag: 'unit-path', type: 'string' },
+  user: { flag: 'user', type: 'string' },
+} as const satisfies Record<string, { flag: string; type: 'string' | 'boolean'; multiple?: boolean }>;
+type FlagKey = keyof typeof flags;
+
+/** The parseArgs options for the settings a command takes: the keys of its zod object that have a flag. */
+function optionsOf(schema: z.ZodObject): NonNullable<ParseArgsConfig['options']> {
+  const options: NonNullable<ParseArgsConfig['options']> = {};
+  for (const key of Object.keys(schema.shape)) {
+    const f = flags[key as FlagKey] as { flag: string; type: 'string' | 'boolean'; multiple?: boolean } | undefined;
+    if (f) options[f.flag] = f.multiple ? { type: f.type, multiple: true } : { type: f.type };
+  }
+  return options;
+}
+
+const flagOf = (key: string) => (key in flags ? `--${flags[key as FlagKey].flag}` : key);
 
 function parse<T extends z.ZodType>(schema: T, input: Record<string, unknown>, flagOf: (key: string) => string): z.infer<T> {
   const defined = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined));
@@ -78,22 +125,6 @@ function args(argv: string[], options: NonNullable<ParseArgsConfig['options']>) 
   }
 }
 
-const flagNames: Record<string, string> = {
-  stateDir: '--state-dir',
-  heartbeatSeconds: '--heartbeat-seconds',
-  hardwareSeconds: '--hardware-seconds',
-  coordinatorUrl: '--coordinator',
-  token: '--token',
-  name: '--name',
-  labels: '--label',
-  region: '--region',
-  priceGpuHour: '--price-gpu-hour',
-  priceCpuHour: '--price-cpu-hour',
-  unitPath: '--unit-path',
-  user: '--user',
-  allowedRegistries: '--allow-registry',
-};
-const flagOf = (key: string) => flagNames[key] ?? key;
 
 /** --allow-registry (repeatable) or GANTRY_AGENT_ALLOWED_REGISTRIES (comma-separated); Docker Hub's other names are docker.io. */
 function registryList(flags: string[] | undefined, envList: string | undefined): string[] | undefined {
@@ -116,21 +147,11 @@ function runInput(v: Record<string, unknown>, env: Env) {
 }
 
 export function parseRunArgs(argv: string[], env: Env = process.env): RunSettings {
-  return parse(RunSettings, runInput(args(argv, runOptions), env), flagOf);
+  return parse(RunSettings, runInput(args(argv, optionsOf(RunSettings)), env), flagOf);
 }
 
 export function parseJoinArgs(argv: string[], env: Env = process.env): JoinSettings {
-  const v = args(argv, {
-    ...runOptions,
-    coordinator: { type: 'string' },
-    token: { type: 'string' },
-    name: { type: 'string' },
-    label: { type: 'string', multiple: true },
-    region: { type: 'string' },
-    'price-gpu-hour': { type: 'string' },
-    'price-cpu-hour': { type: 'string' },
-    run: { type: 'boolean' },
-  });
+  const v = args(argv, optionsOf(JoinSettings));
   const labels: Record<string, string> = {};
   for (const kv of (v.label as string[] | undefined) ?? []) {
     const eq = kv.indexOf('=');
@@ -155,7 +176,7 @@ export function parseJoinArgs(argv: string[], env: Env = process.env): JoinSetti
 }
 
 export function parseServiceArgs(argv: string[], env: Env = process.env): ServiceSettings {
-  const v = args(argv, { 'state-dir': { type: 'string' }, 'unit-path': { type: 'string' }, user: { type: 'string' } });
+  const v = args(argv, optionsOf(ServiceSettings));
   return parse(
     ServiceSettings,
     {

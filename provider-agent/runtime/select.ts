@@ -1,36 +1,19 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { z } from 'zod';
-import { defaultLogCapBytes } from '../logs/shipper.ts';
+import type { z } from 'zod';
+import { RuntimeEnv } from '../config.ts';
 import Docker from 'dockerode';
 import { dockerOptionsFromEnv } from './docker-options.ts';
 import { DockerRuntime, probeDocker, type RuntimeLogger } from './docker.ts';
 import { checkNetworkIsolation } from './network.ts';
 import type { Executor } from './executor.ts';
-import { defaultImageCacheMb, imageCacheReserveMb } from './images.ts';
+import { imageCacheReserveMb } from './images.ts';
 import type { RuntimePolicy } from '../hardware/host.ts';
 import { ProcessRuntime, processRuntimeWarning } from './process.ts';
 import { TestExecutor } from './test-executor.ts';
 
 type Env = Record<string, string | undefined>;
-const flag = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
 
-/** The runtime's settings, from GANTRY_AGENT_* variables (flags for the common ones live in config.ts). */
-const RuntimeEnv = z.object({
-  GANTRY_AGENT_WORK_DIR: z.string().min(1).optional(),
-  GANTRY_AGENT_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
-  GANTRY_AGENT_PIDS_LIMIT: z.coerce.number().int().min(16).max(4_194_304).optional(),
-  /** All jobs' processes together; default half the host's pid_max, never above it. */
-  GANTRY_AGENT_PIDS_BUDGET: z.coerce.number().int().min(64).max(4_194_304).optional(),
-  GANTRY_AGENT_DISK_SAMPLE_SECONDS: z.coerce.number().min(0.5).max(5).default(2),
-  GANTRY_AGENT_LOG_CAP_BYTES: z.coerce.number().int().min(1024).default(defaultLogCapBytes),
-  GANTRY_AGENT_OUTPUTS_MAX_BYTES: z.coerce.number().int().min(0).default(256 * 1024 * 1024),
-  GANTRY_AGENT_KEEP_FAILED_CONTAINERS: flag.default(false),
-  /** The cap on the images the agent pulled for jobs; the advertised free disk leaves it out. */
-  GANTRY_AGENT_IMAGE_CACHE_MB: z.coerce.number().int().min(0).max(1_073_741_824).default(defaultImageCacheMb),
-  /** Bridge jobs without the isolation rules, on Docker's default bridge: the provider's own risk (a dev machine). */
-  GANTRY_AGENT_UNISOLATED_BRIDGE: flag.default(false),
-});
 export type RuntimeSettings = z.infer<typeof RuntimeEnv> & { workDir: string; pidsBudget: number };
 
 /** The host's ceiling on process ids (threads included). */

@@ -3,6 +3,7 @@
 // small submit load; and a PGlite coordinator as PID 1 killed with -9. After every fault the
 // database invariants (test/support/invariants.ts) are checked.
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -276,7 +277,10 @@ describe('a PGlite coordinator as PID 1 (in a pid namespace of its own)', () => 
   });
   afterAll(async () => {
     for (const c of running) await c.stop(5000);
-    if (work) await rm(work, { recursive: true, force: true });
+    // Stopping unshare only signals the coordinator in it: the data dir is removed once it has let go of it.
+    const dataDir = work && path.join(work, 'data');
+    if (dataDir && existsSync(path.join(dataDir, 'gantry.lock'))) await until('the coordinators to let go of the data dir', () => !dataDirLockHeld(dataDir), 15_000);
+    if (work) await rm(work, { recursive: true, force: true, maxRetries: 5 });
   });
 
   const start = (dataDir: string) => {

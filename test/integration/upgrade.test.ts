@@ -35,46 +35,38 @@ afterEach(async () => {
 });
 
 /** A database exactly as the build at `commit` left it: its migrations applied, nothing else. */
+/** The old database, closed at most once, and dropped with its store (removeStore) after that. */
+function oldDatabase(database: Database, env: Record<string, string>, removeStore: () => Promise<void> | void): OldDatabase {
+  let open = true;
+  const release = async () => {
+    if (open) await database.close();
+    open = false;
+  };
+  return {
+    database,
+    env,
+    release,
+    async drop() {
+      await release();
+      await removeStore();
+    },
+  };
+}
+
 async function databaseOfRelease(commit: string): Promise<OldDatabase> {
   let old: OldDatabase;
   if (dbKind === 'pglite') {
     const dataDir = mkdtempSync(join(tmpdir(), 'gantry-upgrade-'));
-    const database = await openDatabase({ dataDir });
-    let open = true;
-    const release = async () => {
-      if (open) await database.close();
-      open = false;
-    };
-    old = {
-      database,
-      env: { GANTRY_DATA_DIR: dataDir },
-      release,
-      async drop() {
-        await release();
-        rmSync(dataDir, { recursive: true, force: true });
-      },
-    };
+    old = oldDatabase(await openDatabase({ dataDir }), { GANTRY_DATA_DIR: dataDir }, () => rmSync(dataDir, { recursive: true, force: true }));
   } else {
     const name = `gantry_upgrade_${randomBytes(6).toString('hex')}`;
     const admin = postgres(postgresAdminUrl, { max: 1, onnotice: () => {} });
     await admin.unsafe(`create database ${name}`);
     const url = postgresAdminUrl.replace(/\/[^/]*$/, `/${name}`);
-    const database = await openDatabase({ databaseUrl: url, poolSize: 4 });
-    let open = true;
-    const release = async () => {
-      if (open) await database.close();
-      open = false;
-    };
-    old = {
-      database,
-      env: { DATABASE_URL: url },
-      release,
-      async drop() {
-        await release();
-        await admin.unsafe(`drop database if exists ${name} with (force)`);
-        await admin.end({ timeout: 5 });
-      },
-    };
+    old = oldDatabase(await openDatabase({ databaseUrl: url, poolSize: 4 }), { DATABASE_URL: url }, async () => {
+      await admin.unsafe(`drop database if exists ${name} with (force)`);
+      await admin.end({ timeout: 5 });
+    });
   }
   cleanups.push(() => old.drop());
   // drizzle's own migrator, as that release ran it (not ours, which is under test).

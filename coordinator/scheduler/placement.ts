@@ -49,24 +49,81 @@ export type PlanOutcome = { placed: true; node: NodeView; gpus: GpuView[] } | { 
 export class PassState {
   readonly models = new ModelMatcher();
   private byId = new Map<string, NodeView>();
-  /** Nodes with a free GPU at the start of the pass. */
-  private gpuNodes: NodeView[] = [];
-  private byRequestedModel = new Map<string, NodeView[]>();
+  /** The nodes that take work; order carries no meaning (ties are broken by node id). */
+  private list: NodeView[] = [];
+  private at = new Map<string, number>();
+  /** Nodes that had a free GPU when read (at the start of the pass, or when read again). */
+  private gpuNodes = new NodeList();
+  /** gpuNodes with a free GPU of the requested model when read, by model; built when first asked. */
+  private byRequestedModel = new Map<string, NodeList>();
   /** Shapes that fit nowhere, with why: a job asking the same cannot fit either (capacity only shrinks in a pass). */
   readonly failed = new Map<string, string>();
   /** What each failed shape asks for (one of its jobs), for queue_reasons. */
   readonly requests = new Map<string, JobRequest>();
 
   constructor(
-    readonly nodes: NodeView[],
+    nodes: NodeView[],
     private now: number,
     /** When it was read from the database (ms). */
     readonly loadedAt = now,
   ) {
-    for (const n of nodes) {
-      this.byId.set(n.id, n);
-      if (n.freeGpus.length) this.gpuNodes.push(n);
+    for (const n of nodes) this.add(n);
+  }
+
+  get nodes(): readonly NodeView[] {
+    return this.list;
+  }
+
+  private add(n: NodeView) {
+    this.byId.set(n.id, n);
+    this.at.set(n.id, this.list.length);
+    this.list.push(n);
+    this.noteFreeGpus(n);
+  }
+
+  /** Puts a node that has free GPUs on the lists that find it by GPU. */
+  private noteFreeGpus(n: NodeView) {
+    if (!n.freeGpus.length) return;
+    this.gpuNodes.add(n);
+    for (const [model, list] of this.byRequestedModel) {
+      if (n.freeGpus.some((g) => this.models.matches(model, g.model))) list.add(n);
     }
+  }
+
+  private remove(id: string) {
+    const i = this.at.get(id);
+    if (i === undefined) return;
+    const last = this.list.pop()!;
+    if (last.id !== id) {
+      this.list[i] = last;
+      this.at.set(last.id, i);
+    }
+    this.at.delete(id);
+    this.byId.delete(id);
+    this.gpuNodes.delete(id);
+    for (const list of this.byRequestedModel.values()) list.delete(id);
+  }
+
+  /**
+   * The named nodes as read again (`fresh`: those of them that still take work; the others
+   * leave). In place and in time proportional to the nodes named, not to the pool: passes come
+   * back to back under load, and rebuilding the lookups of 10,000 nodes for each was most of
+   * their cost.
+   */
+  replace(ids: readonly string[], fresh: readonly NodeView[]): void {
+    const found = new Set<string>();
+    for (const n of fresh) {
+      found.add(n.id);
+      const old = this.byId.get(n.id);
+      if (!old) {
+        this.add(n);
+        continue;
+      }
+      // The lists hold the view itself: update it where it is.
+      Object.assign(old, n);
+      this.noteFreeGpus(old);
+    }
+    for (const id of ids) if (!found.has(id)) this.remove(id);
   }
 
   /** Starts another pass on this (kept) state: what fit nowhere last time may fit now. */
@@ -84,7 +141,7 @@ export class PassState {
     let m = 0;
     let pg = Number.MAX_SAFE_INTEGER;
     let pc = Number.MAX_SAFE_INTEGER;
-    for (const n of this.nodes) {
+    for (const n of this.list) {
       if (n.freeCpuMillis <= 0 || n.freeMemoryMb <= 0) continue;
       g = Math.max(g, n.freeGpus.length);
       c = Math.max(c, n.freeCpuMillis);
@@ -100,15 +157,16 @@ export class PassState {
       const n = this.byId.get(job.nodeId);
       return n ? [n] : [];
     }
-    if (job.gpuCount === 0) return this.nodes;
-    if (job.gpuModel === null) return this.gpuNodes;
+    if (job.gpuCount === 0) return this.list;
+    if (job.gpuModel === null) return this.gpuNodes.items;
     let list = this.byRequestedModel.get(job.gpuModel);
     if (!list) {
       const model = job.gpuModel;
-      list = this.gpuNodes.filter((n) => n.freeGpus.some((g) => this.models.matches(model, g.model)));
+      list = new NodeList();
+      for (const n of this.gpuNodes.items) if (n.freeGpus.some((g) => this.models.matches(model, g.model))) list.add(n);
       this.byRequestedModel.set(model, list);
     }
-    return list;
+    return list.items;
   }
 
   /** Finds the best node for the job and takes its resources in memory; or says why none fits. */
@@ -118,7 +176,7 @@ export class PassState {
     if (known !== undefined) return { placed: false, reason: known };
     const node = this.best(job);
     if (!node) {
-      const reason = describePending(job, this.diagnose(job), this.nodes.length);
+      const reason = describePending(job, this.diagnose(job), this.list.length);
       this.failed.set(shape, reason);
       this.requests.set(shape, job);
       return { placed: false, reason };
@@ -156,7 +214,7 @@ export class PassState {
   /** Why a job asking this would wait now, without placing anything. */
   explainRequest(job: JobRequest): string | null {
     if (this.best(job)) return null;
-    return describePending(job, this.diagnose(job), this.nodes.length);
+    return describePending(job, this.diagnose(job), this.list.length);
   }
 
   /** For a job that fits nowhere: how many nodes broke each rule first (once per shape and pass). */
@@ -167,6 +225,29 @@ export class PassState {
       if (!d.fits) counts[d.reason] = (counts[d.reason] ?? 0) + 1;
     }
     return counts;
+  }
+}
+
+/** Nodes in no particular order, with O(1) add, delete and membership by id. */
+class NodeList {
+  readonly items: NodeView[] = [];
+  private at = new Map<string, number>();
+
+  add(n: NodeView) {
+    if (this.at.has(n.id)) return;
+    this.at.set(n.id, this.items.length);
+    this.items.push(n);
+  }
+
+  delete(id: string) {
+    const i = this.at.get(id);
+    if (i === undefined) return;
+    const last = this.items.pop()!;
+    if (last.id !== id) {
+      this.items[i] = last;
+      this.at.set(last.id, i);
+    }
+    this.at.delete(id);
   }
 }
 
@@ -186,11 +267,8 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
  * The kept state with the named nodes read again (those that joined, came back, changed or had
  * capacity freed since it was read): a node that no longer takes work leaves it.
  */
-export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly string[], now: number): Promise<PassState> {
-  const fresh = await loadNodeViews(db, ids);
-  const named = new Set(ids);
-  const kept = state.nodes.filter((n) => !named.has(n.id));
-  return new PassState([...kept, ...fresh], now, state.loadedAt);
+export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly string[]): Promise<void> {
+  state.replace(ids, await loadNodeViews(db, ids));
 }
 
 /** NodeViews of the nodes that take work: all of them, or those of `only`. */
@@ -441,7 +519,7 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
     for (const id of staleIds) stale.ids.delete(id);
   }
   let state = reuse ? kept!.state!.beginPass(now) : await loadPassState(db, now);
-  if (reuse && staleIds.length) state = await refreshNodes(db, state, staleIds, now);
+  if (reuse && staleIds.length) await refreshNodes(db, state, staleIds);
   if (kept) kept.state = state;
   result.snapshotAgeMs = now - state.loadedAt;
   /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */

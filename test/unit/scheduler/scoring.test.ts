@@ -104,3 +104,37 @@ describe('lease cost', () => {
     expect(leaseCostMicros(0, 1000, 0, 0, 3_600_000)).toBe(0);
   });
 });
+
+describe('a kept pass state with changed nodes read again (PassState.replace)', () => {
+  const h100 = (id: string, i: number) => ({ id: `${id}-h${i}`, index: i, model: 'NVIDIA H100 80GB HBM3', memoryMb: 81_559, cuda: 12_004 });
+
+  it('sees GPUs freed on a node that had none free of the model when its lists were built', () => {
+    const busy = node(0, { priceGpuHourMicros: 300_000 });
+    const dear = node(0, { priceGpuHourMicros: 900_000 });
+    dear.freeGpus = [h100(dear.id, 0)];
+    const state = new PassState([busy, dear], 1_000);
+    // Builds the H100 list while only `dear` has a free H100.
+    expect(state.place(job({ gpuModel: 'H100' }))).toMatchObject({ placed: true, node: { id: dear.id } });
+    state.beginPass(2_000);
+    state.replace([busy.id], [{ ...busy, freeGpus: [h100(busy.id, 0)] }]);
+    expect(state.place(job({ gpuModel: 'H100' }))).toMatchObject({ placed: true, node: { id: busy.id } });
+  });
+
+  it('drops a node that no longer takes work from every list, and adds one that joined', () => {
+    const a = node(2, { priceGpuHourMicros: 100_000 });
+    const b = node(2, { priceGpuHourMicros: 500_000 });
+    const state = new PassState([a, b], 1_000);
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ node: { id: a.id } });
+    state.beginPass(2_000);
+    const c = node(1, { priceGpuHourMicros: 50_000 });
+    state.replace([a.id, c.id], [c]);
+    expect(state.nodes.map((x) => x.id).sort()).toEqual([b.id, c.id].sort());
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ node: { id: c.id } });
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ node: { id: b.id } });
+    expect(state.place(job({ gpuCount: 0 }))).toMatchObject({ placed: true });
+    state.beginPass(3_000);
+    state.replace([b.id, c.id], []);
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ placed: false });
+    expect(state.nodes).toEqual([]);
+  });
+});

@@ -83,9 +83,18 @@ export class PassState {
     this.all.add(n);
     if (!n.freeGpus.length) return;
     this.gpuNodes.add(n);
-    for (const [model, list] of this.byRequestedModel) {
-      if (n.freeGpus.some((g) => this.models.matches(model, g.model))) list.add(n);
+    for (const [model, list] of this.byRequestedModel) if (this.hasFreeGpuOf(n, model)) list.add(n);
+  }
+
+  /** A node's GPUs are mostly of one model: the rule is asked once per run of equal names. */
+  private hasFreeGpuOf(n: NodeView, model: string): boolean {
+    let last = '';
+    for (const g of n.freeGpus) {
+      if (g.model === last) continue;
+      last = g.model;
+      if (this.models.matches(model, g.model)) return true;
     }
+    return false;
   }
 
   private remove(id: string) {
@@ -144,7 +153,7 @@ export class PassState {
       const model = job.gpuModel;
       list = new NodesByPrice((n) => n.priceGpuHourMicros);
       // gpuNodes' order is the list's order: appended, it stays sorted.
-      for (const n of this.gpuNodes.items) if (n.freeGpus.some((g) => this.models.matches(model, g.model))) list.append(n);
+      for (const n of this.gpuNodes.items) if (this.hasFreeGpuOf(n, model)) list.append(n);
       this.byRequestedModel.set(model, list);
     }
     return list.items;

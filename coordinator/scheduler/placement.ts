@@ -328,7 +328,7 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
   // parse when the pool is idle and every GPU is free.
   const gpuRows = await executeRows<{ node_id: string; free: string }>(
     db,
-    sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
+    sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, '') || chr(31) || (g.mig is not null)::int, chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
         where g.job_id is null and ${takesWork.sql('n')} ${onlyGpus}
         group by g.node_id`,
@@ -356,10 +356,10 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
     const view = views.get(r.node_id);
     if (!view) continue;
     for (const g of r.free.split('\x1e')) {
-      const [id, index, model, memoryMb, cudaVersion] = g.split('\x1f') as [string, string, string, string, string];
+      const [id, index, model, memoryMb, cudaVersion, mig] = g.split('\x1f') as [string, string, string, string, string, string];
       let c = cuda.get(cudaVersion);
       if (c === undefined) cuda.set(cudaVersion, (c = parseCuda(cudaVersion)));
-      view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c });
+      view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c, ...(mig === '1' ? { mig: true } : {}) });
     }
   }
   return [...views.values()];

@@ -72,7 +72,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
         database,
         signals,
         { perKey: config.logStreamsPerKey, total: config.logStreamsMax, maxLifeMs: config.logStreamMaxSeconds * 1000 },
-        (fn) => keys.onRevoked(fn),
+        keys,
       ),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();

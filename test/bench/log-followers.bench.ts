@@ -49,7 +49,7 @@ const coordinator = spawnCoordinator({
   GANTRY_NAME: benchAudience,
   GANTRY_LOG_REQUESTS: 'false',
   GANTRY_DB_POOL_SIZE: process.env.BENCH_POOL ?? '20',
-});
+}, [], process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []);
 cleanup = async () => {
   await coordinator.stop(2_000).catch(() => {});
   await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
@@ -117,6 +117,7 @@ async function phase(warmup: number) {
   let measuring = false;
   let cpu0 = 0;
   let pg0 = 0;
+  let measuredFromUs = 0n;
   const pending = new Set<Promise<void>>();
   const reader = setInterval(() => {
     const counted = measuring;
@@ -134,12 +135,17 @@ async function phase(warmup: number) {
     seconds,
     onMeasureStart: () => {
       measuring = true;
+      measuredFromUs = process.hrtime.bigint() / 1000n;
       cpu0 = cpuTicks(pid);
       pg0 = postgresTicks(dbName);
     },
     count: (status) => countError('heartbeat', status),
   });
   // Coordinator and PostgreSQL CPU over the measured part, in % of one core.
+  if (process.env.BENCH_MARKS) {
+    console.log(`# measured window (monotonic us, as in a --cpu-prof profile): ${measuredFromUs} ${process.hrtime.bigint() / 1000n}`);
+    console.log(`# slowest heartbeat each second: ${[...run.slowest.values()].map((ms) => ms.toFixed(0)).join(' ')}`);
+  }
   const cpu = ((cpuTicks(pid) - cpu0) / run.measuredS).toFixed(0);
   const pg = ((postgresTicks(dbName) - pg0) / run.measuredS).toFixed(0);
   clearInterval(reader);

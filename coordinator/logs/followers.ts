@@ -59,7 +59,7 @@ const keepaliveMs = 15_000;
 /** Max life is cut by up to this share, per stream: followers opened together do not all reconnect together. */
 const maxLifeJitter = 0.1;
 /** Writes to followers per event-loop turn: the rest wait for the next turn, behind other requests. */
-const writesPerTurn = 64;
+const writesPerTurn = 32;
 const batchLines = 10_000;
 const jobsPerQuery = 1000;
 /** A follower this far behind in its own writes is ended; its client resumes from the last id it got. */

@@ -49,6 +49,7 @@ const coordinator = spawnCoordinator({
   GANTRY_NAME: benchAudience,
   GANTRY_LOG_REQUESTS: 'false',
   GANTRY_DB_POOL_SIZE: process.env.BENCH_POOL ?? '20',
+  GANTRY_DB_HEARTBEAT_POOL_SIZE: process.env.BENCH_HEARTBEAT_POOL ?? '',
 }, [], process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []);
 cleanup = async () => {
   await coordinator.stop(2_000).catch(() => {});

@@ -6,6 +6,10 @@
 // the runs without, and a job read p99 under 50 ms.
 //
 //   npx tsx test/bench/log-followers.bench.ts   (BENCH_NODES=10000 BENCH_FOLLOWERS=1000 BENCH_SECONDS=20)
+//
+// BENCH_POOL and BENCH_HEARTBEAT_POOL set the coordinator's two pools (20, and its default);
+// BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=DIR' profiles it, and BENCH_MARKS=1 prints each
+// measured window in the profile's clock and the slowest heartbeat of each of its seconds.
 import { randomBytes } from 'node:crypto';
 import { Agent, request, type ClientRequest } from 'node:http';
 import { loadavg } from 'node:os';

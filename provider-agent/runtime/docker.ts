@@ -18,7 +18,7 @@ import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type Outp
 import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
 import { jobNetworkName, NetworkGuard } from './network.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
-import { startWatchdog, stoppedByWatchdog, type DeadlineFile } from './watchdog.ts';
+import { deadlineFileName, stoppedByWatchdog, Watchdog, type DeadlineFile } from './watchdog.ts';
 
 export interface RuntimeLogger {
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -123,9 +123,10 @@ export class DockerRuntime implements Executor {
   private readonly network: NetworkGuard;
   /** Each run's lease end (local ms) as last renewed, by `jobId.epoch`. */
   private readonly deadlines = new Map<string, number>();
-  /** Runs whose container has a watchdog reading their deadline file; each file's writes in order. */
-  private readonly guarded = new Map<string, Promise<void>>();
+  /** Runs whose container the watchdog guards, by `jobId.epoch`: the container, and their deadline file's writes in order. */
+  private readonly guarded = new Map<string, { containerId: string; writes: Promise<void> }>();
   private readonly helper: Helper;
+  private readonly watchdog: Watchdog;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     const base = o.docker ?? dockerOptionsFromEnv();
@@ -144,6 +145,7 @@ export class DockerRuntime implements Executor {
     });
     this.network = new NetworkGuard(this.api);
     this.helper = new Helper(this.streams, o.nodeId);
+    this.watchdog = new Watchdog(o.workDir, this.grace, o.watchdogMarginMs ?? 2000);
   }
 
   private jobDir(jobId: string, epoch: number) {
@@ -151,7 +153,7 @@ export class DockerRuntime implements Executor {
   }
 
   private deadlineFile(jobId: string, epoch: number) {
-    return join(this.jobDir(jobId, epoch), 'lease-deadline.json');
+    return join(this.jobDir(jobId, epoch), deadlineFileName);
   }
 
   leaseDeadline(lease: LeaseRef, deadlineMs: number): void {
@@ -165,30 +167,40 @@ export class DockerRuntime implements Executor {
     const key = `${lease.jobId}.${lease.epoch}`;
     const write = async () => {
       const deadlineMs = this.deadlines.get(key);
-      if (deadlineMs === undefined || !this.guarded.has(key)) return;
-      const body: DeadlineFile = { deadlineMs };
+      const guarded = this.guarded.get(key);
+      if (deadlineMs === undefined || !guarded) return;
+      const body: DeadlineFile = { deadlineMs, containerId: guarded.containerId };
       await writePrivateFile(this.deadlineFile(lease.jobId, lease.epoch), JSON.stringify(body)).catch((err) =>
         this.o.log.warn('could not write the lease deadline for the container watchdog', { jobId: lease.jobId, error: String((err as Error)?.message ?? err) }),
       );
     };
-    const next = (this.guarded.get(key) ?? Promise.resolve()).then(write);
-    this.guarded.set(key, next);
-    return next;
+    const guarded = this.guarded.get(key);
+    if (!guarded) return Promise.resolve();
+    guarded.writes = guarded.writes.then(write);
+    return guarded.writes;
   }
 
   /**
-   * Gives the container a deadline that holds without the agent: its lease end on disk, and a
-   * watchdog process (runtime/watchdog.ts) that stops it past that end unless the agent renewed it.
+   * Gives the container a deadline that holds without the agent: its lease end on disk, which the
+   * agent's watchdog process (runtime/watchdog.ts) reads, stopping the container past that end
+   * unless the agent renewed it.
    */
   private async guard(grant: LeaseGrant, containerId: string): Promise<void> {
     const key = `${grant.jobId}.${grant.epoch}`;
     if (!this.deadlines.has(key)) this.deadlines.set(key, Date.now() + grant.expiresInMs);
-    this.guarded.set(key, this.guarded.get(key) ?? Promise.resolve());
+    const guarded = this.guarded.get(key);
+    if (guarded) guarded.containerId = containerId;
+    else this.guarded.set(key, { containerId, writes: Promise.resolve() });
     await this.writeDeadline(grant);
+    await this.ensureWatchdog({ jobId: grant.jobId });
+  }
+
+  /** The watchdog runs (started once per agent, at its start or its first run; checked at every run). */
+  private async ensureWatchdog(fields: Record<string, unknown> = {}): Promise<void> {
     try {
-      await startWatchdog(containerId, this.deadlineFile(grant.jobId, grant.epoch), this.grace, this.o.watchdogMarginMs ?? 2000);
+      await this.watchdog.ensure();
     } catch (err) {
-      this.o.log.warn('could not start the container watchdog: the job stops at its lease end only while the agent runs', { jobId: grant.jobId, error: String((err as Error)?.message ?? err) });
+      this.o.log.warn('could not start the container watchdog: jobs stop at their lease end only while the agent runs', { ...fields, error: String((err as Error)?.message ?? err) });
     }
   }
 
@@ -738,9 +750,9 @@ export class DockerRuntime implements Executor {
 
   /** The container and the run's folder on this host, and any volumes named (those only when the run never started). */
   private async removeRun(containerId: string | null, jobId: string, epoch: number, volumes: string[]): Promise<void> {
-    // The watchdog goes with the folder; a deadline write still under way finishes first.
+    // The deadline goes with the folder (the watchdog forgets the run); a write of it still under way finishes first.
     const key = `${jobId}.${epoch}`;
-    const writes = this.guarded.get(key);
+    const writes = this.guarded.get(key)?.writes;
     this.guarded.delete(key);
     this.deadlines.delete(key);
     await writes?.catch(() => {});
@@ -785,6 +797,9 @@ export class DockerRuntime implements Executor {
   }
 
   async recover(): Promise<RecoveredRun[]> {
+    // At the agent's start: the containers an earlier agent left are guarded again at once, and no lease waits for the watchdog to start.
+    await mkdir(join(this.o.workDir, 'jobs'), { recursive: true, mode: 0o700 }).catch(() => {});
+    await this.ensureWatchdog();
     const list = await this.api.listContainers({
       all: true,
       filters: { label: [`${labels.managed}=true`, `${labels.node}=${this.o.nodeId}`] },

@@ -460,20 +460,26 @@ export class DockerRuntime implements Executor {
       // Nothing runs any more: saving the outputs may outlast the lease (an outage) without cost.
       ctx.onExited?.();
       await stopping;
+      const leaseGone = () => stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
+      // /outputs is read through the engine (one archive call) while the last output is drained
+      // and the end read; over its disk budget, what it wrote is not read back (that would take as
+      // long again as writing it), and a lease that is gone takes nothing more from this run.
+      const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
+      const unread = new AbortController();
+      const reading = stoppedFor === 'disk' || leaseGone() ? null : this.readOutputs(info.Id, join(dir, 'outputs.tar'), maxBytes, disk, ctx, unread.signal);
+      reading?.catch(() => {});
       // Every line the engine kept, then the figures.
       await Promise.race([pump, sleep(120_000)]);
+      ctx.onOutputEnd?.();
       const usage = await sampler.stop();
       const end = await this.api.getContainer(info.Id).inspect();
       const result = this.outcome(grant, end, stoppedFor, usage);
-      // A lease that is gone takes nothing more from this run: the coordinator would refuse it.
-      const leaseGone = stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
-      const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
-      // Over its disk budget, what it wrote is not read back: that would take as long again as writing it.
       if (stoppedFor === 'disk') ctx.onProgress?.('outputs not kept: the job went over its disk budget');
-      else if (!leaseGone) {
-        await saveOutputs(ctx, () => this.readOutputs(info.Id, join(dir, 'outputs.tar'), maxBytes, disk, ctx), maxBytes, (m, f) =>
-          this.o.log.warn(m, { jobId: grant.jobId, ...f }),
-        );
+      if (reading && (stoppedFor === 'disk' || leaseGone())) {
+        unread.abort();
+        await reading.catch(() => {});
+      } else if (reading) {
+        await saveOutputs(ctx, () => reading, maxBytes, (m, f) => this.o.log.warn(m, { jobId: grant.jobId, ...f }));
       }
       await this.removeRun(info.Id, grant.jobId, grant.epoch, []);
       return { ...result, cleanup: () => disk.stop().then(() => this.removeVolumes(volumeNames, grant.jobId)) };
@@ -722,9 +728,17 @@ export class DockerRuntime implements Executor {
    * container's root, never on the host), repacked; entries the archive left out (it skips
    * paths past PATH_MAX without an error) are counted against what the job wrote and reported.
    */
-  private async readOutputs(id: string, tarFile: string, maxBytes: number, disk: DiskWatch, ctx: ExecutionContext) {
-    const archive = (await this.streams.getContainer(id).getArchive({ path: '/outputs' })) as unknown as AsyncIterable<Buffer>;
-    const read = await repackArchive(archive, tarFile, maxBytes);
+  private async readOutputs(id: string, tarFile: string, maxBytes: number, disk: DiskWatch, ctx: ExecutionContext, signal: AbortSignal) {
+    const archive = (await this.streams.getContainer(id).getArchive({ path: '/outputs' })) as unknown as AsyncIterable<Buffer> & { destroy?: (err?: Error) => void };
+    const cut = () => archive.destroy?.(new Error('outputs not read'));
+    if (signal.aborted) cut();
+    signal.addEventListener('abort', cut, { once: true });
+    let read: Awaited<ReturnType<typeof repackArchive>>;
+    try {
+      read = await repackArchive(archive, tarFile, maxBytes);
+    } finally {
+      signal.removeEventListener('abort', cut);
+    }
     // The first entry left out has a parent read back within a name (255) of PATH_MAX, counting
     // the volume's own path on the host: only then is there anything to count.
     if (read.deepestFolder < 4096 - 255 - 512) return read;

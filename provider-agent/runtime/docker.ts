@@ -227,6 +227,9 @@ export class DockerRuntime implements Executor {
 
   private async runContainer(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
     const name = containerName(grant.jobId, grant.epoch);
+    // The image's digest is asked of its registry while the engine is asked for this run's container.
+    const lookedUp = this.images.lookUp(grant.spec.image);
+    lookedUp.catch(() => {});
     const existing = await this.inspectByName(name);
     if (existing) {
       ctx.onProgress?.(`agent resumed following its container ${name}`);
@@ -268,7 +271,7 @@ export class DockerRuntime implements Executor {
 
     let image: { id: string; volumes: string[]; rootUser: boolean };
     try {
-      image = describeImage(await this.images.acquire(grant.spec.image, ctx));
+      image = describeImage(await this.images.acquire(grant.spec.image, ctx, lookedUp));
     } catch (err) {
       if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' });
       // The client sees plain words; what the engine said stays in the provider's log.

@@ -57,6 +57,8 @@ export class Watchdog {
   private child: ChildProcess | null = null;
   private known: number | null = null;
   private owned = false;
+  /** A check under way: runs that start together share it (and never start two watchdogs). */
+  private checking: Promise<void> | null = null;
 
   constructor(
     private readonly workDir: string,
@@ -64,8 +66,15 @@ export class Watchdog {
     private readonly marginMs: number,
   ) {}
 
-  async ensure(): Promise<void> {
-    if (this.child && this.child.exitCode === null && this.child.signalCode === null) return;
+  ensure(): Promise<void> {
+    if (this.child && this.child.exitCode === null && this.child.signalCode === null) return Promise.resolve();
+    this.checking ??= this.check().finally(() => {
+      this.checking = null;
+    });
+    return this.checking;
+  }
+
+  private async check(): Promise<void> {
     // Named the owner first: a watchdog of an earlier agent that is about to exit sees it and stays.
     if (!this.owned) {
       await writeFile(ownerFile(this.workDir), String(process.pid), { mode: 0o600 });

@@ -324,6 +324,8 @@ export class LeaseRunner {
       },
       onExited: exited,
       onLog: (stream, text) => sink.write(stream, text),
+      // The last lines go while the outputs are saved; the finish report waits for both.
+      onOutputEnd: () => void sink.close().catch(() => {}),
     };
     let result: ExecutionResult;
     try {

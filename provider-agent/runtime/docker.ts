@@ -18,7 +18,7 @@ import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type Outp
 import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
 import { jobNetworkName, NetworkGuard } from './network.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
-import { startWatchdog, stoppedByWatchdog, type DeadlineFile } from './watchdog.ts';
+import { deadlineFileName, stoppedByWatchdog, Watchdog, type DeadlineFile } from './watchdog.ts';
 
 export interface RuntimeLogger {
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -123,9 +123,10 @@ export class DockerRuntime implements Executor {
   private readonly network: NetworkGuard;
   /** Each run's lease end (local ms) as last renewed, by `jobId.epoch`. */
   private readonly deadlines = new Map<string, number>();
-  /** Runs whose container has a watchdog reading their deadline file; each file's writes in order. */
-  private readonly guarded = new Map<string, Promise<void>>();
+  /** Runs whose container the watchdog guards, by `jobId.epoch`: the container, and their deadline file's writes in order. */
+  private readonly guarded = new Map<string, { containerId: string; writes: Promise<void> }>();
   private readonly helper: Helper;
+  private readonly watchdog: Watchdog;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     const base = o.docker ?? dockerOptionsFromEnv();
@@ -144,6 +145,7 @@ export class DockerRuntime implements Executor {
     });
     this.network = new NetworkGuard(this.api);
     this.helper = new Helper(this.streams, o.nodeId);
+    this.watchdog = new Watchdog(o.workDir, this.grace, o.watchdogMarginMs ?? 2000);
   }
 
   private jobDir(jobId: string, epoch: number) {
@@ -151,7 +153,7 @@ export class DockerRuntime implements Executor {
   }
 
   private deadlineFile(jobId: string, epoch: number) {
-    return join(this.jobDir(jobId, epoch), 'lease-deadline.json');
+    return join(this.jobDir(jobId, epoch), deadlineFileName);
   }
 
   leaseDeadline(lease: LeaseRef, deadlineMs: number): void {
@@ -165,30 +167,40 @@ export class DockerRuntime implements Executor {
     const key = `${lease.jobId}.${lease.epoch}`;
     const write = async () => {
       const deadlineMs = this.deadlines.get(key);
-      if (deadlineMs === undefined || !this.guarded.has(key)) return;
-      const body: DeadlineFile = { deadlineMs };
+      const guarded = this.guarded.get(key);
+      if (deadlineMs === undefined || !guarded) return;
+      const body: DeadlineFile = { deadlineMs, containerId: guarded.containerId };
       await writePrivateFile(this.deadlineFile(lease.jobId, lease.epoch), JSON.stringify(body)).catch((err) =>
         this.o.log.warn('could not write the lease deadline for the container watchdog', { jobId: lease.jobId, error: String((err as Error)?.message ?? err) }),
       );
     };
-    const next = (this.guarded.get(key) ?? Promise.resolve()).then(write);
-    this.guarded.set(key, next);
-    return next;
+    const guarded = this.guarded.get(key);
+    if (!guarded) return Promise.resolve();
+    guarded.writes = guarded.writes.then(write);
+    return guarded.writes;
   }
 
   /**
-   * Gives the container a deadline that holds without the agent: its lease end on disk, and a
-   * watchdog process (runtime/watchdog.ts) that stops it past that end unless the agent renewed it.
+   * Gives the container a deadline that holds without the agent: its lease end on disk, which the
+   * agent's watchdog process (runtime/watchdog.ts) reads, stopping the container past that end
+   * unless the agent renewed it.
    */
   private async guard(grant: LeaseGrant, containerId: string): Promise<void> {
     const key = `${grant.jobId}.${grant.epoch}`;
     if (!this.deadlines.has(key)) this.deadlines.set(key, Date.now() + grant.expiresInMs);
-    this.guarded.set(key, this.guarded.get(key) ?? Promise.resolve());
+    const guarded = this.guarded.get(key);
+    if (guarded) guarded.containerId = containerId;
+    else this.guarded.set(key, { containerId, writes: Promise.resolve() });
     await this.writeDeadline(grant);
+    await this.ensureWatchdog({ jobId: grant.jobId });
+  }
+
+  /** The watchdog runs (started once per agent, at its start or its first run; checked at every run). */
+  private async ensureWatchdog(fields: Record<string, unknown> = {}): Promise<void> {
     try {
-      await startWatchdog(containerId, this.deadlineFile(grant.jobId, grant.epoch), this.grace, this.o.watchdogMarginMs ?? 2000);
+      await this.watchdog.ensure();
     } catch (err) {
-      this.o.log.warn('could not start the container watchdog: the job stops at its lease end only while the agent runs', { jobId: grant.jobId, error: String((err as Error)?.message ?? err) });
+      this.o.log.warn('could not start the container watchdog: jobs stop at their lease end only while the agent runs', { ...fields, error: String((err as Error)?.message ?? err) });
     }
   }
 
@@ -215,6 +227,9 @@ export class DockerRuntime implements Executor {
 
   private async runContainer(grant: LeaseGrant, ctx: ExecutionContext): Promise<ExecutionResult> {
     const name = containerName(grant.jobId, grant.epoch);
+    // The image's digest is asked of its registry while the engine is asked for this run's container.
+    const lookedUp = this.images.lookUp(grant.spec.image);
+    lookedUp.catch(() => {});
     const existing = await this.inspectByName(name);
     if (existing) {
       ctx.onProgress?.(`agent resumed following its container ${name}`);
@@ -256,7 +271,7 @@ export class DockerRuntime implements Executor {
 
     let image: { id: string; volumes: string[]; rootUser: boolean };
     try {
-      image = describeImage(await this.images.acquire(grant.spec.image, ctx));
+      image = describeImage(await this.images.acquire(grant.spec.image, ctx, lookedUp));
     } catch (err) {
       if (ctx.signal.aborted) return forget({ exitCode: null, reason: 'cancelled', error: 'stopped while its image was pulled' });
       // The client sees plain words; what the engine said stays in the provider's log.
@@ -448,20 +463,26 @@ export class DockerRuntime implements Executor {
       // Nothing runs any more: saving the outputs may outlast the lease (an outage) without cost.
       ctx.onExited?.();
       await stopping;
+      const leaseGone = () => stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
+      // /outputs is read through the engine (one archive call) while the last output is drained
+      // and the end read; over its disk budget, what it wrote is not read back (that would take as
+      // long again as writing it), and a lease that is gone takes nothing more from this run.
+      const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
+      const unread = new AbortController();
+      const reading = stoppedFor === 'disk' || leaseGone() ? null : this.readOutputs(info.Id, join(dir, 'outputs.tar'), maxBytes, disk, ctx, unread.signal);
+      reading?.catch(() => {});
       // Every line the engine kept, then the figures.
       await Promise.race([pump, sleep(120_000)]);
+      ctx.onOutputEnd?.();
       const usage = await sampler.stop();
       const end = await this.api.getContainer(info.Id).inspect();
       const result = this.outcome(grant, end, stoppedFor, usage);
-      // A lease that is gone takes nothing more from this run: the coordinator would refuse it.
-      const leaseGone = stopReason(ctx.signal) === 'lease-lost' || stopReason(ctx.signal) === 'lease-expired';
-      const maxBytes = this.o.outputsMaxBytes ?? defaultOutputsMaxBytes;
-      // Over its disk budget, what it wrote is not read back: that would take as long again as writing it.
       if (stoppedFor === 'disk') ctx.onProgress?.('outputs not kept: the job went over its disk budget');
-      else if (!leaseGone) {
-        await saveOutputs(ctx, () => this.readOutputs(info.Id, join(dir, 'outputs.tar'), maxBytes, disk, ctx), maxBytes, (m, f) =>
-          this.o.log.warn(m, { jobId: grant.jobId, ...f }),
-        );
+      if (reading && (stoppedFor === 'disk' || leaseGone())) {
+        unread.abort();
+        await reading.catch(() => {});
+      } else if (reading) {
+        await saveOutputs(ctx, () => reading, maxBytes, (m, f) => this.o.log.warn(m, { jobId: grant.jobId, ...f }));
       }
       await this.removeRun(info.Id, grant.jobId, grant.epoch, []);
       return { ...result, cleanup: () => disk.stop().then(() => this.removeVolumes(volumeNames, grant.jobId)) };
@@ -710,9 +731,17 @@ export class DockerRuntime implements Executor {
    * container's root, never on the host), repacked; entries the archive left out (it skips
    * paths past PATH_MAX without an error) are counted against what the job wrote and reported.
    */
-  private async readOutputs(id: string, tarFile: string, maxBytes: number, disk: DiskWatch, ctx: ExecutionContext) {
-    const archive = (await this.streams.getContainer(id).getArchive({ path: '/outputs' })) as unknown as AsyncIterable<Buffer>;
-    const read = await repackArchive(archive, tarFile, maxBytes);
+  private async readOutputs(id: string, tarFile: string, maxBytes: number, disk: DiskWatch, ctx: ExecutionContext, signal: AbortSignal) {
+    const archive = (await this.streams.getContainer(id).getArchive({ path: '/outputs' })) as unknown as AsyncIterable<Buffer> & { destroy?: (err?: Error) => void };
+    const cut = () => archive.destroy?.(new Error('outputs not read'));
+    if (signal.aborted) cut();
+    signal.addEventListener('abort', cut, { once: true });
+    let read: Awaited<ReturnType<typeof repackArchive>>;
+    try {
+      read = await repackArchive(archive, tarFile, maxBytes);
+    } finally {
+      signal.removeEventListener('abort', cut);
+    }
     // The first entry left out has a parent read back within a name (255) of PATH_MAX, counting
     // the volume's own path on the host: only then is there anything to count.
     if (read.deepestFolder < 4096 - 255 - 512) return read;
@@ -738,9 +767,9 @@ export class DockerRuntime implements Executor {
 
   /** The container and the run's folder on this host, and any volumes named (those only when the run never started). */
   private async removeRun(containerId: string | null, jobId: string, epoch: number, volumes: string[]): Promise<void> {
-    // The watchdog goes with the folder; a deadline write still under way finishes first.
+    // The deadline goes with the folder (the watchdog forgets the run); a write of it still under way finishes first.
     const key = `${jobId}.${epoch}`;
-    const writes = this.guarded.get(key);
+    const writes = this.guarded.get(key)?.writes;
     this.guarded.delete(key);
     this.deadlines.delete(key);
     await writes?.catch(() => {});
@@ -785,6 +814,9 @@ export class DockerRuntime implements Executor {
   }
 
   async recover(): Promise<RecoveredRun[]> {
+    // At the agent's start: the containers an earlier agent left are guarded again at once, and no lease waits for the watchdog to start.
+    await mkdir(join(this.o.workDir, 'jobs'), { recursive: true, mode: 0o700 }).catch(() => {});
+    await this.ensureWatchdog();
     const list = await this.api.listContainers({
       all: true,
       filters: { label: [`${labels.managed}=true`, `${labels.node}=${this.o.nodeId}`] },

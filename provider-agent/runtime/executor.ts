@@ -61,6 +61,12 @@ export interface ExecutionContext {
    * backpressure, which keeps the agent's memory bounded).
    */
   onLog(stream: 'stdout' | 'stderr', text: string): void | Promise<void>;
+  /**
+   * Call once the job's output is all handed to onLog (its process ended, its log read to the
+   * end): the runner ships what is left while the runtime saves the outputs. Without the call,
+   * run()'s return counts as the end of the output.
+   */
+  onOutputEnd?(): void;
   /** A note about the run for the job's events and its log (image pull progress, restarts). */
   onProgress?(message: string): void;
   /** The bytes of one of the job's inputs (spec.inputs), fetched with the lease. Needed when the spec has inputs. */

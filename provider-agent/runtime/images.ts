@@ -58,6 +58,8 @@ export class ImageStore {
   /** Image ids with a job running on them now: never removed. */
   private readonly inUse = new Map<string, number>();
   private pruning: Promise<void> = Promise.resolve();
+  /** Writes of the cache's list, one after the other. */
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: ImageStoreOptions) {}
 
@@ -66,14 +68,8 @@ export class ImageStore {
    * digest, present with exactly that digest or pulled by it. Throws ImageRefused with the client's
    * reason. Each acquire is matched by a release(its Id) when the job has ended.
    */
-  async acquire(image: string, ctx: ExecutionContext): Promise<Docker.ImageInspectInfo> {
-    const ref = parseImageRef(image);
-    const refusal = registryRefusal(ref, this.o.allowedRegistries);
-    if (refusal) throw new ImageRefused(refusal);
-    const repo = repositoryName(ref);
-    // Asked even for a pinned digest: a private image the provider pulled must not run for a client who knows its digest.
-    const digest = await this.resolve(image, ref);
-    const pinned = `${repo}@${digest}`;
+  async acquire(image: string, ctx: ExecutionContext, lookedUp: Promise<string> = this.lookUp(image)): Promise<Docker.ImageInspectInfo> {
+    const pinned = await lookedUp;
     let info = await this.present(pinned);
     if (!info) {
       await this.pull(pinned, image, ctx);
@@ -83,6 +79,19 @@ export class ImageStore {
     this.inUse.set(info.Id, (this.inUse.get(info.Id) ?? 0) + 1);
     await this.touch(info, pinned);
     return info;
+  }
+
+  /**
+   * registry/repository@digest for the job's image: refused by registry, else resolved at its
+   * registry now. Asked for every lease, even for a pinned digest: a private image the provider
+   * pulled must not run for a client who knows its digest. Side-effect free, so a run may start
+   * it before it knows it needs it (acquire takes the answer).
+   */
+  async lookUp(image: string): Promise<string> {
+    const ref = parseImageRef(image);
+    const refusal = registryRefusal(ref, this.o.allowedRegistries);
+    if (refusal) throw new ImageRefused(refusal);
+    return `${repositoryName(ref)}@${await this.resolve(image, ref)}`;
   }
 
   /** The job on this image ended: it counts as used now, and the cache is trimmed to its cap. */
@@ -194,16 +203,23 @@ export class ImageStore {
     return this.index;
   }
 
-  private async save(): Promise<void> {
-    const tmp = `${this.o.indexFile}.tmp`;
-    await writeFile(tmp, JSON.stringify(this.index ?? {}), { mode: 0o600 });
-    await rename(tmp, this.o.indexFile);
+  /** The list as it is now onto disk, after any write of it still under way. */
+  private save(): Promise<void> {
+    const write = async () => {
+      const tmp = `${this.o.indexFile}.tmp`;
+      await writeFile(tmp, JSON.stringify(this.index ?? {}), { mode: 0o600 });
+      await rename(tmp, this.o.indexFile);
+    };
+    const next = this.saving.then(write);
+    this.saving = next.catch(() => {});
+    return next;
   }
 
+  /** The image counts as used now; its list is written meanwhile (a run does not wait for the disk). */
   private async touch(info: Docker.ImageInspectInfo, pinned: string): Promise<void> {
     const index = await this.load();
     index[info.Id] = { ref: pinned, sizeBytes: info.Size ?? 0, lastUsedMs: Date.now() };
-    await this.save().catch((err) => this.o.log.warn('image cache list not saved', { error: (err as Error).message }));
+    void this.save().catch((err) => this.o.log.warn('image cache list not saved', { error: (err as Error).message }));
   }
 
   /** Least recently used first, images no job runs on now, until the cache is within its cap. */

@@ -354,7 +354,8 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
     deps.log.info('node hardware changed', { nodeId, added: c.added, removed: c.removed, changed: c.changed, requeued: c.requeued });
   }
   if (prevStatus === 'offline') deps.log.info('node online', { nodeId });
-  if (prevStatus === 'offline' || takesWorkChanged || (c && (c.added.length || c.removed.length || c.changed.length || c.requeued.length))) {
+  // A hardware report (sent when something but the free disk changed) may change what fits: any one.
+  if (prevStatus === 'offline' || takesWorkChanged || c) {
     deps.signals.emit(topics.nodeChanged, nodeId);
   }
   return answer;

@@ -4,6 +4,7 @@ import { metricsRetentionDays } from '../../shared/nodes.ts';
 import { toNumber, type DbOrTx } from '../db/open.ts';
 import { nodeMetrics, nodes } from '../db/schema/index.ts';
 import type { AppDeps } from '../deps.ts';
+import { topics } from '../signals.ts';
 
 /** Nodes whose last heartbeat is older than the TTL go offline; their next heartbeat brings them back. */
 export async function markOfflineNodes(db: DbOrTx, at: Date, ttlSeconds: number): Promise<{ id: string; accountId: string }[]> {
@@ -45,7 +46,7 @@ const pruneEveryMs = 10 * 60_000;
  * The nodes' periodic chores, on every coordinator (both are idempotent, so replicas need no
  * election): the offline sweep about twice per TTL, and metrics pruning every ten minutes.
  */
-export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'availability' | 'clock' | 'log' | 'config'>): { stop(): Promise<void> } {
+export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'availability' | 'clock' | 'log' | 'config' | 'signals'>): { stop(): Promise<void> } {
   const { db } = deps.database;
   const sweepEveryMs = Math.min(5_000, Math.max(250, (deps.config.nodeTtlSeconds * 1000) / 2));
   let lastPrune = 0;
@@ -57,6 +58,8 @@ export function startNodeSweeper(deps: Pick<AppDeps, 'database' | 'availability'
     try {
       for (const node of await sweepOfflineNodes(deps, now)) {
         deps.log.info('node offline', { nodeId: node.id, accountId: node.accountId, ttlSeconds: deps.config.nodeTtlSeconds });
+        // The scheduler stops planning on it now, not at its next full read.
+        deps.signals.emit(topics.nodeChanged, node.id);
       }
       if (now.getTime() - lastPrune >= pruneEveryMs) {
         lastPrune = now.getTime();

@@ -7,7 +7,11 @@ import { describeFailure, type Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
 import { schedulePass, type PassResult, type PassState, type StaleNodes } from './placement.ts';
 
-/** How long passes may place on one reading of the nodes: capacity freed meanwhile shows after at most this. */
+/**
+ * How long passes may place on one reading of the nodes. What changes a node (a join, a finish,
+ * a hardware report, a drain, going offline) arrives as an event naming it and is read again
+ * before the next pass; this full read is the backstop for anything no event names.
+ */
 const snapshotMaxAgeMs = 2000;
 
 /** How often a pass reads the whole queue to refresh the reasons of jobs that cannot fit. */
@@ -206,11 +210,11 @@ export class SchedulerLoop {
           // bounds left out): another look once the snapshot is read again. While jobs wait,
           // their reasons are worked out again every few seconds.
           const now2 = Date.now();
-          const next = r.snapshotAgeMs
-            ? snapshotMaxAgeMs - r.snapshotAgeMs
-            : this.reasons.size
-              ? this.refresh.lastAt + this.refresh.everyMs - now2
-              : null;
+          const dueTimes = [
+            ...(r.snapshotAgeMs ? [snapshotMaxAgeMs - r.snapshotAgeMs] : []),
+            ...(this.reasons.size ? [this.refresh.lastAt + this.refresh.everyMs - now2] : []),
+          ];
+          const next = dueTimes.length ? Math.min(...dueTimes) : null;
           if (next !== null && !this.recheck) {
             this.recheck = setTimeout(() => {
               this.recheck = null;

@@ -296,6 +296,9 @@ export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly s
   state.replace(ids, await loadNodeViews(db, ids));
 }
 
+/** Nodes (or their GPU rows) made into views between two turns of the event loop. */
+const yieldEvery = 1000;
+
 /** NodeViews of the nodes that take work: all of them, or those of `only`. */
 async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promise<NodeView[]> {
   // One text parameter whatever the count (ids hold no comma): one bind, one plan.
@@ -334,7 +337,16 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
         group by g.node_id`,
   );
   const views = new Map<string, NodeView>();
+  // Thousands of nodes are read in one go: the event loop is let go every so many, so that
+  // heartbeats and reads are answered in between instead of after the whole read.
+  let sinceYield = 0;
+  const breathe = async () => {
+    if (++sinceYield < yieldEvery) return;
+    sinceYield = 0;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  };
   for (const r of nodeRows) {
+    await breathe();
     views.set(r.id, {
       id: r.id,
       accountId: r.account_id,
@@ -353,6 +365,7 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
   }
   const cuda = new Map<string, number | null>();
   for (const r of gpuRows) {
+    await breathe();
     const view = views.get(r.node_id);
     if (!view) continue;
     for (const g of r.free.split('\x1e')) {
@@ -584,7 +597,8 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   }
   const at = deps.clock.now();
   await explain(deps, state, at);
-  if (deps.refresh && (deps.full || !reuse) && at.getTime() - deps.refresh.lastAt >= deps.refresh.everyMs) {
+  // On the kept state too: it is read again where events said nodes changed.
+  if (deps.refresh && at.getTime() - deps.refresh.lastAt >= deps.refresh.everyMs) {
     deps.refresh.lastAt = at.getTime();
     await refreshReasons(deps, state, at);
   }

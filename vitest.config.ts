@@ -3,6 +3,9 @@ import { defineConfig } from 'vitest/config';
 // Integration tests run twice, once per database; the harness reads GANTRY_TEST_DB.
 export default defineConfig({
   test: {
+    // Vitest's default on 2 cores is one file at a time; most e2e time is spent waiting (leases,
+    // containers, a restart), and every test makes its own databases, engines and ports.
+    maxWorkers: 2,
     testTimeout: 60_000,
     hookTimeout: 120_000,
     teardownTimeout: 30_000,

@@ -21,24 +21,13 @@ import { spawnCoordinator, type CoordinatorProcess } from '../support/coordinato
 import { postgresAdminUrl, postgresSkipReason } from '../support/database.ts';
 import { dockerOptions, dockerTestImage, requireDockerOrSkip } from '../support/docker-env.ts';
 import { until } from '../support/until.ts';
+import { freePort } from '../support/ports.ts';
 
 const pgSkip = await postgresSkipReason('agent fault tests');
 const docker = await requireDockerOrSkip();
 const engine = new Docker(dockerOptions(30_000));
 
 const leaseTtlSeconds = 20;
-
-/** A port free right now, so that a restarted coordinator answers at the URL its agents know. */
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 interface RecordLine {
   event: 'start' | 'end';

@@ -19,22 +19,11 @@ import { spawnCoordinator, type CoordinatorProcess } from '../support/coordinato
 import { postgresAdminUrl, postgresSkipReason } from '../support/database.ts';
 import { createFakeNvidiaSmi, type FakeNvidiaSmi } from '../support/fake-nvidia-smi.ts';
 import { InvariantChecker } from '../support/invariants.ts';
+import { freePort } from '../support/ports.ts';
 
 // The scheduler and leases with real processes: a coordinator, agents with a fake nvidia-smi and
 // the test executor (the job's env says how its run ends), jobs submitted over HTTP. Short lease
 // and node TTLs through the coordinator's settings, so that expiries happen in seconds.
-
-/** A port free right now, so that a restarted coordinator answers at the URL its agents know. */
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 const a5000 = ['GPU-12345678-aaaa-bbbb-cccc-0123456789ab', 'GPU-12345678-aaaa-bbbb-cccc-0123456789cd'];
 

@@ -1,0 +1,13 @@
+import { createServer } from 'node:net';
+
+/** A loopback port free right now: for a server a test restarts at the same address, or one it starts outside Node. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}

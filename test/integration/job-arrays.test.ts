@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { and, eq, inArray, sql } from 'drizzle-orm';
+import tarStream from 'tar-stream';
 import { jobs, nodes } from '../../coordinator/db/schema/index.ts';
 import { systemClock } from '../../coordinator/clock.ts';
 import { LeaseSweeper } from '../../coordinator/leases/sweeper.ts';
@@ -15,6 +16,12 @@ import { expectProblem } from '../support/problem.ts';
 // status as its tasks move, maxParallel under concurrent passes, cancel, idempotency, paging.
 
 type Page = { items: Job[]; nextCursor: string | null };
+
+async function collect(source: AsyncIterable<Buffer>): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of source) chunks.push(c);
+  return Buffer.concat(chunks);
+}
 
 describe.skipIf(dbSkipReason)('job arrays', () => {
   let h: Harness;
@@ -159,6 +166,44 @@ describe.skipIf(dbSkipReason)('job arrays', () => {
     // All still queued: cancelled at once.
     const queued = await client.api.post<Job>('/v1/jobs', jobSpec({ tasks: { count: 4 } }, { cpu: 1000 }));
     expect(await client.api.post<Job>(`/v1/jobs/${queued.id}/cancel`)).toMatchObject({ status: 'cancelled', tasks: { cancelled: 4 } });
+  });
+
+  it("serves the array's outputs as one tar, each task's under task-<index>/", async () => {
+    const agent = await node({ cpu: 64, memoryMb: 1_000_000 });
+    const array = await submitArray({ count: 3 });
+    await pass();
+    const work = await agent.api.get<Work>('/v1/agent/work?wait=0');
+    for (const l of work.leases) {
+      const index = (await job(l.jobId)).taskIndex!;
+      if (index === 1) continue; // a task that left nothing
+      const pack = tarStream.pack();
+      pack.entry({ name: 'result.txt' }, `task ${index}\n`);
+      pack.entry({ name: 'sub', type: 'directory' });
+      pack.entry({ name: 'sub/more.txt' }, 'x'.repeat(700 * (index + 1)));
+      pack.finalize();
+      const body = await collect(pack as AsyncIterable<Buffer>);
+      const res = await fetch(`${h.url}/v1/agent/jobs/${l.jobId}/outputs?epoch=${l.epoch}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${await agent.token()}`, 'content-type': 'application/x-tar' },
+        body: new Uint8Array(body),
+      });
+      expect(res.status, await res.clone().text()).toBe(201);
+    }
+    const res = await h.fetch(`/v1/jobs/${array.id}/outputs`, { key: client.key });
+    expect(res.status).toBe(200);
+    const extract = tarStream.extract();
+    const seen: Record<string, string> = {};
+    const read = (async () => {
+      for await (const entry of extract) {
+        const bytes = await collect(entry as AsyncIterable<Buffer>);
+        seen[entry.header.name] = entry.header.type === 'directory' ? '/' : bytes.toString();
+      }
+    })();
+    extract.end(Buffer.from(await res.arrayBuffer()));
+    await read;
+    expect(Object.keys(seen).sort()).toEqual(['task-0/result.txt', 'task-0/sub', 'task-0/sub/more.txt', 'task-2/result.txt', 'task-2/sub', 'task-2/sub/more.txt']);
+    expect(seen['task-2/result.txt']).toBe('task 2\n');
+    expect(seen['task-2/sub/more.txt']).toHaveLength(2100);
   });
 
   it('answers a retried submit with the same Idempotency-Key with the same array and makes no more tasks', async () => {

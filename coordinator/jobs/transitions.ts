@@ -142,7 +142,7 @@ async function takeArraySlots(tx: DbOrTx, batch: Placement[], at: Date): Promise
         before as (select p.id, p.status from ${jobs} p join v on v.id = p.id order by p.id for update of p)
         update ${jobs} p set tasks_active = p.tasks_active + v.n,
           status = case when p.status = 'queued' then 'running' else p.status end,
-          leased_at = coalesce(p.leased_at, ${ts(at)}), updated_at = ${ts(at)}
+          leased_at = coalesce(p.leased_at, ${ts(at)}), started_at = coalesce(p.started_at, ${ts(at)}), updated_at = ${ts(at)}
         from v, before where p.id = v.id and before.id = v.id and ${withinMaxParallel.sql('p', sql`v.n`)}
         returning p.id, before.status = 'queued' as started`,
   );

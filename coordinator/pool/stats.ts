@@ -95,7 +95,7 @@ function lastHour(database: Database, since: Date) {
   const t = since.toISOString();
   return database.rows<{ started: unknown; succeeded: unknown; failed: unknown }>(sql`
     select
-      (select count(*) from jobs where started_at is not null and started_at >= ${t}::timestamptz) as started,
+      (select count(*) from jobs where started_at is not null and started_at >= ${t}::timestamptz and ${runsSql()}) as started,
       (select count(*) from jobs where finished_at is not null and finished_at >= ${t}::timestamptz and status = 'succeeded' and ${runsSql()}) as succeeded,
       (select count(*) from jobs where finished_at is not null and finished_at >= ${t}::timestamptz and status = 'failed' and ${runsSql()}) as failed`);
 }

@@ -1,4 +1,4 @@
-import { and, eq, gt, inArray, sql, type SQL } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNull, or, sql, type SQL } from 'drizzle-orm';
 import { randomUUID } from 'node:crypto';
 import { canonicalDigest, canonicalJson, specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
@@ -115,8 +115,8 @@ function taskIdPrefix(at: Date): string {
 const idAlphabet = '0123456789abcdefghjkmnpqrstvwxyz';
 
 /**
- * Queues an array and all its tasks in one transaction: the array's row, then every task made by
- * one statement from it (generate_series), then their events by one more. An Idempotency-Key
+ * Queues an array and all its tasks in one transaction: the array's row and its event, then every
+ * task made by one statement from it (generate_series). An Idempotency-Key
  * covers the whole array: the same key again answers the array it made.
  */
 export async function submitArray(
@@ -169,11 +169,8 @@ export async function submitArray(
         p.id, i, p.task_count
       from ${jobs} p, generate_series(0, p.task_count - 1) as i
       where p.id = ${parent.id}`);
-    await tx.execute(sql`
-      insert into ${jobEvents} (job_id, from_status, to_status, reason, created_at)
-      select ${parent.id}, null, 'queued', ${`submitted: an array of ${tasks.count} tasks, at most ${tasks.maxParallel ?? tasks.count} at once`}, ${ts}
-      union all
-      select id, null, 'queued', 'submitted as task ' || task_index || ' of ' || ${parent.id}, ${ts} from ${jobs} where parent_id = ${parent.id}`);
+    // One event for all: a task's events begin with its array's (listEvents), not with 10,000 copies.
+    await recordSubmit(tx, parent.id, `submitted: an array of ${tasks.count} tasks, at most ${tasks.maxParallel ?? tasks.count} at once`, at);
     return parent;
   });
   if (made) return { job: made, replayed: false };
@@ -389,4 +386,15 @@ export async function listTasks(
     .limit(opts.limit + 1);
   const items = rows.slice(0, opts.limit);
   return { items, nextCursor: rows.length > opts.limit ? String(items[items.length - 1]!.taskIndex) : null };
+}
+
+async function recordSubmit(tx: DbOrTx, jobId: string, reason: string, at: Date) {
+  await tx.insert(jobEvents).values({ jobId, fromStatus: null, toStatus: 'queued', reason, at });
+}
+
+/** A job's events; a task's begin with its array's submit (tasks get no submit event each). */
+export async function eventsOf(db: DbOrTx, job: Pick<JobRow, 'id' | 'parentId'>) {
+  const own = eq(jobEvents.jobId, job.id);
+  const where = job.parentId ? or(own, and(eq(jobEvents.jobId, job.parentId), isNull(jobEvents.fromStatus))) : own;
+  return db.select().from(jobEvents).where(where).orderBy(jobEvents.id);
 }

@@ -6,7 +6,7 @@ import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
 import { ApiError, notFound } from '../errors.ts';
-import { arrayUsage, cancelArray, isArray, specsOf, taskCounts, taskEnded } from './arrays.ts';
+import { arrayUsage, cancelArray, eventsOf, isArray, specsOf, taskCounts, taskEnded } from './arrays.ts';
 import { meterLive, type meter } from './metering.ts';
 
 export type JobRow = typeof jobs.$inferSelect;
@@ -198,8 +198,7 @@ export async function cancelJob(db: Db, accountId: string, jobId: string, at: Da
 }
 
 export async function listEvents(db: DbOrTx, accountId: string, jobId: string) {
-  await getOwnJob(db, accountId, jobId);
-  return db.select().from(jobEvents).where(eq(jobEvents.jobId, jobId)).orderBy(jobEvents.id);
+  return eventsOf(db, await getOwnJob(db, accountId, jobId));
 }
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);

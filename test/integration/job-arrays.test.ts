@@ -128,6 +128,11 @@ describe.skipIf(dbSkipReason)('job arrays', () => {
     expect(done.finishedAt).not.toBeNull();
     const events = await client.api.get<{ items: { from: string | null; to: string }[] }>(`/v1/jobs/${array.id}/events`);
     expect(events.items.map((e) => `${e.from}>${e.to}`)).toEqual(['null>queued', 'queued>running', 'running>succeeded']);
+    // A task's history begins with its array's submit (no submit event of its own is written).
+    const task = (await client.api.get<Page>(`/v1/jobs/${array.id}/tasks?limit=1`)).items[0]!;
+    const taskEvents = await client.api.get<{ items: { from: string | null; to: string; reason: string }[] }>(`/v1/jobs/${task.id}/events`);
+    expect(taskEvents.items.map((e) => `${e.from}>${e.to}`)).toEqual(['null>queued', 'queued>leased', 'leased>running', 'running>succeeded']);
+    expect(taskEvents.items[0]!.reason).toMatch(/an array of 7 tasks/);
   });
 
   it('ends failed when a task fails for good, and failFast cancels the rest at the first failure', async () => {

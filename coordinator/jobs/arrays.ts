@@ -350,8 +350,9 @@ export async function arrayUsage(db: DbOrTx, arrays: readonly Pick<JobRow, 'id'>
     .select()
     .from(jobs)
     .where(and(inArray(jobs.parentId, ids), inArray(jobs.status, ['leased', 'running'])));
+  const arrayOf = new Map(live.map((r) => [r.id, r.parentId!]));
   for (const [id, m] of await meterLive(db, live, now)) {
-    const sum = out.get(live.find((r) => r.id === id)!.parentId!)!;
+    const sum = out.get(arrayOf.get(id)!)!;
     sum.costMicros += m.costMicros;
     sum.usage.seconds += m.usage.seconds;
     sum.usage.cpuCoreSeconds += m.usage.cpuCoreSeconds;

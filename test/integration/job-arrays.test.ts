@@ -60,21 +60,21 @@ describe.skipIf(dbSkipReason)('job arrays', () => {
   });
 
   it('makes one job per task in one submit, lists the array (not its tasks) and pages its tasks', async () => {
-    const array = await submitArray({ count: 250, maxParallel: 4 });
+    const array = await submitArray({ count: 120, maxParallel: 4 });
     expect(array.status).toBe('queued');
-    expect(array.tasks).toEqual({ count: 250, maxParallel: 4, queued: 250, leased: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 });
+    expect(array.tasks).toEqual({ count: 120, maxParallel: 4, queued: 120, leased: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 });
     const list = await client.api.get<Page>('/v1/jobs');
     expect(list.items.map((j) => j.id)).toEqual([array.id]);
-    const first = await client.api.get<Page>(`/v1/jobs/${array.id}/tasks?limit=100`);
-    expect(first.items.map((t) => t.taskIndex)).toEqual([...Array(100).keys()]);
+    const first = await client.api.get<Page>(`/v1/jobs/${array.id}/tasks?limit=50`);
+    expect(first.items.map((t) => t.taskIndex)).toEqual([...Array(50).keys()]);
     expect(first.items.every((t) => t.parentId === array.id && t.status === 'queued' && t.spec.tasks === undefined)).toBe(true);
     const rest = [];
     for (let cursor = first.nextCursor; cursor; ) {
-      const page = await client.api.get<Page>(`/v1/jobs/${array.id}/tasks?limit=100&cursor=${cursor}`);
+      const page = await client.api.get<Page>(`/v1/jobs/${array.id}/tasks?limit=50&cursor=${cursor}`);
       rest.push(...page.items);
       cursor = page.nextCursor;
     }
-    expect(rest.map((t) => t.taskIndex)).toEqual([...Array(150).keys()].map((i) => i + 100));
+    expect(rest.map((t) => t.taskIndex)).toEqual([...Array(70).keys()].map((i) => i + 50));
     // One stored spec: the tasks' rows keep a stub, not the spec.
     const [stub] = await db().select({ spec: jobs.spec }).from(jobs).where(eq(jobs.parentId, array.id)).limit(1);
     expect(stub!.spec).not.toHaveProperty('command');
@@ -242,8 +242,8 @@ describe.skipIf(dbSkipReason)('job arrays', () => {
 
   it('never runs more than maxParallel tasks of an array, under concurrent passes, ends and expiries', async () => {
     const nodesUp = await Promise.all([0, 1, 2].map(() => node({ cpu: 8, memoryMb: 64_000 })));
-    const maxParallel = 5;
-    const array = await submitArray({ count: 60, maxParallel });
+    const maxParallel = 4;
+    const array = await submitArray({ count: 30, maxParallel });
     const deps = h.coordinator.deps;
     const sweeper = new LeaseSweeper({ database: deps.database, clock: systemClock, log: silentLogger, leaseTtlSeconds: 0, onFreed: () => {} });
     // Two schedulers at once (PostgreSQL runs them truly side by side; PGlite one query at a time).

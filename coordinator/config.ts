@@ -22,6 +22,9 @@ const Env = z
       .optional(),
     GANTRY_DATA_DIR: z.string().min(1).default('./.gantry'),
     GANTRY_DB_POOL_SIZE: positiveInt.max(200).default(10),
+    // Heartbeats' own connections, besides the pool: a burst of them never stands between a
+    // client's read and a connection (0: they share the pool).
+    GANTRY_DB_HEARTBEAT_POOL_SIZE: number().int('must be a whole number').min(0, 'must be 0 or more').max(200).default(5),
     GANTRY_PUBLIC_URL: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).optional(),
     // The coordinator's name: issuer of its leases and audience of agents' tokens.
     GANTRY_NAME: z.string().min(1).max(256).optional(),
@@ -70,6 +73,7 @@ const Env = z
       databaseUrl: e.DATABASE_URL,
       dataDir: e.GANTRY_DATA_DIR,
       dbPoolSize: e.GANTRY_DB_POOL_SIZE,
+      dbHeartbeatPoolSize: e.GANTRY_DB_HEARTBEAT_POOL_SIZE,
       publicUrl,
       name: e.GANTRY_NAME ?? publicUrl,
       tls: e.GANTRY_TLS_CERT && e.GANTRY_TLS_KEY ? { certFile: e.GANTRY_TLS_CERT, keyFile: e.GANTRY_TLS_KEY } : null,

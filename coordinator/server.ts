@@ -45,7 +45,12 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
   const clock = opts.clock ?? systemClock;
   const database =
     opts.database ??
-    (await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: config.dbPoolSize }));
+    (await openDatabase({
+      databaseUrl: config.databaseUrl,
+      dataDir: config.dataDir,
+      poolSize: config.dbPoolSize,
+      heartbeatPoolSize: config.dbHeartbeatPoolSize,
+    }));
   const ownsDatabase = !opts.database;
   try {
     await migrate(database);
@@ -62,7 +67,8 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       log,
       signals,
       keys,
-      agents: new AgentVerifier(database.db, clock, config.name),
+      // Agents' keys are read beside their heartbeats: a burst of nodes coming back waits there too.
+      agents: new AgentVerifier(database.heartbeats, clock, config.name),
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
@@ -72,7 +78,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
         database,
         signals,
         { perKey: config.logStreamsPerKey, total: config.logStreamsMax, maxLifeMs: config.logStreamMaxSeconds * 1000 },
-        (fn) => keys.onRevoked(fn),
+        keys,
       ),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { eq } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import type { Scope } from '../../shared/accounts.ts';
 import { newId, randomLowercase } from '../../shared/ids.ts';
 import type { Clock } from '../clock.ts';
@@ -58,6 +58,20 @@ const maxCachedKeys = 10_000;
 /** The NOTIFY channel on which a revoked key's id travels to every replica. */
 export const keyRevokedChannel = 'gantry_key_revoked';
 
+interface KeyState {
+  revokedAt: Date | null;
+  expiresAt: Date | null;
+}
+
+/** Why a key whose secret matched no longer holds, or null while it does. */
+function refusalOf(row: KeyState, at: Date): ApiError | null {
+  if (row.revokedAt) return new ApiError('unauthenticated', 'the API key was revoked');
+  if (row.expiresAt && row.expiresAt.getTime() <= at.getTime()) {
+    return new ApiError('unauthenticated', `the API key expired at ${row.expiresAt.toISOString()}`);
+  }
+  return null;
+}
+
 interface VerifiedKey {
   principal: Principal;
   hash: Buffer;
@@ -90,30 +104,16 @@ export class KeyVerifier {
     let entry = this.verified.get(prefix!);
     if (!entry || entry.until <= now) {
       const at = this.clock.now();
-      const [row] = await this.database.db
-        .select({
-          id: apiKeys.id,
-          accountId: apiKeys.accountId,
-          hash: apiKeys.hash,
-          scopes: apiKeys.scopes,
-          revokedAt: apiKeys.revokedAt,
-          expiresAt: apiKeys.expiresAt,
-        })
-        .from(apiKeys)
-        .where(eq(apiKeys.prefix, prefix!))
-        .limit(1);
+      const [row] = await this.keyByPrefix().execute({ prefix: prefix! });
       // Why a key is refused is said only to whoever holds its secret (a prefix is no secret).
       if (!row || !timingSafeEqual(given, Buffer.from(row.hash, 'hex'))) {
         this.verified.delete(prefix!);
         throw new ApiError('unauthenticated', 'the API key is not valid');
       }
-      if (row.revokedAt) {
+      const refusal = refusalOf(row, at);
+      if (refusal) {
         this.verified.delete(prefix!);
-        throw new ApiError('unauthenticated', 'the API key was revoked');
-      }
-      if (row.expiresAt && row.expiresAt.getTime() <= at.getTime()) {
-        this.verified.delete(prefix!);
-        throw new ApiError('unauthenticated', `the API key expired at ${row.expiresAt.toISOString()}`);
+        throw refusal;
       }
       // An expiring key is trusted from memory no longer than it lives.
       const lifeLeftMs = row.expiresAt ? row.expiresAt.getTime() - at.getTime() : Infinity;
@@ -132,6 +132,61 @@ export class KeyVerifier {
     return entry.principal;
   }
 
+  /**
+   * Which of these keys no longer hold (revoked, expired, gone), with why: one query for all of
+   * them, whatever the cache says. What long-lived answers re-check their keys with.
+   */
+  async refusals(keyIds: string[]): Promise<Map<string, ApiError>> {
+    const out = new Map<string, ApiError>();
+    if (!keyIds.length) return out;
+    const at = this.clock.now();
+    const rows = await this.keyStates().execute({ ids: keyIds.join(',') });
+    const found = new Map(rows.map((r) => [r.id, r]));
+    for (const id of keyIds) {
+      const row = found.get(id);
+      const refusal = row ? refusalOf(row, at) : new ApiError('unauthenticated', 'the API key is not valid');
+      if (!refusal) continue;
+      out.set(id, refusal);
+      // Requests with it are refused from now on too, not only once its cached verdict runs out.
+      this.uncache(id);
+    }
+    return out;
+  }
+
+  // Prepared once: a request's key read is one round trip, never a describe first (PITFALLS.md).
+  private keyByPrefixQuery: ReturnType<KeyVerifier['prepareKeyByPrefix']> | null = null;
+  private keyByPrefix() {
+    return (this.keyByPrefixQuery ??= this.prepareKeyByPrefix());
+  }
+  private prepareKeyByPrefix() {
+    return this.database.db
+      .select({
+        id: apiKeys.id,
+        accountId: apiKeys.accountId,
+        hash: apiKeys.hash,
+        scopes: apiKeys.scopes,
+        revokedAt: apiKeys.revokedAt,
+        expiresAt: apiKeys.expiresAt,
+      })
+      .from(apiKeys)
+      .where(eq(apiKeys.prefix, sql.placeholder('prefix')))
+      .limit(1)
+      .prepare('gantry_key_by_prefix');
+  }
+
+  // One text parameter whatever the count (key ids hold no comma): one prepared statement.
+  private keyStatesQuery: ReturnType<KeyVerifier['prepareKeyStates']> | null = null;
+  private keyStates() {
+    return (this.keyStatesQuery ??= this.prepareKeyStates());
+  }
+  private prepareKeyStates() {
+    return this.database.db
+      .select({ id: apiKeys.id, revokedAt: apiKeys.revokedAt, expiresAt: apiKeys.expiresAt })
+      .from(apiKeys)
+      .where(sql`${apiKeys.id} = any(string_to_array(${sql.placeholder('ids')}, ','))`)
+      .prepare('gantry_key_states');
+  }
+
   /** After a revocation: this replica forgets the keys now, the others when the NOTIFY reaches them. */
   async revoked(keyIds: string[]): Promise<void> {
     for (const keyId of keyIds) {
@@ -147,8 +202,12 @@ export class KeyVerifier {
   }
 
   private forget(keyId: string) {
-    for (const [prefix, entry] of this.verified) if (entry.principal.keyId === keyId) this.verified.delete(prefix);
+    this.uncache(keyId);
     for (const fn of this.forgotten) fn(keyId);
+  }
+
+  private uncache(keyId: string) {
+    for (const [prefix, entry] of this.verified) if (entry.principal.keyId === keyId) this.verified.delete(prefix);
   }
 
   private remember(prefix: string, entry: VerifiedKey) {

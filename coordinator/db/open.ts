@@ -17,6 +17,12 @@ export type DbOrTx = Db | Tx;
 
 export interface Database {
   db: Db;
+  /**
+   * What node heartbeats run on: on PostgreSQL a pool of their own (heartbeatPoolSize), so that a
+   * burst of them queues for those connections and never in front of a client's read, a submit
+   * or a placement. On PGlite, and with heartbeatPoolSize 0, the same as db.
+   */
+  heartbeats: Db;
   driver: 'pglite' | 'postgres';
   /** Rows of a raw query, whichever driver ran it (postgres.js: an array; PGlite: { rows }). */
   rows<T = Record<string, unknown>>(query: SQL): Promise<T[]>;
@@ -44,6 +50,8 @@ export interface OpenOptions {
   /** A PGlite data dir, or memory:// for a throwaway database. */
   dataDir?: string;
   poolSize?: number;
+  /** PostgreSQL: connections of the heartbeats' own pool, besides poolSize (0: they share db's). */
+  heartbeatPoolSize?: number;
   /** PGlite only: a dump from dumpDataDir() to start from (tests use it to skip migrations). */
   loadDataDir?: Blob | File;
 }
@@ -67,7 +75,7 @@ function queryCounter() {
 }
 
 export async function openDatabase(opts: OpenOptions): Promise<Database> {
-  return opts.databaseUrl ? openPostgres(opts.databaseUrl, opts.poolSize ?? 10) : openPglite(opts);
+  return opts.databaseUrl ? openPostgres(opts.databaseUrl, opts.poolSize ?? 10, opts.heartbeatPoolSize ?? 0) : openPglite(opts);
 }
 
 async function openPglite(opts: OpenOptions): Promise<Database> {
@@ -89,6 +97,7 @@ async function openPglite(opts: OpenOptions): Promise<Database> {
   const db = drizzlePglite({ client, schema, logger: counter }) as unknown as Db;
   return {
     db,
+    heartbeats: db,
     driver: 'pglite',
     raw: null,
     session: null,
@@ -127,16 +136,20 @@ export function reconnectBackoffSeconds(failures: number): number {
   return Math.min(1, 0.05 * 2 ** failures) * (0.5 + Math.random() / 2);
 }
 
-async function openPostgres(url: string, poolSize: number): Promise<Database> {
+async function openPostgres(url: string, poolSize: number, heartbeatPoolSize: number): Promise<Database> {
   const options = { max: poolSize, onnotice: () => {}, connection: { application_name: 'gantry' }, backoff: reconnectBackoffSeconds };
   const client = guardedPostgres(url, options);
   // drizzle() changes the client it wraps (PITFALLS.md): raw work gets a client of its own.
   const raw = guardedPostgres(url, { ...options, max: 4 });
   const counter = queryCounter();
   const db = drizzlePostgres({ client, schema, logger: counter }) as unknown as Db;
+  // postgres.js opens a connection only when a query needs one: an idle lane costs nothing.
+  const heartbeatClient = heartbeatPoolSize > 0 ? guardedPostgres(url, { ...options, max: heartbeatPoolSize }) : null;
+  const heartbeats = heartbeatClient ? (drizzlePostgres({ client: heartbeatClient, schema, logger: counter }) as unknown as Db) : db;
   await raw`select 1`;
   return {
     db,
+    heartbeats,
     driver: 'postgres',
     raw,
     // No lifetime limit: ending the connection would drop the session's lock.
@@ -169,7 +182,7 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
       await raw.notify(channel, payload);
     },
     async close() {
-      await Promise.all([client.end({ timeout: 5 }), raw.end({ timeout: 5 })]);
+      await Promise.all([client.end({ timeout: 5 }), raw.end({ timeout: 5 }), heartbeatClient?.end({ timeout: 5 })]);
     },
   };
 }

@@ -93,15 +93,13 @@ export function logRoutes(deps: AppDeps) {
         }
         const lastEventId = Number(c.req.header('last-event-id'));
         const after = Number.isInteger(lastEventId) && lastEventId >= 0 ? lastEventId : cursorOf(q.cursor);
-        const authorization = c.req.header('authorization');
         return streamSSE(c, async (stream) => {
           try {
             await deps.logFollowers.follow({
               jobId,
               after,
+              // The key that opened the stream must still hold: LogFollowers re-checks every key it holds, together.
               keyId: principal.keyId,
-              // The key that opened the stream must still hold, every few seconds (cached: one read per key).
-              recheck: () => deps.keys.verify(authorization).then(() => undefined),
               sink: {
                 send: (e) => stream.writeSSE(e),
                 comment: (text) => stream.write(`: ${text}\n\n`).then(() => undefined),

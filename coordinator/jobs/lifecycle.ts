@@ -1,4 +1,5 @@
 import { and, desc, eq, inArray, isNull, lt, sql, type SQL } from 'drizzle-orm';
+import { PgTransaction } from 'drizzle-orm/pg-core';
 import { specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
 import { type Job, type JobSpec, type JobStatus, type TaskCounts, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
@@ -133,13 +134,34 @@ export async function submitJob(
 
 /** A job as its owner sees it; another tenant's job is not found. */
 export async function getOwnJob(db: DbOrTx, accountId: string, jobId: string): Promise<JobRow> {
-  const [row] = await db
+  // Outside a transaction (a client's read: GET /v1/jobs/{id}, log follows) the read is a
+  // prepared statement, one round trip where an unprepared one waits for a describe first: under
+  // heartbeat load each round trip queues behind heartbeats for a connection (PITFALLS.md).
+  const [row] =
+    db instanceof PgTransaction
+      ? await db
+          .select({ job: jobs, shapeReason: queueReasons.reason })
+          .from(jobs)
+          .leftJoin(queueReasons, eq(queueReasons.shape, jobs.queueShape))
+          .where(and(eq(jobs.id, jobId), eq(jobs.accountId, accountId)))
+      : await ownJobQuery(db).execute({ jobId, accountId });
+  if (!row) throw notFound('job');
+  return withShapeReason(row);
+}
+
+const ownJobQueries = new WeakMap<object, ReturnType<typeof prepareOwnJob>>();
+function ownJobQuery(db: Db) {
+  let q = ownJobQueries.get(db);
+  if (!q) ownJobQueries.set(db, (q = prepareOwnJob(db)));
+  return q;
+}
+function prepareOwnJob(db: Db) {
+  return db
     .select({ job: jobs, shapeReason: queueReasons.reason })
     .from(jobs)
     .leftJoin(queueReasons, eq(queueReasons.shape, jobs.queueShape))
-    .where(and(eq(jobs.id, jobId), eq(jobs.accountId, accountId)));
-  if (!row) throw notFound('job');
-  return withShapeReason(row);
+    .where(and(eq(jobs.id, sql.placeholder('jobId')), eq(jobs.accountId, sql.placeholder('accountId'))))
+    .prepare('gantry_own_job');
 }
 
 /** A queued job waits for the reason the scheduler keeps for its shape (queue_reasons), or its own. */

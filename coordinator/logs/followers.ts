@@ -1,4 +1,5 @@
-import { inArray, sql } from 'drizzle-orm';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { sql } from 'drizzle-orm';
 import { isTerminal } from '../../shared/jobs.ts';
 import type { LogBatch, LogStreamEnd } from '../../shared/logs.ts';
 import { toNumber, type Database } from '../db/open.ts';
@@ -8,9 +9,12 @@ import type { Signals } from '../signals.ts';
 import { logTopic, readChunks } from './service.ts';
 
 // Log followers (GET /v1/jobs/:id/logs?follow=1), all of one coordinator in one place: one
-// feed per followed job reads its new chunks once and hands them to every follower, and one
-// poll a second looks at every followed job at once (its status and last seq: chunks stored and
-// jobs ended on other replicas). A follower costs no query of its own while it waits.
+// feed per followed job reads its new chunks once and hands them to every follower, one poll a
+// second looks at every followed job at once (its status and last seq: chunks stored and jobs
+// ended on other replicas), and one query every few seconds re-checks every key that holds a
+// stream open. A follower costs no query and no timer of its own while it waits, and writes to
+// many followers go out a slice at a time, so a thousand of them never hold the event loop
+// (and the heartbeats queued behind it) for one long turn.
 
 /** Where a follower's events go: the SSE stream, in the HTTP layer. */
 export interface FollowerSink {
@@ -32,14 +36,30 @@ export interface FollowRequest {
   after: number;
   /** Whose credential holds the stream open: followers of one key are checked together. */
   keyId: string;
-  /** Re-checks the credential; throws (an ApiError) when it no longer holds. */
-  recheck(): Promise<void>;
   sink: FollowerSink;
 }
 
-/** How often the followed jobs are looked at (chunks from other replicas, ends) and credentials re-checked. */
+/** The keys behind open streams: revocations as they happen, and their state read again. */
+export interface StreamCredentials {
+  /** Calls fn with each key id revoked from now on (here or, through NOTIFY, on another replica). */
+  onRevoked(fn: (keyId: string) => void): () => void;
+  /** The keys among these that no longer hold, with why (revoked, expired, gone): one query. */
+  refusals(keyIds: string[]): Promise<Map<string, ApiError>>;
+}
+
+/** How often the followed jobs are looked at (chunks from other replicas, ends). */
 const pollMs = 1000;
+/**
+ * How often the keys holding streams are read again: what bounds a revocation whose NOTIFY was
+ * lost, and an expiry (a revocation on any replica ends its streams at once through onRevoked).
+ */
+const recheckMs = 3000;
+/** A follower with nothing written for this long (less its own jitter, up to half) gets a comment. */
 const keepaliveMs = 15_000;
+/** Max life is cut by up to this share, per stream: followers opened together do not all reconnect together. */
+const maxLifeJitter = 0.1;
+/** Writes to followers per event-loop turn: the rest wait for the next turn, behind other requests. */
+const writesPerTurn = 32;
 const batchLines = 10_000;
 const jobsPerQuery = 1000;
 /** A follower this far behind in its own writes is ended; its client resumes from the last id it got. */
@@ -55,6 +75,8 @@ class Follower {
   readonly queue: Event[] = [];
   ended: LogStreamEnd | null = null;
   lastWriteMs = Date.now();
+  /** Followers opened together spread their keepalives over half the interval. */
+  readonly keepaliveAfterMs = keepaliveMs * (1 - Math.random() / 2);
   private pumping: Promise<void> | null = null;
   private drainedWaiters: (() => void)[] = [];
   private finished!: () => void;
@@ -126,15 +148,16 @@ export class LogFollowers {
   private polling = false;
   private pollAgain = false;
   private stopped = false;
+  private lastRecheckMs = Date.now();
   private offRevoked: () => void;
 
   constructor(
     private database: Database,
     private signals: Signals,
     private limits: FollowLimits,
-    private onKeyRevoked: (fn: (keyId: string) => void) => () => void,
+    private credentials: StreamCredentials,
   ) {
-    this.offRevoked = this.onKeyRevoked((keyId) => this.endKey(keyId, { reason: 'revoked', detail: 'the API key was revoked' }));
+    this.offRevoked = this.credentials.onRevoked((keyId) => this.endKey(keyId, { reason: 'revoked', detail: 'the API key was revoked' }));
   }
 
   /** Open streams on this coordinator. */
@@ -174,7 +197,7 @@ export class LogFollowers {
 
   /** Streams the job's chunks after req.after to the sink until the job ends, the credential fails, or the stream's life is up. */
   async follow(req: FollowRequest): Promise<void> {
-    const follower = new Follower(req, req.after, Date.now() + this.limits.maxLifeMs);
+    const follower = new Follower(req, req.after, Date.now() + this.limits.maxLifeMs * (1 - Math.random() * maxLifeJitter));
     req.sink.onAbort(() => follower.end({ reason: 'gone' }));
     if (req.sink.aborted) follower.end({ reason: 'gone' });
     let feed = this.feeds.get(req.jobId);
@@ -213,7 +236,13 @@ export class LogFollowers {
   }
 
   private endKey(keyId: string, why: LogStreamEnd) {
-    for (const feed of this.feeds.values()) for (const f of feed.followers) if (f.req.keyId === keyId) f.end(why);
+    void sliced(this.live().filter((f) => f.req.keyId === keyId), (f) => f.end(why));
+  }
+
+  private live(): Follower[] {
+    const out: Follower[] = [];
+    for (const feed of this.feeds.values()) for (const f of feed.followers) if (!f.ended) out.push(f);
+    return out;
   }
 
   private startTimer() {
@@ -245,29 +274,23 @@ export class LogFollowers {
       return;
     }
     const now = Date.now();
-    await this.recheckCredentials();
-    for (const feed of this.feeds.values()) {
-      for (const f of feed.followers) {
-        if (f.ended) continue;
-        if (now >= f.endsAtMs) f.end({ reason: 'max-life', detail: 'the stream reached its longest life; reconnect with Last-Event-ID' });
-        else if (now - f.lastWriteMs >= keepaliveMs) f.push({ comment: 'keepalive' });
-      }
+    if (now - this.lastRecheckMs >= recheckMs) {
+      this.lastRecheckMs = now;
+      await this.recheckCredentials();
     }
+    const maxLife: Follower[] = [];
+    const keepalive: Follower[] = [];
+    for (const f of this.live()) {
+      if (now >= f.endsAtMs) maxLife.push(f);
+      else if (now - f.lastWriteMs >= f.keepaliveAfterMs) keepalive.push(f);
+    }
+    await sliced(maxLife, (f) => f.end({ reason: 'max-life', detail: 'the stream reached its longest life; reconnect with Last-Event-ID' }));
+    await sliced(keepalive, (f) => f.push({ comment: 'keepalive' }));
     const ids = [...this.feeds.keys()];
     for (let i = 0; i < ids.length; i += jobsPerQuery) {
       let rows: { id: string; status: string; exitCode: number | null; error: string | null; lastSeq: unknown }[];
       try {
-        rows = await this.database.db
-          .select({
-            id: jobs.id,
-            status: jobs.status,
-            exitCode: jobs.exitCode,
-            error: jobs.error,
-            // In the same snapshot as the status: a job that ended has all its chunks under this seq.
-            lastSeq: sql<unknown>`(select max(${jobLogs.seq}) from ${jobLogs} where ${jobLogs.jobId} = ${jobs.id})`,
-          })
-          .from(jobs)
-          .where(inArray(jobs.id, ids.slice(i, i + jobsPerQuery)));
+        rows = await this.jobStates().execute({ ids: ids.slice(i, i + jobsPerQuery).join(',') });
       } catch {
         return; // the database is away for a moment: the next poll tries again
       }
@@ -288,27 +311,44 @@ export class LogFollowers {
     }
   }
 
+  // The poll's one statement, prepared once: one text parameter whatever the count (job ids hold no comma).
+  private jobStatesQuery: ReturnType<LogFollowers['prepareJobStates']> | null = null;
+  private jobStates() {
+    return (this.jobStatesQuery ??= this.prepareJobStates());
+  }
+  private prepareJobStates() {
+    return this.database.db
+      .select({
+        id: jobs.id,
+        status: jobs.status,
+        exitCode: jobs.exitCode,
+        error: jobs.error,
+        // In the same snapshot as the status: a job that ended has all its chunks under this seq.
+        lastSeq: sql<unknown>`(select max(${jobLogs.seq}) from ${jobLogs} where ${jobLogs.jobId} = ${jobs.id})`,
+      })
+      .from(jobs)
+      .where(sql`${jobs.id} = any(string_to_array(${sql.placeholder('ids')}, ','))`)
+      .prepare('gantry_followed_jobs');
+  }
+
+  /** Every key that holds a stream open, read in one query; the streams of those that no longer hold end. */
   private async recheckCredentials() {
     const byKey = new Map<string, Follower[]>();
-    for (const feed of this.feeds.values()) {
-      for (const f of feed.followers) {
-        if (f.ended) continue;
-        const list = byKey.get(f.req.keyId);
-        if (list) list.push(f);
-        else byKey.set(f.req.keyId, [f]);
-      }
+    for (const f of this.live()) {
+      const list = byKey.get(f.req.keyId);
+      if (list) list.push(f);
+      else byKey.set(f.req.keyId, [f]);
     }
-    await Promise.all(
-      [...byKey.values()].map(async (list) => {
-        try {
-          await list[0]!.req.recheck();
-        } catch (err) {
-          if (!(err instanceof ApiError) || (err.code !== 'unauthenticated' && err.code !== 'forbidden')) return;
-          const reason = /expired/.test(err.message) ? 'expired' : 'revoked';
-          for (const f of list) f.end({ reason, detail: err.message });
-        }
-      }),
-    );
+    let refused: Map<string, ApiError>;
+    try {
+      refused = await this.credentials.refusals([...byKey.keys()]);
+    } catch {
+      return; // the database is away for a moment: the next re-check tries again
+    }
+    for (const [keyId, err] of refused) {
+      const reason = /expired/.test(err.message) ? 'expired' : 'revoked';
+      await sliced(byKey.get(keyId) ?? [], (f) => f.end({ reason, detail: err.message }));
+    }
   }
 
   /**
@@ -338,22 +378,23 @@ export class LogFollowers {
           return;
         }
         const receivers: Follower[] = [];
-        for (const f of feed.followers) {
-          if (f.ended || f.after < from) continue;
+        // Each chunk is serialized once, whoever gets it.
+        const data = items.map((item) => JSON.stringify(item));
+        await sliced([...feed.followers], (f) => {
+          if (f.ended || f.after < from) return;
           let got = false;
-          for (const item of items) {
-            if (item.seq <= f.after) continue;
-            f.push({ event: 'log', id: String(item.seq), data: JSON.stringify(item) });
-            f.after = item.seq;
+          for (let k = 0; k < items.length; k++) {
+            const seq = items[k]!.seq;
+            if (seq <= f.after) continue;
+            f.push({ event: 'log', id: String(seq), data: data[k]! });
+            f.after = seq;
             got = true;
           }
           if (f.queue.length > maxQueuedEvents) f.end({ reason: 'lagging', detail: 'the client reads slower than the log grows; reconnect with Last-Event-ID' });
           else if (got) receivers.push(f);
-        }
+        });
         const done = feed.ending;
-        if (done) {
-          for (const f of feed.followers) if (!f.ended && f.after >= done.lastSeq) f.end(done.end);
-        }
+        if (done) await sliced([...feed.followers], (f) => !f.ended && f.after >= done.lastSeq && f.end(done.end));
         if (items.length) {
           // The slowest writer paces the reads, for a while: one stuck client does not hold the rest.
           await Promise.race([Promise.all(receivers.map((f) => f.drained())), new Promise((r) => setTimeout(r, drainWaitMs))]);
@@ -364,5 +405,13 @@ export class LogFollowers {
     } finally {
       feed.reading = false;
     }
+  }
+}
+
+/** Runs fn on each item, writesPerTurn of them per event-loop turn: what is queued behind (heartbeats) runs in between. */
+async function sliced<T>(items: T[], fn: (item: T) => unknown): Promise<void> {
+  for (let i = 0; i < items.length; i++) {
+    if (i && i % writesPerTurn === 0) await nextTurn();
+    fn(items[i]!);
   }
 }

@@ -340,8 +340,8 @@ export async function ingestHeartbeat(deps: Deps, nodeId: string, hb: Heartbeat,
   };
   const answer =
     !hb.hardware && hb.jobs.length === 0
-      ? await beat(deps.database.db, idleHeartbeatStatement)
-      : await deps.database.db.transaction(async (tx) => {
+      ? await beat(deps.database.heartbeats, idleHeartbeatStatement)
+      : await deps.database.heartbeats.transaction(async (tx) => {
           if (hb.hardware) {
             const [node] = await tx.select().from(nodes).where(eq(nodes.id, nodeId)).for('update');
             if (!node || node.status === 'retired') throw new ApiError('unauthenticated', 'this node was retired; join it again to serve');

@@ -189,7 +189,7 @@ export async function findOffers(database: Database, a: Ask, limit: number): Pro
     from groups f join nodes n on n.id = f.node_id
     where ${live} and f.free >= ${a.gpus} and ${tests}
     order by ${priceMilliSql(j)}, f.node_free - ${a.gpus}, n.memory_mb - n.allocated_memory_mb, n.cpu_millis - n.allocated_cpu_millis,
-      n.last_placed_at nulls first, n.id, f.model
+      n.last_placed_at nulls first, n.id, f.model collate "C", f.is_mig
     limit ${limit}`);
   return rows.map(toOffer);
 }

@@ -32,30 +32,54 @@ type GpuRule = (typeof gpuRules)[number];
 
 export const formatCuda = (v: number) => `${Math.floor(v / 1000)}.${v % 1000}`;
 
-/** The GPUs of `node` the job could take: free, of its model, with its memory and CUDA version. */
+/**
+ * The GPUs of `node` the job could take: free, of its model, with its memory and CUDA version,
+ * and all of one product name and kind (whole GPUs or MIG devices), as offers list them one per
+ * node and model: of the groups with enough, the first by name (whole GPUs before MIG devices).
+ * Fewer than the job asks when no group has enough.
+ */
 export function matchingGpus(job: JobRequest, node: NodeView, models: ModelMatcher): GpuView[] {
   const asked = gpuRules.filter((r) => r.asks(job));
-  return node.freeGpus.filter((g) => asked.every((r) => r.js(job, g, models)));
+  const ok = node.freeGpus.filter((g) => asked.every((r) => r.js(job, g, models)));
+  if (ok.every((g) => sameGroup(g, ok[0]!))) return ok;
+  let best: GpuView[] = [];
+  for (const group of groupsOf(ok)) {
+    if (group.length < job.gpuCount) continue;
+    if (!best.length || groupBefore(group[0]!, best[0]!)) best = group;
+  }
+  return best;
 }
 
-/** How many of the node's free GPUs the job could take (matchingGpus without building the list). */
+const sameGroup = (a: GpuView, b: GpuView) => a.model === b.model && !!a.mig === !!b.mig;
+/** The order of offers: by product name (code points, as the SQL's collate "C"), whole GPUs first. */
+const groupBefore = (a: GpuView, b: GpuView) => (a.model !== b.model ? a.model < b.model : !a.mig && !!b.mig);
+
+function groupsOf(gpus: GpuView[]): GpuView[][] {
+  const groups = new Map<string, GpuView[]>();
+  for (const g of gpus) {
+    const key = `${g.mig ? 1 : 0}${g.model}`;
+    let list = groups.get(key);
+    if (!list) groups.set(key, (list = []));
+    list.push(g);
+  }
+  return [...groups.values()];
+}
+
+/** How many GPUs of one group the job could take at most (matchingGpus without building lists, for one-model nodes). */
 export function countMatchingGpus(job: JobRequest, node: NodeView, models: ModelMatcher): number {
+  const first = node.freeGpus[0];
+  if (!first || !node.freeGpus.every((g) => sameGroup(g, first))) {
+    // Several models or kinds on the node: the largest group that matches.
+    const ok = node.freeGpus.filter((g) => gpuRules.every((r) => !r.asks(job) || r.js(job, g, models)));
+    return Math.max(0, ...groupsOf(ok).map((g) => g.length));
+  }
   const model = modelRule.asks(job);
   const memory = gpuMemoryRule.asks(job);
   const cuda = cudaRule.asks(job);
   if (!model && !memory && !cuda) return node.freeGpus.length;
+  if (model && !modelRule.js(job, first, models)) return 0;
   let n = 0;
-  let lastModel = '';
-  let lastOk = false;
   for (const g of node.freeGpus) {
-    if (model) {
-      // A node's GPUs are mostly one model: ask the rule once per run of equal names.
-      if (g.model !== lastModel) {
-        lastModel = g.model;
-        lastOk = modelRule.js(job, g, models);
-      }
-      if (!lastOk) continue;
-    }
     if (memory && !gpuMemoryRule.js(job, g, models)) continue;
     if (cuda && !cudaRule.js(job, g, models)) continue;
     n++;

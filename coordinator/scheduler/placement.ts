@@ -52,24 +52,70 @@ export type PlanOutcome = { placed: true; node: NodeView; gpus: GpuView[] } | { 
 export class PassState {
   readonly models = new ModelMatcher();
   private byId = new Map<string, NodeView>();
-  /** Nodes with a free GPU at the start of the pass. */
-  private gpuNodes: NodeView[] = [];
-  private byRequestedModel = new Map<string, NodeView[]>();
+  /** Every node that takes work, cheapest CPU first (the candidates of a job with no GPU). */
+  private all = new NodesByPrice((n) => n.priceCpuHourMicros);
+  /** Nodes that had a free GPU when read, cheapest GPU first. */
+  private gpuNodes = new NodesByPrice((n) => n.priceGpuHourMicros);
+  /** gpuNodes with a free GPU of the requested model when read, by model; built when first asked. */
+  private byRequestedModel = new Map<string, NodesByPrice>();
   /** Shapes that fit nowhere, with why: a job asking the same cannot fit either (capacity only shrinks in a pass). */
   readonly failed = new Map<string, string>();
   /** What each failed shape asks for (one of its jobs), for queue_reasons. */
   readonly requests = new Map<string, JobRequest>();
 
   constructor(
-    readonly nodes: NodeView[],
+    nodes: NodeView[],
     private now: number,
     /** When it was read from the database (ms). */
     readonly loadedAt = now,
   ) {
-    for (const n of nodes) {
+    // Sorted once, then appended: inserting 10,000 one by one would move the arrays' tails each time.
+    for (const n of [...nodes].sort(byPrice((x) => x.priceCpuHourMicros))) {
       this.byId.set(n.id, n);
-      if (n.freeGpus.length) this.gpuNodes.push(n);
+      this.all.append(n);
     }
+    for (const n of [...nodes].sort(byPrice((x) => x.priceGpuHourMicros))) if (n.freeGpus.length) this.gpuNodes.append(n);
+  }
+
+  get nodes(): readonly NodeView[] {
+    return this.all.items;
+  }
+
+  private add(n: NodeView) {
+    this.byId.set(n.id, n);
+    this.all.add(n);
+    if (!n.freeGpus.length) return;
+    this.gpuNodes.add(n);
+    for (const [model, list] of this.byRequestedModel) if (this.hasFreeGpuOf(n, model)) list.add(n);
+  }
+
+  /** A node's GPUs are mostly of one model: the rule is asked once per run of equal names. */
+  private hasFreeGpuOf(n: NodeView, model: string): boolean {
+    let last = '';
+    for (const g of n.freeGpus) {
+      if (g.model === last) continue;
+      last = g.model;
+      if (this.models.matches(model, g.model)) return true;
+    }
+    return false;
+  }
+
+  private remove(id: string) {
+    if (!this.byId.delete(id)) return;
+    this.all.delete(id);
+    this.gpuNodes.delete(id);
+    for (const list of this.byRequestedModel.values()) list.delete(id);
+  }
+
+  /**
+   * The named nodes as read again (`fresh`: those of them that still take work; the others
+   * leave). In place and in time proportional to the nodes named, not to the pool: passes come
+   * back to back under load, and rebuilding the lookups of 10,000 nodes for each was most of
+   * their cost.
+   */
+  replace(ids: readonly string[], fresh: readonly NodeView[]): void {
+    for (const id of ids) this.remove(id);
+    for (const n of fresh) this.add(n);
   }
 
   /** Starts another pass on this (kept) state: what fit nowhere last time may fit now. */
@@ -87,7 +133,7 @@ export class PassState {
     let m = 0;
     let pg = Number.MAX_SAFE_INTEGER;
     let pc = Number.MAX_SAFE_INTEGER;
-    for (const n of this.nodes) {
+    for (const n of this.all.items) {
       if (n.freeCpuMillis <= 0 || n.freeMemoryMb <= 0) continue;
       g = Math.max(g, n.freeGpus.length);
       c = Math.max(c, n.freeCpuMillis);
@@ -103,15 +149,17 @@ export class PassState {
       const n = this.byId.get(job.nodeId);
       return n ? [n] : [];
     }
-    if (job.gpuCount === 0) return this.nodes;
-    if (job.gpuModel === null) return this.gpuNodes;
+    if (job.gpuCount === 0) return this.all.items;
+    if (job.gpuModel === null) return this.gpuNodes.items;
     let list = this.byRequestedModel.get(job.gpuModel);
     if (!list) {
       const model = job.gpuModel;
-      list = this.gpuNodes.filter((n) => n.freeGpus.some((g) => this.models.matches(model, g.model)));
+      list = new NodesByPrice((n) => n.priceGpuHourMicros);
+      // gpuNodes' order is the list's order: appended, it stays sorted.
+      for (const n of this.gpuNodes.items) if (this.hasFreeGpuOf(n, model)) list.append(n);
       this.byRequestedModel.set(model, list);
     }
-    return list;
+    return list.items;
   }
 
   /** Finds the best node for the job and takes its resources in memory; or says why none fits. */
@@ -121,7 +169,7 @@ export class PassState {
     if (known !== undefined) return { placed: false, reason: known };
     const node = this.best(job);
     if (!node) {
-      const reason = describePending(job, this.diagnose(job), this.nodes.length);
+      const reason = describePending(job, this.diagnose(job), this.all.items.length);
       this.failed.set(shape, reason);
       this.requests.set(shape, job);
       return { placed: false, reason };
@@ -143,7 +191,14 @@ export class PassState {
    */
   private best(job: JobRequest): NodeView | null {
     let best: Candidate | null = null;
+    // Candidates come cheapest first by the one price the job pays most surely (GPU-hours, or
+    // core-hours for a job with no GPU): once that part alone is above the best price found, or
+    // the job's limit, no node further on can be cheaper, and the walk stops.
+    const byGpu = job.gpuCount > 0;
+    const limit = job.maxPriceMicros === null ? Infinity : job.maxPriceMicros * 1000;
     for (const node of this.candidatesFor(job)) {
+      const floor = byGpu ? job.gpuCount * node.priceGpuHourMicros * 1000 : job.cpuMillis * node.priceCpuHourMicros;
+      if (floor > limit || (best && floor > best.priceMilliMicros)) break;
       if (!cpuRule.js(job, node) || !memoryRule.js(job, node) || !diskRule.js(job, node) || node.freeGpus.length < job.gpuCount) continue;
       const price = priceMilliMicros(job.gpuCount, job.cpuMillis, node.priceGpuHourMicros, node.priceCpuHourMicros);
       if (!withinPrice(job, price)) continue;
@@ -159,7 +214,7 @@ export class PassState {
   /** Why a job asking this would wait now, without placing anything. */
   explainRequest(job: JobRequest): string | null {
     if (this.best(job)) return null;
-    return describePending(job, this.diagnose(job), this.nodes.length);
+    return describePending(job, this.diagnose(job), this.all.items.length);
   }
 
   /** For a job that fits nowhere: how many nodes broke each rule first (once per shape and pass). */
@@ -170,6 +225,57 @@ export class PassState {
       if (!d.fits) counts[d.reason] = (counts[d.reason] ?? 0) + 1;
     }
     return counts;
+  }
+}
+
+const byPrice = (price: (n: NodeView) => number) => (a: NodeView, b: NodeView) =>
+  price(a) - price(b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
+/**
+ * Nodes ordered by a price, then id, with add and delete by id: a binary search and one move of
+ * the array's tail, microseconds for 10,000 nodes.
+ */
+class NodesByPrice {
+  readonly items: NodeView[] = [];
+  /** The key each node was filed under (its view's price may have changed since). */
+  private keys = new Map<string, number>();
+
+  constructor(private price: (n: NodeView) => number) {}
+
+  /** Where (key, id) is or would go. */
+  private find(key: number, id: string): number {
+    let lo = 0;
+    let hi = this.items.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const m = this.items[mid]!;
+      const mk = this.keys.get(m.id)!;
+      if (mk < key || (mk === key && m.id < id)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  add(n: NodeView) {
+    if (this.keys.has(n.id)) return;
+    const key = this.price(n);
+    const at = this.find(key, n.id);
+    this.keys.set(n.id, key);
+    this.items.splice(at, 0, n);
+  }
+
+  /** Adds a node known to sort after every node here. */
+  append(n: NodeView) {
+    this.keys.set(n.id, this.price(n));
+    this.items.push(n);
+  }
+
+  delete(id: string) {
+    const key = this.keys.get(id);
+    if (key === undefined) return;
+    const at = this.find(key, id);
+    this.items.splice(at, 1);
+    this.keys.delete(id);
   }
 }
 
@@ -189,11 +295,8 @@ export async function loadPassState(db: DbOrTx, now: number): Promise<PassState>
  * The kept state with the named nodes read again (those that joined, came back, changed or had
  * capacity freed since it was read): a node that no longer takes work leaves it.
  */
-export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly string[], now: number): Promise<PassState> {
-  const fresh = await loadNodeViews(db, ids);
-  const named = new Set(ids);
-  const kept = state.nodes.filter((n) => !named.has(n.id));
-  return new PassState([...kept, ...fresh], now, state.loadedAt);
+export async function refreshNodes(db: DbOrTx, state: PassState, ids: readonly string[]): Promise<void> {
+  state.replace(ids, await loadNodeViews(db, ids));
 }
 
 /** NodeViews of the nodes that take work: all of them, or those of `only`. */
@@ -228,7 +331,7 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
   // parse when the pool is idle and every GPU is free.
   const gpuRows = await executeRows<{ node_id: string; free: string }>(
     db,
-    sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, ''), chr(30) order by g.index) as free
+    sql`select g.node_id, string_agg(g.id || chr(31) || g.index || chr(31) || g.model || chr(31) || g.memory_mb || chr(31) || coalesce(g.cuda_version, '') || chr(31) || (g.mig is not null)::int, chr(30) order by g.index) as free
         from ${gpus} g join ${nodes} n on n.id = g.node_id
         where g.job_id is null and ${takesWork.sql('n')} ${onlyGpus}
         group by g.node_id`,
@@ -256,10 +359,10 @@ async function loadNodeViews(db: DbOrTx, only: readonly string[] | null): Promis
     const view = views.get(r.node_id);
     if (!view) continue;
     for (const g of r.free.split('\x1e')) {
-      const [id, index, model, memoryMb, cudaVersion] = g.split('\x1f') as [string, string, string, string, string];
+      const [id, index, model, memoryMb, cudaVersion, mig] = g.split('\x1f') as [string, string, string, string, string, string];
       let c = cuda.get(cudaVersion);
       if (c === undefined) cuda.set(cudaVersion, (c = parseCuda(cudaVersion)));
-      view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c });
+      view.freeGpus.push({ id, index: Number(index), model, memoryMb: Number(memoryMb), cuda: c, ...(mig === '1' ? { mig: true } : {}) });
     }
   }
   return [...views.values()];
@@ -452,7 +555,7 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
     for (const id of staleIds) stale.ids.delete(id);
   }
   let state = reuse ? kept!.state!.beginPass(now) : await loadPassState(db, now);
-  if (reuse && staleIds.length) state = await refreshNodes(db, state, staleIds, now);
+  if (reuse && staleIds.length) await refreshNodes(db, state, staleIds);
   if (kept) kept.state = state;
   result.snapshotAgeMs = now - state.loadedAt;
   /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */

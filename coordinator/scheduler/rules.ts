@@ -36,6 +36,8 @@ export interface GpuView {
   memoryMb: number;
   /** The CUDA version the driver supports, as major * 1000 + minor; null when unknown. */
   cuda: number | null;
+  /** A MIG device, not a whole GPU (absent: a whole GPU). A job gets one kind, of one model. */
+  mig?: boolean;
 }
 
 /** A node that takes work, with what is free on it in this pass. */

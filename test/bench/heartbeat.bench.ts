@@ -56,6 +56,7 @@ const coordinator = spawnCoordinator({
   GANTRY_NAME: benchAudience,
   GANTRY_LOG_REQUESTS: 'false',
   GANTRY_DB_POOL_SIZE: process.env.BENCH_POOL ?? '20',
+  GANTRY_DB_HEARTBEAT_POOL_SIZE: process.env.BENCH_HEARTBEAT_POOL ?? '',
 },
   [],
   // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile the coordinator.

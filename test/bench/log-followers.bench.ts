@@ -6,6 +6,10 @@
 // the runs without, and a job read p99 under 50 ms.
 //
 //   npx tsx test/bench/log-followers.bench.ts   (BENCH_NODES=10000 BENCH_FOLLOWERS=1000 BENCH_SECONDS=20)
+//
+// BENCH_POOL and BENCH_HEARTBEAT_POOL set the coordinator's two pools (20, and its default);
+// BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=DIR' profiles it, and BENCH_MARKS=1 prints each
+// measured window in the profile's clock and the slowest heartbeat of each of its seconds.
 import { randomBytes } from 'node:crypto';
 import { Agent, request, type ClientRequest } from 'node:http';
 import { loadavg } from 'node:os';
@@ -49,7 +53,8 @@ const coordinator = spawnCoordinator({
   GANTRY_NAME: benchAudience,
   GANTRY_LOG_REQUESTS: 'false',
   GANTRY_DB_POOL_SIZE: process.env.BENCH_POOL ?? '20',
-});
+  GANTRY_DB_HEARTBEAT_POOL_SIZE: process.env.BENCH_HEARTBEAT_POOL ?? '',
+}, [], process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []);
 cleanup = async () => {
   await coordinator.stop(2_000).catch(() => {});
   await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
@@ -117,6 +122,7 @@ async function phase(warmup: number) {
   let measuring = false;
   let cpu0 = 0;
   let pg0 = 0;
+  let measuredFromUs = 0n;
   const pending = new Set<Promise<void>>();
   const reader = setInterval(() => {
     const counted = measuring;
@@ -134,12 +140,17 @@ async function phase(warmup: number) {
     seconds,
     onMeasureStart: () => {
       measuring = true;
+      measuredFromUs = process.hrtime.bigint() / 1000n;
       cpu0 = cpuTicks(pid);
       pg0 = postgresTicks(dbName);
     },
     count: (status) => countError('heartbeat', status),
   });
   // Coordinator and PostgreSQL CPU over the measured part, in % of one core.
+  if (process.env.BENCH_MARKS) {
+    console.log(`# measured window (monotonic us, as in a --cpu-prof profile): ${measuredFromUs} ${process.hrtime.bigint() / 1000n}`);
+    console.log(`# slowest heartbeat each second: ${[...run.slowest.values()].map((ms) => ms.toFixed(0)).join(' ')}`);
+  }
   const cpu = ((cpuTicks(pid) - cpu0) / run.measuredS).toFixed(0);
   const pg = ((postgresTicks(dbName) - pg0) / run.measuredS).toFixed(0);
   clearInterval(reader);

@@ -42,6 +42,14 @@ const rand = () => (rnd = (rnd * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
 const pct = (xs: number[], p: number) => (xs.length ? xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]! : NaN);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const out = (name: string, value: number | string, unit: string) => console.log(`${name}: ${value} ${unit}`);
+/**
+ * This process's CPU time (ms) since `from`: with the simulated agents and the submits beside it,
+ * per placed job it says what the scheduler costs whatever else loads the machine.
+ */
+const cpuMs = (from?: NodeJS.CpuUsage) => {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1000;
+};
 
 function spec(i: number, over: { gpus?: number; model?: string | null; maxPrice?: number } = {}) {
   const gpuCount = over.gpus ?? 1 + Math.floor(rand() * 8);
@@ -257,6 +265,7 @@ try {
   loop = new SchedulerLoop({ database, clock, log: silentLogger, signals, leaseTtlSeconds: 300, batchSize: 1000, tickMs: 1000, onLeased: () => {} });
   const agents = startAgents(database, signals);
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   await loop.start();
   let firstPassPlaced = 0;
   let firstPassMs = 0;
@@ -275,15 +284,27 @@ try {
   out('scheduler_first_pass_s', (firstPassMs / 1000).toFixed(2), 's');
   out('scheduler_placements', placed, 'jobs');
   out('scheduler_placements_per_s', (placed / elapsed).toFixed(0), 'jobs/s');
+  out('scheduler_process_cpu_per_placement', (cpuMs(cpu0) / placed).toFixed(3), 'ms');
   out('scheduler_finished_by_agents', agents.finished, 'jobs');
   out('scheduler_passes', loop.totals.passes, 'passes');
   out('scheduler_conflicts', loop.totals.conflicts, 'batches');
   out('scheduler_placements_over_2000_per_s', placed / elapsed >= 2000 ? 1 : 0, 'bool');
 
   // --- 2. steady 500 submits/s, the backlog gone ---------------------------------------------
-  await db.update(jobs).set({ status: 'cancelled' }).where(sql`${jobs.status} = 'queued'`);
+  // The backlog's rows are locked in no set order here, against the scheduler's and the agents'
+  // (nodes, then jobs): a deadlock is possible and is simply tried again.
+  for (let tries = 0; ; tries++) {
+    try {
+      await db.update(jobs).set({ status: 'cancelled' }).where(sql`${jobs.status} = 'queued'`);
+      break;
+    } catch (err) {
+      if ((err as { cause?: { code?: string } }).cause?.code !== '40P01' || tries >= 5) throw err;
+    }
+  }
   await sleep(1000);
+  const cpu1 = process.cpuUsage();
   const steady = await steadySubmits(database, signals, client.id, Math.min(15, seconds));
+  out('scheduler_steady_process_cpu_per_job', (cpuMs(cpu1) / steady.submitted).toFixed(3), 'ms');
   out('scheduler_steady_submits_per_s', steady.achievedRate.toFixed(0), 'jobs/s');
   out('scheduler_submit_to_lease_p50_ms', pct(steady.latencies, 50).toFixed(1), 'ms');
   out('scheduler_submit_to_lease_p99_ms', pct(steady.latencies, 99).toFixed(1), 'ms');
@@ -302,7 +323,9 @@ try {
   out('scheduler_saturated_full_pass_ms', (performance.now() - fullStarted).toFixed(0), 'ms');
   const passesBefore = loop.totals.passes;
   const placedBefore = loop.totals.placed;
+  const cpu2 = process.cpuUsage();
   const sat = await steadySubmits(database, signals, client.id, Math.min(15, seconds));
+  out('scheduler_saturated_process_cpu_per_job', (cpuMs(cpu2) / sat.submitted).toFixed(3), 'ms');
   out('scheduler_saturated_unplaceable_queued', (await counts(database)).queued ?? 0, 'jobs');
   out('scheduler_saturated_submit_to_lease_p50_ms', pct(sat.latencies, 50).toFixed(1), 'ms');
   out('scheduler_saturated_submit_to_lease_p99_ms', pct(sat.latencies, 99).toFixed(1), 'ms');

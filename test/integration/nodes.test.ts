@@ -9,7 +9,8 @@ import { ApiRequestError, type ApiClient } from '../../shared/client.ts';
 import type { HardwareReport } from '../../shared/hardware.ts';
 import type { EnrollmentToken, HeartbeatAnswer, Node, NodeMetricsSeries, RegisteredNode } from '../../shared/nodes.ts';
 import { a5000Machine, metricsFor, newAgentKey, signAgentToken } from '../support/agent-identity.ts';
-import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { testPoolSize } from '../support/database.ts';
+import { dbSkipReason, itOn, startHarness, type Harness } from '../support/harness.ts';
 import { until } from '../support/until.ts';
 
 let machines = 0;
@@ -64,6 +65,33 @@ describe.skipIf(dbSkipReason)('nodes and heartbeats', () => {
   });
   afterAll(async () => h?.close());
   const db = () => h.testDb.database.db;
+
+  itOn('postgres')('answers heartbeats on connections of their own while other work holds every pooled one', async () => {
+    const a = await enroll(h);
+    // The node's key is read once, then kept: this heartbeat needs no pooled connection after it.
+    expect((await a.heartbeat({ jobs: [], metrics: metricsFor(a.hardware, 1) })).status).toBe(200);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let holding = 0;
+    const held = Array.from({ length: testPoolSize }, () =>
+      h.coordinator.deps.database.db.transaction(async (tx) => {
+        await tx.execute(sql`select 1`);
+        holding++;
+        await gate;
+      }),
+    );
+    try {
+      await until('every pooled connection held', () => holding === testPoolSize, 10_000);
+      const answer = await Promise.race([
+        a.heartbeat({ jobs: [], metrics: metricsFor(a.hardware, 2) }).then((r) => r.status),
+        new Promise((r) => setTimeout(() => r('no answer in 5 s'), 5000).unref()),
+      ]);
+      expect(answer).toBe(200);
+    } finally {
+      release();
+      await Promise.all(held);
+    }
+  });
 
   it('takes a heartbeat: liveness, latest metrics on the node and its GPUs, one sample per minute', async () => {
     const a = await enroll(h);

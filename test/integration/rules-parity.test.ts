@@ -60,7 +60,10 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
   });
   afterAll(async () => testDb?.drop());
 
-  /** A random pool: nodes online or not, draining or not, with or without a runtime, GPUs of one model each, some busy. */
+  /**
+   * A random pool: nodes online or not, draining or not, with or without a runtime, some busy
+   * GPUs; most nodes of one model, some of two models or with MIG devices beside whole GPUs.
+   */
   async function randomPool(rng: Rng): Promise<string[]> {
     await db().execute(sql`delete from gpus`);
     await db().execute(sql`delete from job_events`);
@@ -98,21 +101,27 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
         priceCpuHourMicros: rng.pick([0, 0, 10_000]),
       });
       const model = rng.pick(models);
+      const mixed = rng.chance(0.3);
+      const other = rng.pick(models);
       const cuda = rng.pick(['12.4', '11.8', null]);
-      const gpuCount = rng.int(0, 4);
+      const gpuCount = rng.int(0, mixed ? 6 : 4);
       if (gpuCount) {
         await db().insert(gpus).values(
-          Array.from({ length: gpuCount }, (_, index) => ({
-            nodeId: id,
-            id: `GPU-${id.slice(5)}-${index}`,
-            index,
-            uuid: `GPU-${id.slice(5)}-${index}`,
-            model: model.name,
-            memoryMb: model.memoryMb,
-            driverVersion: '550.54.15',
-            cudaVersion: cuda,
-            jobId: rng.chance(0.25) ? 'job_held_elsewhere' : null,
-          })),
+          Array.from({ length: gpuCount }, (_, index) => {
+            const m = mixed && rng.chance(0.5) ? other : model;
+            return {
+              nodeId: id,
+              id: `GPU-${id.slice(5)}-${index}`,
+              index,
+              uuid: `GPU-${id.slice(5)}-${index}`,
+              model: m.name,
+              memoryMb: m.memoryMb,
+              driverVersion: '550.54.15',
+              cudaVersion: cuda,
+              mig: mixed && rng.chance(0.25) ? { gpuInstanceId: index, computeInstanceId: 0 } : null,
+              jobId: rng.chance(0.25) ? 'job_held_elsewhere' : null,
+            };
+          }),
         );
       }
     }
@@ -144,7 +153,7 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
   }
 
   /** Where the scheduler would place the spec now: submitted, read from the queue and planned as a pass does. */
-  async function schedulerChoice(spec: JobSpec): Promise<string | null> {
+  async function schedulerChoice(spec: JobSpec): Promise<{ node: string; gpus: string | null } | null> {
     const now = new Date();
     const { job } = await submitJob(db(), client, spec, undefined, now);
     try {
@@ -152,7 +161,9 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
       const { jobs: queued } = await loadQueueBatch(db(), null, 10, null);
       expect(queued.map((q) => q.id)).toEqual([job.id]);
       const out = state.place(queued[0]!);
-      return out.placed ? out.node.id : null;
+      // The GPUs it takes, by model and kind: all alike, as an offer lists them.
+      const kinds = out.placed ? [...new Set(out.gpus.map((g) => `${g.mig ? 'mig' : 'gpu'} ${g.model}`))] : [];
+      return out.placed ? { node: out.node.id, gpus: kinds.length ? kinds.join(' + ') : null } : null;
     } finally {
       await db().execute(sql`delete from job_events where job_id = ${job.id}`);
       await db().execute(sql`delete from jobs where id = ${job.id}`);
@@ -168,10 +179,15 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
       for (let k = 0; k < jobsPerRound; k++) {
         const spec = randomSpec(rng, nodeIds);
         const dry = await dryRun(testDb.database, spec);
-        const placedOn = await schedulerChoice(spec);
-        expect({ fits: placedOn !== null, node: placedOn }, `${where}, job ${k}: ${JSON.stringify(spec.resources)} ${JSON.stringify(spec.constraints)}`).toEqual({
+        const placed = await schedulerChoice(spec);
+        const first = dry.offers[0];
+        expect(
+          { fits: placed !== null, node: placed?.node ?? null, gpus: placed?.gpus ?? null },
+          `${where}, job ${k}: ${JSON.stringify(spec.resources)} ${JSON.stringify(spec.constraints)}`,
+        ).toEqual({
           fits: dry.fits,
-          node: dry.offers[0]?.nodeId ?? null,
+          node: first?.nodeId ?? null,
+          gpus: first?.gpu && spec.resources.gpus > 0 ? `${first.gpu.kind} ${first.gpu.model}` : null,
         });
       }
 
@@ -179,8 +195,12 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
       const pool = await computePool(testDb.database, new Date());
       const offered = await findOffers(testDb.database, { gpus: 1, cpuMillis: 0, memoryMb: 0 }, 10_000);
       const offeredFree = new Map<string, number>();
-      for (const o of offered) offeredFree.set(o.gpu!.model, (offeredFree.get(o.gpu!.model) ?? 0) + o.gpu!.free);
-      const poolFree = new Map(pool.models.filter((m) => m.free > 0).map((m) => [m.model, m.free]));
+      for (const o of offered) {
+        const key = `${o.gpu!.kind} ${o.gpu!.model}`;
+        offeredFree.set(key, (offeredFree.get(key) ?? 0) + o.gpu!.free);
+      }
+      const poolFree = new Map<string, number>();
+      for (const m of pool.models.filter((x) => x.free > 0)) poolFree.set(`${m.kind} ${m.model}`, (poolFree.get(`${m.kind} ${m.model}`) ?? 0) + m.free);
       expect(Object.fromEntries(poolFree), where).toEqual(Object.fromEntries(offeredFree));
       // Free CPU: what the pool counts is what offers of no GPU list.
       const cpuOffers = await findOffers(testDb.database, { gpus: 0, cpuMillis: 0, memoryMb: 0 }, 10_000);

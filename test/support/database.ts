@@ -52,6 +52,10 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
+/** PostgreSQL: connections of a test database's pool, and of its heartbeats' own (as a coordinator opens it). */
+export const testPoolSize = 10;
+const testHeartbeatPoolSize = 2;
+
 /** A fresh, migrated database of this run's kind; drop() closes and (PostgreSQL) drops it. */
 export async function createTestDatabase(): Promise<TestDatabase> {
   if (dbKind === 'pglite') {
@@ -62,7 +66,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   const admin = postgres(postgresAdminUrl, { max: 1, onnotice: () => {} });
   await admin.unsafe(`create database ${name}`);
   const url = postgresAdminUrl.replace(/\/[^/]*$/, `/${name}`);
-  const database = await openDatabase({ databaseUrl: url, poolSize: 10 });
+  const database = await openDatabase({ databaseUrl: url, poolSize: testPoolSize, heartbeatPoolSize: testHeartbeatPoolSize });
   await migrate(database);
   return {
     database,

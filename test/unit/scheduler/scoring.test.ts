@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ModelMatcher, type JobRequest, type NodeView } from '../../../coordinator/scheduler/feasibility.ts';
+import { decide, ModelMatcher, type JobRequest, type NodeView } from '../../../coordinator/scheduler/feasibility.ts';
 import { PassState } from '../../../coordinator/scheduler/placement.ts';
 import { candidate, compareCandidates } from '../../../coordinator/scheduler/scoring.ts';
 import { leaseCostMicros } from '../../../coordinator/jobs/transitions.ts';
@@ -102,5 +102,78 @@ describe('lease cost', () => {
     // One second of one GPU at 3.60/hour is 0.001.
     expect(leaseCostMicros(1, 0, 3_600_000, 0, 1000)).toBe(1000);
     expect(leaseCostMicros(0, 1000, 0, 0, 3_600_000)).toBe(0);
+  });
+});
+
+describe('a kept pass state with changed nodes read again (PassState.replace)', () => {
+  const h100 = (id: string, i: number) => ({ id: `${id}-h${i}`, index: i, model: 'NVIDIA H100 80GB HBM3', memoryMb: 81_559, cuda: 12_004 });
+
+  it('sees GPUs freed on a node that had none free of the model when its lists were built', () => {
+    const busy = node(0, { priceGpuHourMicros: 300_000 });
+    const dear = node(0, { priceGpuHourMicros: 900_000 });
+    dear.freeGpus = [h100(dear.id, 0)];
+    const state = new PassState([busy, dear], 1_000);
+    // Builds the H100 list while only `dear` has a free H100.
+    expect(state.place(job({ gpuModel: 'H100' }))).toMatchObject({ placed: true, node: { id: dear.id } });
+    state.beginPass(2_000);
+    state.replace([busy.id], [{ ...busy, freeGpus: [h100(busy.id, 0)] }]);
+    expect(state.place(job({ gpuModel: 'H100' }))).toMatchObject({ placed: true, node: { id: busy.id } });
+  });
+
+  it('drops a node that no longer takes work from every list, and adds one that joined', () => {
+    const a = node(2, { priceGpuHourMicros: 100_000 });
+    const b = node(2, { priceGpuHourMicros: 500_000 });
+    const state = new PassState([a, b], 1_000);
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ node: { id: a.id } });
+    state.beginPass(2_000);
+    const c = node(1, { priceGpuHourMicros: 50_000 });
+    state.replace([a.id, c.id], [c]);
+    expect(state.nodes.map((x) => x.id).sort()).toEqual([b.id, c.id].sort());
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ node: { id: c.id } });
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ node: { id: b.id } });
+    expect(state.place(job({ gpuCount: 0 }))).toMatchObject({ placed: true });
+    state.beginPass(3_000);
+    state.replace([b.id, c.id], []);
+    expect(state.place(job({ gpuModel: 'L4' }))).toMatchObject({ placed: false });
+    expect(state.nodes).toEqual([]);
+  });
+});
+
+describe('the walk from the cheapest node stops early and still finds the best node', () => {
+  it('agrees with scoring every node, over random pools and jobs', () => {
+    let seed = 42;
+    const rand = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31;
+    const pick = <T>(xs: readonly T[]) => xs[Math.floor(rand() * xs.length)]!;
+    const modelNames = ['NVIDIA L4', 'NVIDIA H100 80GB HBM3', 'NVIDIA GeForce RTX 4090'];
+    for (let round = 0; round < 200; round++) {
+      const pool = Array.from({ length: 1 + Math.floor(rand() * 30) }, () => {
+        const v = node(Math.floor(rand() * 5), {
+          // Few distinct prices, so that ties (broken by fit, then age, then id) are common.
+          priceGpuHourMicros: pick([0, 100_000, 200_000, 300_000]),
+          priceCpuHourMicros: pick([0, 10_000, 20_000]),
+          freeCpuMillis: pick([0, 2_000, 8_000]),
+          lastPlacedAtMs: pick([0, 5]),
+        });
+        const model = pick(modelNames);
+        v.freeGpus = v.freeGpus.map((g) => ({ ...g, model }));
+        return v;
+      });
+      const j = job({
+        gpuCount: Math.floor(rand() * 3),
+        cpuMillis: pick([500, 2_000]),
+        gpuModel: rand() < 0.5 ? pick(['L4', 'H100', '4090']) : null,
+        maxPriceMicros: rand() < 0.3 ? pick([100_000, 400_000]) : null,
+      });
+      const models = new ModelMatcher();
+      let want: ReturnType<typeof candidate> | null = null;
+      for (const v of pool) {
+        const d = decide(j, v, models);
+        if (!d.fits || (j.maxPriceMicros !== null && d.priceMilliMicros > j.maxPriceMicros * 1000)) continue;
+        const c = candidate(v, d.priceMilliMicros, j.gpuCount, j.cpuMillis, j.memoryMb);
+        if (!want || compareCandidates(c, want) < 0) want = c;
+      }
+      const got = new PassState(pool.map((v) => ({ ...v, freeGpus: [...v.freeGpus] })), 1_000).place(j);
+      expect(got.placed ? got.node.id : null, `round ${round}`).toBe(want?.node.id ?? null);
+    }
   });
 });

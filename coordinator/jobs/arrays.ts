@@ -280,15 +280,17 @@ export async function taskEnded(tx: DbOrTx, task: JobRow, at: Date): Promise<voi
  */
 export async function cancelTasks(tx: DbOrTx, arrayId: string, why: string, at: Date): Promise<{ cancelled: number; requested: number }> {
   const ts = sql`${at.toISOString()}::timestamptz`;
-  const cancelled = await tx
-    .update(jobs)
-    .set({ status: 'cancelled', finishedAt: at, updatedAt: at, pendingReason: null })
-    .where(and(eq(jobs.parentId, arrayId), eq(jobs.status, 'queued')))
-    .returning({ id: jobs.id });
-  if (cancelled.length) {
-    await tx.execute(sql`insert into ${jobEvents} (job_id, from_status, to_status, reason, created_at)
-      select id, 'queued', 'cancelled', ${why}, ${ts} from jsonb_to_recordset(${JSON.stringify(cancelled)}::jsonb) as v(id text)`);
-  }
+  // The queued ones and their events in one statement: an array of 10,000 sends no list of ids around.
+  const [cancelled] = await executeRows<{ n: unknown }>(
+    tx,
+    sql`with c as (
+          update ${jobs} set status = 'cancelled', finished_at = ${ts}, updated_at = ${ts}, pending_reason = null
+          where parent_id = ${arrayId} and status = 'queued' returning id
+        ), e as (
+          insert into ${jobEvents} (job_id, from_status, to_status, reason, created_at) select id, 'queued', 'cancelled', ${why}, ${ts} from c
+        )
+        select count(*) as n from c`,
+  );
   const requested = await tx
     .update(jobs)
     .set({ cancelRequestedAt: at, updatedAt: at })
@@ -298,7 +300,7 @@ export async function cancelTasks(tx: DbOrTx, arrayId: string, why: string, at: 
     await tx.execute(sql`insert into ${jobEvents} (job_id, from_status, to_status, reason, created_at)
       select id, status, status, ${`cancel requested: ${why}`}, ${ts} from jsonb_to_recordset(${JSON.stringify(requested)}::jsonb) as v(id text, status text)`);
   }
-  return { cancelled: cancelled.length, requested: requested.length };
+  return { cancelled: toNumber(cancelled?.n ?? 0), requested: requested.length };
 }
 
 /** The owner cancels the array: every open task is cancelled, and the array ends cancelled once they have. */

@@ -419,8 +419,10 @@ export async function loadQueueBatch(
           cpu_millis, memory_mb, disk_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda,
           spec->>'image' as image, spec->>'network' as network, parent_id,
-          a.max_parallel as array_max, a.tasks_active as array_active
-        from ${jobs} left join lateral (select max_parallel, tasks_active from ${jobs} p where p.id = ${jobs}.parent_id) a on true
+          -- In the select list: read for the rows returned only, never for those the filters drop.
+          case when parent_id is not null then (select p.max_parallel from ${jobs} p where p.id = ${jobs}.parent_id) end as array_max,
+          case when parent_id is not null then (select p.tasks_active from ${jobs} p where p.id = ${jobs}.parent_id) end as array_active
+        from ${jobs}
         where status = 'queued' ${after}
           and ${runsSql()}
           ${bounds ? withinBounds(bounds) : sql``}

@@ -37,8 +37,15 @@ export function describeWait(job: Job, now = Date.now()): string {
 }
 
 /** The line that closes a followed job (its error is the node's text, made printable). */
+/** A job array's tasks in a line: "7 tasks: 5 succeeded, 1 failed, 1 running". */
+export function taskSummary(tasks: NonNullable<Job['tasks']>): string {
+  const parts = (['succeeded', 'failed', 'cancelled', 'running', 'leased', 'queued'] as const).filter((s) => tasks[s] > 0).map((s) => `${tasks[s]} ${s}`);
+  return `${tasks.count} task${tasks.count === 1 ? '' : 's'}: ${parts.join(', ')}`;
+}
+
 export function describeEnd(job: Job): string {
   const took = job.startedAt && job.finishedAt ? ` in ${formatDuration((Date.parse(job.finishedAt) - Date.parse(job.startedAt)) / 1000)}` : '';
+  if (job.tasks) return `${job.id} ${job.status}${took} (${taskSummary(job.tasks)})`;
   if (job.status === 'succeeded') return `${job.id} succeeded${took}`;
   const code = job.exitCode !== null ? ` with exit code ${job.exitCode}` : '';
   const why = job.error ? `: ${printable(job.error)}` : '';

@@ -1,7 +1,7 @@
 import { parseCommandArgs, renderHelp, createContext, type Command } from './command.ts';
 import { describeError, exitCodes, ExitWith, UsageError } from './errors.ts';
 import { printable } from './output.ts';
-import { cancel, job, jobs, wait } from './commands/jobs.ts';
+import { cancel, job, jobs, tasks, wait } from './commands/jobs.ts';
 import { login, logout } from './commands/login.ts';
 import { logs, outputs } from './commands/logs.ts';
 import { nodes, tokens } from './commands/nodes.ts';
@@ -15,7 +15,7 @@ import { cliSettings } from './config.ts';
 // and a non-zero exit; a stack trace only with GANTRY_DEBUG=1.
 
 const groups: [string, Command[]][] = [
-  ['Run jobs', [submit, jobs, job, logs, wait, cancel, outputs]],
+  ['Run jobs', [submit, jobs, job, tasks, logs, wait, cancel, outputs]],
   ['The pool', [pool, offers, usage]],
   ['Providers', [nodes, tokens]],
   ['Your login', [login, logout]],

@@ -73,7 +73,10 @@ export async function prepareInputs(inputs: JobSpec['inputs'], dir: string, fetc
   await chmod(dir, 0o755);
   if (!inputs?.length) return;
   if (!fetchInput) throw new InputError('this agent cannot fetch inputs (no coordinator client in the runtime)');
-  for (const [i, input] of inputs.entries()) {
+  for (const [i, { digest, path }] of inputs.entries()) {
+    // A task's spec names its own digest: one still naming a list per task is not a spec to run.
+    if (!digest) throw new InputError(`input ${path} names no digest`);
+    const input = { digest, path };
     if (input.path.endsWith('/')) {
       const temp = join(dirname(dir), `.input-${i}.tar`);
       try {

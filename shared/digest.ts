@@ -12,5 +12,10 @@ export function canonicalJson(value: unknown): string {
 
 /** The digest a lease carries for its job spec (which names its input digests). */
 export function specDigest(spec: unknown): string {
-  return `sha256:${createHash('sha256').update(canonicalJson(spec)).digest('hex')}`;
+  return canonicalDigest(canonicalJson(spec));
+}
+
+/** specDigest() of a spec already written as canonicalJson(). */
+export function canonicalDigest(canonical: string): string {
+  return `sha256:${createHash('sha256').update(canonical).digest('hex')}`;
 }

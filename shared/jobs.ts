@@ -31,9 +31,15 @@ export const Price = z
 
 export const BlobDigest = z.string().regex(/^sha256:[a-f0-9]{64}$/, 'sha256:<64 hex digits>');
 
+/** Most tasks one array may have. */
+export const maxTaskCount = 10_000;
+
 export const JobInput = z
   .object({
-    digest: BlobDigest,
+    /** The blob; absent when perTask names one per task. */
+    digest: BlobDigest.optional(),
+    /** A job array's input that differs per task: task i gets perTask[i] at this path (length tasks.count). */
+    perTask: z.array(BlobDigest).min(1).max(maxTaskCount).optional(),
     // Where it lands under /inputs: a file path, or a folder (ending in /) to unpack a tar into.
     path: z
       .string()
@@ -41,7 +47,25 @@ export const JobInput = z
       .max(256)
       .regex(/^(?!\/)(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._/-]+$/, 'a relative path without ..'),
   })
-  .strict();
+  .strict()
+  .refine((i) => (i.digest === undefined) !== (i.perTask === undefined), 'give either digest or perTask');
+export type JobInput = z.infer<typeof JobInput>;
+
+/**
+ * One submit of many tasks (a job array, like Slurm's or Nomad's count): each task is a job of its
+ * own, with GANTRY_TASK_INDEX (0-based) and GANTRY_TASK_COUNT in its env.
+ */
+export const TaskArray = z
+  .object({
+    count: z.number().int().min(1).max(maxTaskCount),
+    /** At most this many tasks hold leases at once; all of them when not given. */
+    maxParallel: z.number().int().min(1).max(maxTaskCount).optional(),
+    /** The first task that fails for good cancels the rest. */
+    failFast: z.boolean().default(false),
+  })
+  .strict()
+  .refine((t) => t.maxParallel === undefined || t.maxParallel <= t.count, { message: 'maxParallel is at most count', path: ['maxParallel'] });
+export type TaskArray = z.infer<typeof TaskArray>;
 
 /** A job's disk budget when its spec names none: 10 GiB. */
 export const defaultDiskMb = 10_240;
@@ -100,9 +124,31 @@ export const JobSpec = z
     priority: z.number().int().min(-1000).max(1000).default(0),
     network: z.enum(['bridge', 'none']).default('bridge'),
     inputs: z.array(JobInput).max(64).optional(),
+    tasks: TaskArray.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((spec, ctx) => {
+    for (const [i, input] of (spec.inputs ?? []).entries()) {
+      if (!input.perTask) continue;
+      if (!spec.tasks) ctx.addIssue({ code: 'custom', path: ['inputs', i, 'perTask'], message: 'perTask needs tasks.count' });
+      else if (input.perTask.length !== spec.tasks.count) {
+        ctx.addIssue({ code: 'custom', path: ['inputs', i, 'perTask'], message: `needs one digest per task (${spec.tasks.count}), not ${input.perTask.length}` });
+      }
+    }
+  });
 export type JobSpec = z.infer<typeof JobSpec>;
+
+/** What a task of an array runs: its array's spec with the array taken out and its own inputs in. */
+export function taskSpec(spec: JobSpec, index: number): JobSpec {
+  const { tasks: _tasks, inputs, ...rest } = spec;
+  if (!inputs) return rest;
+  return { ...rest, inputs: inputs.map((i) => ({ digest: i.perTask ? i.perTask[index]! : i.digest!, path: i.path })) };
+}
+
+/** The input digests a job names (every task's, for an array). */
+export function inputDigests(spec: JobSpec): string[] {
+  return (spec.inputs ?? []).flatMap((i) => i.perTask ?? (i.digest ? [i.digest] : []));
+}
 
 export const jobStatuses = ['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export const JobStatus = z.enum(jobStatuses);
@@ -131,8 +177,26 @@ export const LeasePrices = z.object({
 });
 export type LeasePrices = z.infer<typeof LeasePrices>;
 
+/** A job array's tasks by status (GET /v1/jobs/{id} of the array). */
+export const TaskCounts = z.object({
+  count: z.number().int(),
+  maxParallel: z.number().int(),
+  queued: z.number().int(),
+  leased: z.number().int(),
+  running: z.number().int(),
+  succeeded: z.number().int(),
+  failed: z.number().int(),
+  cancelled: z.number().int(),
+});
+export type TaskCounts = z.infer<typeof TaskCounts>;
+
 export const Job = z.object({
   id: z.string(),
+  /** For a task of an array: the array (its parent job) and the task's index. */
+  parentId: z.string().nullable().default(null),
+  taskIndex: z.number().int().nullable().default(null),
+  /** For an array: its tasks by status (its own status is derived from them). */
+  tasks: TaskCounts.nullable().default(null),
   name: z.string(),
   status: JobStatus,
   spec: JobSpec,
@@ -164,6 +228,15 @@ export type Job = z.infer<typeof Job>;
 export const JobListQuery = z.object({
   status: JobStatus.optional(),
 });
+
+/** GET /v1/jobs/{id}/tasks: an array's tasks in index order; the cursor is the last index seen. */
+export const TaskListQuery = z
+  .object({
+    status: JobStatus.optional(),
+    limit: z.coerce.number().int().min(1).max(1000).default(100),
+    cursor: z.coerce.number().int().min(0).max(maxTaskCount).optional(),
+  })
+  .strict();
 
 export const JobEvent = z.object({
   id: z.number().int(),

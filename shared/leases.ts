@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BlobDigest, JobSpec } from './jobs.ts';
+import { BlobDigest, JobSpec, maxTaskCount } from './jobs.ts';
 import { idPattern } from './ids.ts';
 import { cleanNodeMessage } from './text.ts';
 
@@ -12,6 +12,9 @@ const Epoch = z.number().int().min(0).max(2_147_483_647);
 /** A job a node holds, at the lease epoch it holds it with. */
 export const LeaseRef = z.object({ jobId: JobId, epoch: Epoch }).strict();
 export type LeaseRef = z.infer<typeof LeaseRef>;
+
+export const TaskClaim = z.object({ index: z.number().int().min(0).max(maxTaskCount - 1), count: z.number().int().min(1).max(maxTaskCount) }).strict();
+export type TaskClaim = z.infer<typeof TaskClaim>;
 
 /** The claims of a lease token (DESIGN.md "Lease token"). */
 export const LeaseClaims = z.object({
@@ -32,6 +35,8 @@ export const LeaseClaims = z.object({
   res: z.object({ cpuMillis: z.number().int(), memoryMb: z.number().int() }),
   /** specDigest() of the job spec. */
   spec: BlobDigest,
+  /** For a task of a job array: its index (0-based) and the array's count, set in its env as GANTRY_TASK_INDEX and GANTRY_TASK_COUNT. */
+  task: TaskClaim.optional(),
 });
 export type LeaseClaims = z.infer<typeof LeaseClaims>;
 
@@ -53,6 +58,8 @@ export const LeaseGrant = z.object({
   /** The signed lease (JWS compact). Nothing runs until the agent has verified it. */
   token: z.string(),
   spec: JobSpec,
+  /** Set by the agent from the verified token's claim (never taken from the coordinator's answer). */
+  task: TaskClaim.optional(),
   gpus: z.array(LeaseGpu),
   cpuMillis: z.number().int(),
   memoryMb: z.number().int(),

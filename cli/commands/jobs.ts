@@ -2,7 +2,7 @@ import { isTerminal, Job, JobEventList, jobStatuses, type JobEvent, type JobStat
 import { getJob, idArg, listAll, naming } from '../api.ts';
 import { type Command, type Context, flagValue, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
-import { describeEnd, followJob, jobExitCode } from '../follow.ts';
+import { describeEnd, followJob, jobExitCode, taskSummary } from '../follow.ts';
 import { ago, type Column, details, printable, table } from '../output.ts';
 import { formatDuration, formatSizeMb, parseWholeNumber } from '../units.ts';
 
@@ -18,9 +18,11 @@ export function runTime(job: Job, now = Date.now()): string {
   return formatDuration((end - Date.parse(job.startedAt)) / 1000);
 }
 
-const jobColumns = (ctx: Context): Column<Job>[] => [
+const jobColumns = (ctx: Context, arrays: boolean): Column<Job>[] => [
   { header: 'ID', value: (j) => j.id },
   { header: 'NAME', value: (j) => j.name, flex: true },
+  // One line per array: how many of its tasks ended, of how many.
+  ...(arrays ? [{ header: 'TASKS', value: (j: Job) => (j.tasks ? `${j.tasks.succeeded + j.tasks.failed + j.tasks.cancelled}/${j.tasks.count}` : '-'), right: true }] : []),
   { header: 'STATUS', value: (j) => (j.cancelRequestedAt && !['cancelled', 'succeeded', 'failed'].includes(j.status) ? `${j.status}*` : j.status), paint: (t) => ctx.out.status(t) },
   { header: 'GPUS', value: gpuSummary },
   { header: 'NODE', value: (j) => j.nodeId ?? '-' },
@@ -56,7 +58,43 @@ export const jobs: Command = {
       ctx.stdout.write(status ? `No ${status} jobs.\n` : 'No jobs yet. Submit one with gantry submit.\n');
       return;
     }
-    ctx.stdout.write(table(jobColumns(ctx), items, { painter: ctx.out, width: tableWidth(ctx) }));
+    ctx.stdout.write(table(jobColumns(ctx, items.some((j) => j.tasks)), items, { painter: ctx.out, width: tableWidth(ctx) }));
+  },
+};
+
+export const tasks: Command = {
+  name: 'tasks',
+  summary: "List a job array's tasks in index order.",
+  usage: ['tasks ID [--status STATUS] [--limit N] [--json]'],
+  flags: {
+    status: { type: 'string', arg: 'STATUS', help: `only tasks in this state (${jobStatuses.join(', ')})` },
+    limit: { type: 'string', arg: 'N', help: 'at most N tasks (default 100)' },
+    json: { type: 'boolean', help: 'print the tasks as a JSON array, for scripts' },
+  },
+  positionals: { min: 1, max: 1 },
+  async run(ctx, { values, positionals }) {
+    const id = idArg('job', positionals[0], 'tasks');
+    const status = str(values, 'status');
+    if (status !== undefined && !jobStatuses.includes(status as JobStatus)) {
+      throw new UsageError(`--status: "${status}" is not one of ${jobStatuses.join(', ')}`, 'tasks');
+    }
+    const limit = flagValue('tasks', 'limit', str(values, 'limit'), (t) => parseWholeNumber(t, 1, 100_000)) ?? 100;
+    const { api } = await ctx.connect();
+    const items = await naming('job', id, listAll(api, `/v1/jobs/${id}/tasks`, Job, { status }, limit));
+    if (values.json) {
+      ctx.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
+      return;
+    }
+    if (!items.length) {
+      ctx.stdout.write(status ? `No ${status} tasks.\n` : 'No tasks.\n');
+      return;
+    }
+    const cols: Column<Job>[] = [
+      { header: 'INDEX', value: (t) => String(t.taskIndex), right: true },
+      ...jobColumns(ctx, false).filter((c) => c.header !== 'NAME' && c.header !== 'CREATED'),
+      { header: 'EXIT', value: (t) => (t.exitCode === null ? '-' : String(t.exitCode)), right: true },
+    ];
+    ctx.stdout.write(table(cols, items, { painter: ctx.out, width: tableWidth(ctx) }));
   },
 };
 
@@ -87,6 +125,8 @@ export const job: Command = {
           ['id', j.id],
           ['name', j.name],
           ['status', status],
+          ['array', j.parentId ? `task ${j.taskIndex} of ${j.parentId}` : null],
+          ['tasks', j.tasks ? `${taskSummary(j.tasks)}; at most ${j.tasks.maxParallel} at once (gantry tasks ${j.id})` : null],
           ['waiting', j.pendingReason],
           ['image', s.image],
           ['command', [...(s.entrypoint ?? []), ...s.command].map(shellQuote).join(' ')],
@@ -94,7 +134,7 @@ export const job: Command = {
           ['max price', s.maxPricePerHour !== undefined ? `${s.maxPricePerHour.toFixed(2)}/hour` : null],
           ['node', j.nodeId],
           ['gpus', j.gpuIds?.join(', ')],
-          ['attempts', `${j.attempts} of ${j.maxAttempts}`],
+          ['attempts', j.tasks ? null : `${j.attempts} of ${j.maxAttempts}`],
           ['created', `${j.createdAt} (${ago(j.createdAt)})`],
           ['started', j.startedAt],
           ['finished', j.finishedAt],

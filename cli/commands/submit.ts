@@ -3,7 +3,7 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import type { ApiClient } from '../../shared/client.ts';
-import { Job, type JobSpec } from '../../shared/jobs.ts';
+import { Job, type JobSpec, maxTaskCount } from '../../shared/jobs.ts';
 import { expectOk } from '../api.ts';
 import { type Command, type Context, flagValue, list, type Parsed, str } from '../command.ts';
 import { CliError, UsageError } from '../errors.ts';
@@ -31,6 +31,8 @@ const setters: Setter[] = [
   { flag: 'priority', path: ['priority'], parse: (t) => (/^-\d+$/.test(t) ? -parseWholeNumber(t.slice(1), 0, 1000) : parseWholeNumber(t, 0, 1000)) },
   { flag: 'network', path: ['network'], parse: (t) => t },
   { flag: 'region', path: ['constraints', 'region'], parse: (t) => t },
+  { flag: 'tasks', path: ['tasks', 'count'], parse: (t) => parseWholeNumber(t, 1, maxTaskCount) },
+  { flag: 'max-parallel', path: ['tasks', 'maxParallel'], parse: (t) => parseWholeNumber(t, 1, maxTaskCount) },
 ];
 
 function setIn(obj: Record<string, unknown>, path: (string | number)[], value: unknown) {
@@ -188,6 +190,8 @@ const flags: Command['flags'] = {
   priority: { type: 'string', arg: 'N', help: 'higher runs first, -1000 to 1000 (default 0)' },
   network: { type: 'string', arg: 'MODE', help: 'bridge (default) or none' },
   input: { type: 'string', arg: 'SRC[:DEST]', multiple: true, help: 'upload a file or folder first; the job sees it under /inputs/DEST' },
+  tasks: { type: 'string', arg: 'N', help: 'a job array of N tasks (1 to 10000), each with GANTRY_TASK_INDEX (0 to N-1) and GANTRY_TASK_COUNT' },
+  'max-parallel': { type: 'string', arg: 'M', help: 'run at most M tasks of the array at once (default all)' },
   'idempotency-key': { type: 'string', arg: 'KEY', help: 'submitting again with the same key returns the same job' },
   follow: { type: 'boolean', short: 'f', help: "wait for the job, stream its logs, and exit with the job's exit code" },
   'dry-run': { type: 'boolean', help: 'show which offers the job would take and what it would cost; submit nothing' },
@@ -210,6 +214,7 @@ export const submit: Command = {
     'gantry submit job.yaml --follow',
     'gantry submit --image pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime --gpus 2 --gpu-model H100 --cpu 8 --memory 64G \\\n      --max-price 4.5 --input ./data:data/ -- python train.py --epochs 3',
     'gantry submit job.yaml --dry-run',
+    'gantry submit sweep.yaml --tasks 200 --max-parallel 16',
   ],
   async run(ctx, args) {
     const { data, source, fromFlags } = await buildSpec(args);
@@ -240,7 +245,8 @@ export const submit: Command = {
         if (!args.values.json) ctx.stderr.write(ctx.err.paint('dim', `follow it with: gantry logs -f ${created.id}\n`));
         return;
       }
-      const ended = await followJob(ctx, api, created.id, { logs: true });
+      // An array has no logs of its own (each task has its own): its progress is followed.
+      const ended = await followJob(ctx, api, created.id, { logs: !created.tasks });
       ctx.stderr.write(`${describeEnd(ended)}\n`);
       return jobExitCode(ended);
     } finally {

@@ -1,7 +1,9 @@
 import { and, eq, sql } from 'drizzle-orm';
+import type { JobSpec } from '../../shared/jobs.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { blobs, jobOutputs, jobs } from '../db/schema/index.ts';
 import { ApiError, notFound } from '../errors.ts';
+import { specOf } from '../jobs/arrays.ts';
 import { getOwnJob } from '../jobs/lifecycle.ts';
 import { requireLiveLease } from '../logs/lease.ts';
 import type { BlobStore } from './store.ts';
@@ -50,7 +52,7 @@ export async function openOwnBlob(deps: BlobDeps, accountId: string, digest: str
  */
 export async function openJobInput(deps: BlobDeps, nodeId: string, jobId: string, epoch: number, digest: string) {
   const job = await requireLiveLease(deps.db, jobId, nodeId, epoch);
-  if (!job.spec.inputs?.some((i) => i.digest === digest)) throw notFound('input');
+  if (!(await specOf(deps.db, job)).inputs?.some((i) => i.digest === digest)) throw notFound('input');
   const [row] = await deps.db
     .select({ size: blobs.size })
     .from(blobs)
@@ -71,11 +73,14 @@ export async function missingInputs(db: DbOrTx, accountId: string, digests: read
 }
 
 /** Refuses a job spec naming an input its owner has not uploaded (POST /v1/blobs first). */
-export async function requireInputsUploaded(db: DbOrTx, accountId: string, inputs: readonly { digest: string }[] | undefined) {
-  const digests = (inputs ?? []).map((i) => i.digest);
-  const missing = new Set(await missingInputs(db, accountId, digests));
+export async function requireInputsUploaded(db: DbOrTx, accountId: string, inputs: JobSpec['inputs']) {
+  // Each digest with where the spec names it (an array's per-task inputs name one per task).
+  const named = (inputs ?? []).flatMap((input, i) =>
+    input.perTask ? input.perTask.map((d, t) => ({ d, path: `inputs.${i}.perTask.${t}` })) : [{ d: input.digest!, path: `inputs.${i}.digest` }],
+  );
+  const missing = new Set(await missingInputs(db, accountId, named.map((n) => n.d)));
   if (!missing.size) return;
-  const errors = digests.flatMap((d, i) => (missing.has(d) ? [{ path: `inputs.${i}.digest`, message: 'no blob of yours has this digest: upload it with POST /v1/blobs first' }] : []));
+  const errors = named.flatMap((n) => (missing.has(n.d) ? [{ path: n.path, message: 'no blob of yours has this digest: upload it with POST /v1/blobs first' }] : [])).slice(0, 20);
   throw new ApiError('validation', `${errors[0]!.path}: ${errors[0]!.message}`, errors);
 }
 

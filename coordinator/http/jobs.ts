@@ -1,9 +1,10 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { idPattern } from '../../shared/ids.ts';
-import { Job, JobEventList, JobListQuery, JobSpec, type JobEvent } from '../../shared/jobs.ts';
+import { Job, JobEventList, JobListQuery, JobSpec, TaskListQuery, type JobEvent } from '../../shared/jobs.ts';
 import { PageQuery, pageOf } from '../../shared/pagination.ts';
 import type { AppDeps } from '../deps.ts';
 import { requireInputsUploaded } from '../blobs/service.ts';
+import { listTasks, submitArray } from '../jobs/arrays.ts';
 import { cancelJob, getOwnJob, listEvents, listJobs, submitJob, toApiJobAt, toApiJobs } from '../jobs/lifecycle.ts';
 import { topics } from '../signals.ts';
 import { bearerAuth, createRouter, errorResponses } from './router.ts';
@@ -40,7 +41,8 @@ export function jobRoutes(deps: AppDeps) {
       const key = c.req.valid('header')['idempotency-key'];
       // Inputs are uploaded first: a job naming bytes its owner never uploaded could never run.
       await requireInputsUploaded(db, c.get('principal').accountId, spec.inputs);
-      const { job, replayed } = await submitJob(db, c.get('principal').accountId, spec, key, deps.clock.now());
+      const submit = spec.tasks ? submitArray : submitJob;
+      const { job, replayed } = await submit(db, c.get('principal').accountId, spec, key, deps.clock.now());
       if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
       deps.signals.emit(topics.schedule);
       return c.json(await toApiJobAt(db, job, deps.clock.now()), 201);
@@ -77,6 +79,23 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const job = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
       return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/v1/jobs/{id}/tasks',
+      summary: "A job array's tasks in index order (the cursor is the last index seen)",
+      security: bearerAuth,
+      middleware: client,
+      request: { params: JobIdParam, query: TaskListQuery },
+      responses: { 200: { description: 'A page of tasks', ...json(pageOf(Job)) }, ...errorResponses },
+    }),
+    async (c) => {
+      const array = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
+      const page = await listTasks(db, array, c.req.valid('query'));
+      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now()), nextCursor: page.nextCursor }, 200);
     },
   );
 

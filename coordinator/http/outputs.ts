@@ -3,7 +3,10 @@ import { JobOutputsInfo, JobResultUpload, maxResultBytes } from '../../shared/bl
 import { idPattern } from '../../shared/ids.ts';
 import { openJobOutputs, storeJobOutputs, storeJobResult } from '../blobs/service.ts';
 import { requirePlainTar } from '../blobs/plain-tar.ts';
-import { fromWebStream } from '../blobs/store.ts';
+import { fromWebStream, toWebStream } from '../blobs/store.ts';
+import { arrayOutputsTar } from '../blobs/array-outputs.ts';
+import { isArray } from '../jobs/arrays.ts';
+import { getOwnJob } from '../jobs/lifecycle.ts';
 import type { AppDeps } from '../deps.ts';
 import { blobResponse, checkDeclaredLength, EpochQuery } from './blobs.ts';
 import { agentAuth, bearerAuth, createRouter, errorResponses } from './router.ts';
@@ -63,13 +66,21 @@ export function outputRoutes(deps: AppDeps) {
     createRoute({
       method: 'get',
       path: '/v1/jobs/{id}/outputs',
-      summary: 'Download what the job wrote to /outputs, as a tar (streamed)',
+      summary: "Download what the job wrote to /outputs, as a tar (streamed); a job array's holds each task's under task-<index>/",
       security: bearerAuth,
       request: { params: JobIdParam },
       responses: { 200: { description: 'The tar', ...tar }, ...errorResponses },
     }),
     async (c) => {
       const id = c.req.valid('param').id;
+      const job = await getOwnJob(store.db, c.get('principal').accountId, id);
+      // An array's: each task's outputs under task-<index>/, re-packed as they stream (no length known before).
+      if (isArray(job)) {
+        return new Response(toWebStream(arrayOutputsTar(store.db, deps.blobs, id)), {
+          status: 200,
+          headers: { 'content-type': 'application/x-tar', 'content-disposition': `attachment; filename="${id}-outputs.tar"` },
+        }) as never;
+      }
       const { digest, size, body } = await openJobOutputs(store, c.get('principal').accountId, id);
       return blobResponse(body, size, 'application/x-tar', {
         'content-disposition': `attachment; filename="${id}-outputs.tar"`,

@@ -1,13 +1,14 @@
-import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm';
+import { and, desc, eq, inArray, isNull, lt, sql, type SQL } from 'drizzle-orm';
 import { PgTransaction } from 'drizzle-orm/pg-core';
 import { specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
-import { type Job, type JobSpec, type JobStatus, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
+import { type Job, type JobSpec, type JobStatus, type TaskCounts, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
-import { gpus, jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
+import { jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
 import { ApiError, notFound } from '../errors.ts';
-import { meter } from './metering.ts';
+import { arrayUsage, cancelArray, eventsOf, isArray, specsOf, taskCounts, taskEnded } from './arrays.ts';
+import { meterLive, type meter } from './metering.ts';
 
 export type JobRow = typeof jobs.$inferSelect;
 type JobPatch = Partial<Omit<typeof jobs.$inferInsert, 'id' | 'status'>>;
@@ -173,7 +174,8 @@ export async function listJobs(
   accountId: string,
   opts: { status?: JobStatus | undefined; limit: number; cursor?: string | undefined },
 ): Promise<{ items: JobRow[]; nextCursor: string | null }> {
-  const where: SQL[] = [eq(jobs.accountId, accountId)];
+  // Arrays, not their tasks (GET /v1/jobs/{id}/tasks lists those).
+  const where: SQL[] = [eq(jobs.accountId, accountId), isNull(jobs.parentId)];
   if (opts.status) where.push(eq(jobs.status, opts.status));
   if (opts.cursor) where.push(lt(jobs.id, opts.cursor));
   const rows = await db
@@ -195,8 +197,13 @@ export async function cancelJob(db: Db, accountId: string, jobId: string, at: Da
   return db.transaction(async (tx) => {
     const job = await getOwnJob(tx, accountId, jobId);
     if (isTerminal(job.status)) throw new ApiError('conflict', `the job already ended ${job.status}`);
+    if (isArray(job)) {
+      await cancelArray(tx, job, at);
+      return getOwnJob(tx, accountId, jobId);
+    }
     if (job.status === 'queued') {
       const row = await changeStatus(tx, jobId, ['queued'], 'cancelled', 'cancelled by client', { finishedAt: at }, at);
+      if (row?.parentId) await taskEnded(tx, row, at);
       if (row) return row;
       // The scheduler placed it meanwhile: fall through to a cancel request.
     }
@@ -213,8 +220,7 @@ export async function cancelJob(db: Db, accountId: string, jobId: string, at: Da
 }
 
 export async function listEvents(db: DbOrTx, accountId: string, jobId: string) {
-  await getOwnJob(db, accountId, jobId);
-  return db.select().from(jobEvents).where(eq(jobEvents.jobId, jobId)).orderBy(jobEvents.id);
+  return eventsOf(db, await getOwnJob(db, accountId, jobId));
 }
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
@@ -224,16 +230,9 @@ const iso = (d: Date | null) => (d ? d.toISOString() : null);
  * prices (its GPUs' models read in one query for all of them), so `cost` is what it costs so far.
  */
 export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date): Promise<Job[]> {
-  const held = rows.filter((r) => (r.status === 'leased' || r.status === 'running') && r.leasedAt);
-  const models = new Map<string, string[]>();
-  if (held.length) {
-    const found = await db
-      .select({ jobId: gpus.jobId, model: gpus.model })
-      .from(gpus)
-      .where(inArray(gpus.jobId, held.map((r) => r.id)));
-    for (const g of found) models.set(g.jobId!, [...(models.get(g.jobId!) ?? []), g.model]);
-  }
-  return rows.map((r) => toApiJob(r, held.includes(r) ? meter(r, models.get(r.id) ?? [], now) : null));
+  const arrays = rows.filter(isArray);
+  const [metered, specs, counts, sums] = await Promise.all([meterLive(db, rows, now), specsOf(db, rows), taskCounts(db, arrays), arrayUsage(db, arrays, now)]);
+  return rows.map((r) => toApiJob(r, specs.get(r.id)!, metered.get(r.id) ?? sums.get(r.id) ?? null, counts.get(r.id) ?? null));
 }
 
 export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date): Promise<Job> {
@@ -242,13 +241,16 @@ export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date): Promise<Jo
 }
 
 /** The one mapping from a job row to the API's shape; `metered` is the live lease's usage and cost so far. */
-function toApiJob(row: JobRow, metered: ReturnType<typeof meter> | null): Job {
+function toApiJob(row: JobRow, spec: JobSpec, metered: ReturnType<typeof meter> | null, tasks: TaskCounts | null): Job {
   const recordedUsage = MeteredUsage.safeParse(row.usage);
   return {
     id: row.id,
+    parentId: row.parentId,
+    taskIndex: row.taskIndex,
+    tasks,
     name: row.name,
     status: row.status,
-    spec: row.spec,
+    spec,
     attempts: row.attempts,
     maxAttempts: row.maxAttempts,
     priority: row.priority,

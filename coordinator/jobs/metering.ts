@@ -1,6 +1,9 @@
 // What a job used and what it costs its owner: metered from lease start at the prices recorded
 // at lease, added to what earlier leases of the job used.
+import { inArray } from 'drizzle-orm';
 import type { MeteredUsage } from '../../shared/jobs.ts';
+import type { DbOrTx } from '../db/open.ts';
+import { gpus } from '../db/schema/index.ts';
 import type { JobRow } from './lifecycle.ts';
 
 const msPerHour = 3_600_000n;
@@ -32,3 +35,21 @@ export function leaseCostMicros(gpuCount: number, cpuMillis: number, priceGpuHou
 }
 
 const round3 = (n: number) => Math.round(n * 1000) / 1000;
+
+/**
+ * The jobs of `rows` that hold a lease, metered to `now` at their lease's prices (their GPUs'
+ * models read in one query for all of them): what they cost so far.
+ */
+export async function meterLive(db: DbOrTx, rows: readonly JobRow[], now: Date): Promise<Map<string, ReturnType<typeof meter>>> {
+  const held = rows.filter((r) => (r.status === 'leased' || r.status === 'running') && r.leasedAt);
+  const out = new Map<string, ReturnType<typeof meter>>();
+  if (!held.length) return out;
+  const models = new Map<string, string[]>();
+  const found = await db
+    .select({ jobId: gpus.jobId, model: gpus.model })
+    .from(gpus)
+    .where(inArray(gpus.jobId, held.map((r) => r.id)));
+  for (const g of found) models.set(g.jobId!, [...(models.get(g.jobId!) ?? []), g.model]);
+  for (const r of held) out.set(r.id, meter(r, models.get(r.id) ?? [], now));
+  return out;
+}

@@ -5,7 +5,8 @@ import type { DbOrTx } from '../db/open.ts';
 import { gpus, jobEvents, jobs, nodes } from '../db/schema/index.ts';
 import { ApiError } from '../errors.ts';
 // The rule of which nodes take work, kept with its other forms in the scheduler's rules table.
-import { takesWork } from '../scheduler/rules.ts';
+import { takesWork, withinMaxParallel } from '../scheduler/rules.ts';
+import { specOf, taskLeftNode } from './arrays.ts';
 import { changeStatus, type JobRow } from './lifecycle.ts';
 import { meter } from './metering.ts';
 
@@ -44,6 +45,8 @@ export interface Placement {
   diskMb: number;
   priceGpuHourMicros: number;
   priceCpuHourMicros: number;
+  /** For a task of a job array: the array (its row counts the leases its tasks hold). */
+  arrayId?: string | null;
 }
 
 /** A placement batch did not apply as planned: the whole transaction rolls back and is retried. */
@@ -112,6 +115,7 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
         returning ${jobs}.id, ${jobs}.lease_epoch`,
   );
   if (leased.length !== batch.length) throw new PlacementConflict('a job left the queue (cancelled, or placed by another scheduler)');
+  await takeArraySlots(tx, batch, at);
 
   const events = batch.map((p) => ({ j: p.jobId, r: `leased to ${p.nodeId}${p.gpuIds.length ? ` (GPUs ${p.gpuIds.join(', ')})` : ''}` }));
   await tx.execute(
@@ -119,6 +123,37 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
         select v.j, 'queued', 'leased', v.r, ${ts(at)} from jsonb_to_recordset(${json(events)}) as v(j text, r text)`,
   );
   return new Map(leased.map((r) => [r.id, Number(r.lease_epoch)]));
+}
+
+/**
+ * Raises each array's count of leased tasks by what the batch takes of it, guarded by its
+ * maxParallel (rules.ts withinMaxParallel) under the array row's lock: two schedulers placing
+ * tasks of one array at once cannot pass it together. An array's first lease starts it.
+ */
+async function takeArraySlots(tx: DbOrTx, batch: Placement[], at: Date): Promise<void> {
+  const perArray = new Map<string, number>();
+  for (const p of batch) if (p.arrayId) perArray.set(p.arrayId, (perArray.get(p.arrayId) ?? 0) + 1);
+  if (!perArray.size) return;
+  const taken = [...perArray].sort(([a], [b]) => (a < b ? -1 : 1)).map(([id, n]) => ({ id, n }));
+  const json = sql`${JSON.stringify(taken)}::jsonb`;
+  const updated = await rows<{ id: string; started: boolean }>(
+    tx,
+    sql`with v as (select * from jsonb_to_recordset(${json}) as v(id text, n int)),
+        before as (select p.id, p.status from ${jobs} p join v on v.id = p.id order by p.id for update of p)
+        update ${jobs} p set tasks_active = p.tasks_active + v.n,
+          status = case when p.status = 'queued' then 'running' else p.status end,
+          leased_at = coalesce(p.leased_at, ${ts(at)}), started_at = coalesce(p.started_at, ${ts(at)}), updated_at = ${ts(at)}
+        from v, before where p.id = v.id and before.id = v.id and ${withinMaxParallel.sql('p', sql`v.n`)}
+        returning p.id, before.status = 'queued' as started`,
+  );
+  if (updated.length !== taken.length) throw new PlacementConflict("an array's tasks would pass its maxParallel");
+  const started = updated.filter((u) => u.started);
+  if (started.length) {
+    await tx.execute(
+      sql`insert into ${jobEvents} (job_id, from_status, to_status, reason, created_at)
+          select v.id, 'queued', 'running', 'its first task was leased', ${ts(at)} from jsonb_to_recordset(${JSON.stringify(started)}::jsonb) as v(id text)`,
+    );
+  }
 }
 
 async function rows<T = Record<string, unknown>>(tx: DbOrTx, query: ReturnType<typeof sql>): Promise<T[]> {
@@ -172,6 +207,7 @@ async function takeOffNode(
   }
   const row = await changeStatus(tx, job.id, liveStatuses, to, reason, { ...patch, leaseEpoch: job.leaseEpoch + 1 }, at);
   if (!row) throw new Error(`job ${job.id} was not live when it was taken off its node`);
+  if (row.parentId) await taskLeftNode(tx, row, at);
   return row;
 }
 
@@ -296,7 +332,7 @@ export async function finishJob(tx: DbOrTx, nodeId: string, jobId: string, r: Fi
     return takeOffNode(tx, job, 'cancelled', `${detail} ${where}`, ended, at, null);
   }
   if (r.reason === 'refused') return requeueOrEnd(tx, job, `${detail} ${where}`, at, null);
-  const retry = failureReasons.includes(r.reason) && (job.spec.retryOn ?? []).includes(r.reason as never);
+  const retry = failureReasons.includes(r.reason) && ((await specOf(tx, job)).retryOn ?? []).includes(r.reason as never);
   if (retry && job.attempts < job.maxAttempts) {
     const reason = `${detail} ${where}; retried as its spec asks on ${r.reason} (attempt ${job.attempts} of ${job.maxAttempts} used)`;
     return takeOffNode(tx, job, 'queued', reason, { ...offNode, ...metered, exitCode: r.exitCode, error: ended.error }, at, 'jobsFailed');

@@ -4,6 +4,7 @@ import type { Clock } from '../clock.ts';
 import type { Database, DbOrTx } from '../db/open.ts';
 import { gpus, jobs, nodes } from '../db/schema/index.ts';
 import type { HeartbeatHook } from '../deps.ts';
+import { specsOf } from '../jobs/arrays.ts';
 import { executeRows, liveOnNode, liveStatuses, ts } from '../jobs/transitions.ts';
 import type { SigningKeys } from './keys.ts';
 import type { LeaseNotifier } from './notifier.ts';
@@ -19,11 +20,13 @@ const leaseColumns = {
   memoryMb: jobs.memoryMb,
   specDigest: jobs.specDigest,
   leaseExpiresAt: jobs.leaseExpiresAt,
+  taskIndex: jobs.taskIndex,
+  taskCount: jobs.taskCount,
 };
 
 type LeaseRow = Pick<
   typeof jobs.$inferSelect,
-  'id' | 'leaseId' | 'leaseEpoch' | 'gpuIds' | 'cpuMillis' | 'memoryMb' | 'specDigest' | 'leaseExpiresAt'
+  'id' | 'leaseId' | 'leaseEpoch' | 'gpuIds' | 'cpuMillis' | 'memoryMb' | 'specDigest' | 'leaseExpiresAt' | 'taskIndex' | 'taskCount'
 >;
 
 /** The lease side of the coordinator: handing leases to nodes, renewing them, signing their tokens. */
@@ -49,6 +52,7 @@ export class LeaseService implements HeartbeatHook {
         cpuMillis: row.cpuMillis,
         memoryMb: row.memoryMb,
         specDigest: row.specDigest,
+        task: row.taskIndex !== null && row.taskCount !== null ? { index: row.taskIndex, count: row.taskCount } : null,
         issuedAt: at,
         expiresAt,
       }),
@@ -67,12 +71,14 @@ export class LeaseService implements HeartbeatHook {
       .select({
         ...leaseColumns,
         spec: jobs.spec,
+        parentId: jobs.parentId,
       })
       .from(jobs)
       .where(and(eq(jobs.nodeId, nodeId), eq(jobs.status, 'leased')))
       .orderBy(jobs.leasedAt, jobs.id);
     const fresh = rows.filter((r) => !have.has(`${r.id}.${r.leaseEpoch}`) && r.leaseExpiresAt && r.leaseExpiresAt > at);
     if (!fresh.length) return [];
+    const specs = await specsOf(db, fresh);
     const held = await db
       .select({ id: gpus.id, index: gpus.index, uuid: gpus.uuid, model: gpus.model, mig: gpus.mig, jobId: gpus.jobId })
       .from(gpus)
@@ -85,7 +91,7 @@ export class LeaseService implements HeartbeatHook {
         leaseId: r.leaseId ?? r.id,
         epoch: r.leaseEpoch,
         token: this.sign(nodeId, r, expiresAt, at),
-        spec: r.spec,
+        spec: specs.get(r.id)!,
         gpus: ids.flatMap((id) => {
           const g = held.find((h) => h.id === id && h.jobId === r.id);
           return g ? [{ id: g.id, index: g.index, uuid: g.uuid, model: g.model, mig: g.mig ?? null }] : [];

@@ -27,6 +27,8 @@ export interface LeaseFacts {
   cpuMillis: number;
   memoryMb: number;
   specDigest: string;
+  /** For a task of a job array: its index and the array's count. */
+  task?: { index: number; count: number } | null;
   issuedAt: Date;
   expiresAt: Date;
 }
@@ -44,6 +46,7 @@ export function leaseClaims(f: LeaseFacts): LeaseClaims {
     gpus: f.gpuIds,
     res: { cpuMillis: f.cpuMillis, memoryMb: f.memoryMb },
     spec: f.specDigest,
+    ...(f.task ? { task: f.task } : {}),
   };
 }
 

@@ -4,6 +4,7 @@ import { fromMicros } from '../../shared/money.ts';
 import type { Clock } from '../clock.ts';
 import { toNumber, type Database } from '../db/open.ts';
 import { takesWork } from '../scheduler/rules.ts';
+import { runsSql } from '../jobs/arrays.ts';
 
 const n = toNumber;
 const nullableNumber = (v: unknown) => (v === null || v === undefined ? null : Number(v));
@@ -86,7 +87,7 @@ function queueGroups(database: Database) {
   // The predicate matches the jobs_queue partial index.
   return database.rows<{ model: string | null; jobs: unknown; gpus: unknown; oldest: unknown }>(sql`
     select gpu_model as model, count(*) as jobs, coalesce(sum(gpu_count), 0) as gpus, min(created_at) as oldest
-    from jobs where status = 'queued'
+    from jobs where status = 'queued' and ${runsSql()}
     group by gpu_model`);
 }
 
@@ -94,9 +95,9 @@ function lastHour(database: Database, since: Date) {
   const t = since.toISOString();
   return database.rows<{ started: unknown; succeeded: unknown; failed: unknown }>(sql`
     select
-      (select count(*) from jobs where started_at is not null and started_at >= ${t}::timestamptz) as started,
-      (select count(*) from jobs where finished_at is not null and finished_at >= ${t}::timestamptz and status = 'succeeded') as succeeded,
-      (select count(*) from jobs where finished_at is not null and finished_at >= ${t}::timestamptz and status = 'failed') as failed`);
+      (select count(*) from jobs where started_at is not null and started_at >= ${t}::timestamptz and ${runsSql()}) as started,
+      (select count(*) from jobs where finished_at is not null and finished_at >= ${t}::timestamptz and status = 'succeeded' and ${runsSql()}) as succeeded,
+      (select count(*) from jobs where finished_at is not null and finished_at >= ${t}::timestamptz and status = 'failed' and ${runsSql()}) as failed`);
 }
 
 const byModelOrder = (a: PoolGpuModel, b: PoolGpuModel) =>

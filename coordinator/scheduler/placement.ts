@@ -6,6 +6,7 @@ import type { Clock } from '../clock.ts';
 import type { Database, DbOrTx } from '../db/open.ts';
 import { toNumber } from '../db/open.ts';
 import { gpus, jobs, nodes, queueReasons } from '../db/schema/index.ts';
+import { runsSql } from '../jobs/arrays.ts';
 import { executeRows, leaseJobs, PlacementConflict, ts, type Placement } from '../jobs/transitions.ts';
 import { describeFailure, type Logger } from '../log.ts';
 import {
@@ -23,7 +24,7 @@ import {
   type NodeView,
   type RejectionCounts,
 } from './feasibility.ts';
-import { capacityRules, takesWork, type CapacityRule } from './rules.ts';
+import { capacityRules, takesWork, withinMaxParallel, type CapacityRule } from './rules.ts';
 import { candidate, compareCandidates, type Candidate } from './scoring.ts';
 
 const [cpuRule, memoryRule, diskRule] = capacityRules as [CapacityRule, CapacityRule, CapacityRule, CapacityRule];
@@ -41,6 +42,8 @@ export interface QueuedJob extends JobRequest {
   priority: number;
   createdAtMs: number;
   pendingReason: string | null;
+  /** A task of a job array: its array, and how many of its tasks held leases when read. */
+  array: { id: string; maxParallel: number; tasksActive: number } | null;
 }
 
 export type PlanOutcome = { placed: true; node: NodeView; gpus: GpuView[] } | { placed: false; reason: string };
@@ -401,6 +404,9 @@ type QueueRow = {
   min_cuda: string | null;
   image: string;
   network: string | null;
+  parent_id: string | null;
+  array_max: number | null;
+  array_active: number | null;
 };
 
 /**
@@ -415,6 +421,7 @@ export async function loadQueueBatch(
   limit: number,
   bounds: ReturnType<PassState['bounds']> | null,
   skipShapes: ReadonlySet<string> = new Set(),
+  skipArrays: ReadonlySet<string> = new Set(),
 ): Promise<{ jobs: QueuedJob[]; cursor: Cursor | null }> {
   const after: SQL = cursor
     ? sql`and (-priority, id) > (${-cursor.priority}::int, ${cursor.id}::text)`
@@ -424,11 +431,16 @@ export async function loadQueueBatch(
     sql`select id, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
           cpu_millis, memory_mb, disk_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda,
-          spec->>'image' as image, spec->>'network' as network
+          spec->>'image' as image, spec->>'network' as network, parent_id,
+          -- In the select list: read for the rows returned only, never for those the filters drop.
+          case when parent_id is not null then (select p.max_parallel from ${jobs} p where p.id = ${jobs}.parent_id) end as array_max,
+          case when parent_id is not null then (select p.tasks_active from ${jobs} p where p.id = ${jobs}.parent_id) end as array_active
         from ${jobs}
         where status = 'queued' ${after}
+          and ${runsSql()}
           ${bounds ? withinBounds(bounds) : sql``}
           ${skipShapes.size ? sql`and queue_shape not in (${sql.join([...skipShapes].map((x) => sql`${x}`), sql`, `)})` : sql``}
+          ${skipArrays.size ? sql`and (${jobs}.parent_id is null or ${jobs}.parent_id not in (${sql.join([...skipArrays].map((x) => sql`${x}`), sql`, `)}))` : sql``}
         order by (-priority), id
         limit ${limit}`,
   );
@@ -454,6 +466,7 @@ function toQueuedJob(r: QueueRow): QueuedJob {
     priority: Number(r.priority),
     createdAtMs: Number(r.created_ms),
     pendingReason: r.pending_reason,
+    array: r.parent_id && r.array_max !== null ? { id: r.parent_id, maxParallel: Number(r.array_max), tasksActive: Number(r.array_active) } : null,
     cpuMillis: Number(r.cpu_millis),
     memoryMb: Number(r.memory_mb),
     diskMb: Number(r.disk_mb),
@@ -562,18 +575,22 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   result.snapshotAgeMs = now - state.loadedAt;
   /** Shapes that fit nowhere in this pass, kept across a re-planned batch (capacity only shrank). */
   const failed = new Map<string, string>();
+  /** Job arrays holding as many leases as they may: their other tasks wait (and are not read again this pass). */
+  const fullArrays = new Set<string>();
   let cursor: Cursor | null = null;
-  const read = () => loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds(), new Set(failed.keys()));
+  const read = () => loadQueueBatch(db, cursor, deps.batchSize, deps.full ? null : state.bounds(), new Set(failed.keys()), fullArrays);
   for (;;) {
     let batch = await read();
     if (!batch.jobs.length) break;
     for (let attempt = 0; ; attempt++) {
-      const placements = plan(state, batch.jobs);
+      const full = new Set<string>();
+      const placements = plan(state, batch.jobs, full);
       const at = deps.clock.now();
       try {
         if (deps.beforeCommit) await deps.beforeCommit();
         await commitBatch(deps, placements, at);
         for (const [shape, reason] of state.failed) failed.set(shape, reason);
+        for (const id of full) fullArrays.add(id);
         result.placed += placements.length;
         result.unplaced += batch.jobs.length - placements.length;
         result.batches++;
@@ -605,9 +622,22 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   return result;
 }
 
-function plan(state: PassState, queue: QueuedJob[]): Placement[] {
+/**
+ * Places what fits of a batch in memory. A task whose array already holds maxParallel leases
+ * waits without a reason for its shape (it fits; its array is full), and its array goes into
+ * `fullArrays`, so that the rest of the pass reads past its tasks.
+ */
+function plan(state: PassState, queue: QueuedJob[], fullArrays: Set<string>): Placement[] {
   const placements: Placement[] = [];
+  const taking = new Map<string, number>();
   for (const job of queue) {
+    if (job.array) {
+      const n = taking.get(job.array.id) ?? 0;
+      if (!withinMaxParallel.js(job.array, n + 1)) {
+        fullArrays.add(job.array.id);
+        continue;
+      }
+    }
     const out = state.place(job);
     if (!out.placed) continue;
     placements.push({
@@ -620,7 +650,9 @@ function plan(state: PassState, queue: QueuedJob[]): Placement[] {
       diskMb: job.diskMb,
       priceGpuHourMicros: out.node.priceGpuHourMicros,
       priceCpuHourMicros: out.node.priceCpuHourMicros,
+      arrayId: job.array?.id ?? null,
     });
+    if (job.array) taking.set(job.array.id, (taking.get(job.array.id) ?? 0) + 1);
   }
   return placements;
 }

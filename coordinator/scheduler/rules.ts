@@ -261,3 +261,17 @@ export const capacityRules: readonly CapacityRule[] = [
     sql: (j) => sql`${priceMilliSql(j)} <= ${j.maxPriceMicros}::bigint * 1000`,
   },
 ];
+
+// ---------------------------------------------------------------------------------------------
+// Rules on the job's own kind
+
+/**
+ * A task of a job array is placed only while fewer than its array's maxParallel tasks hold a
+ * lease. JS: the pass counts what it places against the slots it read (free = max_parallel -
+ * tasks_active). SQL: the lease transaction's guard over the array's row `alias` as it raises
+ * tasks_active by `taking` (the CHECK jobs_tasks_active stands behind it).
+ */
+export const withinMaxParallel = {
+  js: (array: { maxParallel: number; tasksActive: number }, taking: number) => array.tasksActive + taking <= array.maxParallel,
+  sql: (alias: string, taking: SQL): SQL => sql`${col(alias, 'tasks_active')} + ${taking} <= ${col(alias, 'max_parallel')}`,
+};

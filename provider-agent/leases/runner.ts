@@ -273,7 +273,9 @@ export class LeaseRunner {
   }
 
   /** A new lease: it runs until its own expiry (the coordinator's time), however long the poll that brought it waited. */
-  private accept(grant: LeaseGrant) {
+  private accept(offered: LeaseGrant) {
+    // What the task is comes from the verified token alone (execute), never from the answer.
+    const { task: _unverified, ...grant } = offered;
     const deadline = this.localDeadline(grant.expiresAt, grant.expiresInMs);
     const run: Run = { grant, phase: 'verifying', abort: new AbortController(), deadline, timer: null };
     this.runs.set(grant.jobId, run);
@@ -284,11 +286,12 @@ export class LeaseRunner {
   }
 
   private async execute(run: Run, resumed = false): Promise<void> {
-    const { grant } = run;
+    let { grant } = run;
     const fields = { jobId: grant.jobId, epoch: grant.epoch };
     if (!resumed) {
       try {
-        await this.verifier.verify(grant);
+        const claims = await this.verifier.verify(grant);
+        if (claims.task) run.grant = grant = { ...grant, task: claims.task };
       } catch (err) {
         if (err instanceof JwksUnavailable) {
           // Nothing is refused for a network failure: the next poll hands the lease out again.

@@ -68,6 +68,7 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
     // CUDA images default this to "all": the lease's GPUs and nothing else, or none at all.
     NVIDIA_VISIBLE_DEVICES: devices.length ? devices.join(',') : 'void',
     GANTRY_JOB_ID: grant.jobId,
+    ...taskEnv(grant),
   };
   if (devices.length && !spec.env?.NVIDIA_DRIVER_CAPABILITIES) env.NVIDIA_DRIVER_CAPABILITIES = 'compute,utility';
   // Bounded: a tmpfs is the job's memory (charged to its cgroup), never more than its limit.
@@ -127,4 +128,9 @@ export function containerSpec(grant: LeaseGrant, o: ContainerSpecOptions): Docke
  */
 export function pidsShare(budget: number, cpuMillis: number, nodeCpuMillis: number, cap: number): number {
   return Math.max(64, Math.min(cap, Math.floor((budget * cpuMillis) / Math.max(1, nodeCpuMillis))));
+}
+
+/** A task of a job array learns which one it is (from the lease token the agent verified). */
+export function taskEnv(grant: Pick<LeaseGrant, 'task'>): Record<string, string> {
+  return grant.task ? { GANTRY_TASK_INDEX: String(grant.task.index), GANTRY_TASK_COUNT: String(grant.task.count) } : {};
 }

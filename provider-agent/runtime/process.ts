@@ -8,7 +8,7 @@ import { defaultOutputsMaxBytes, readOutputsDir, saveOutputs } from '../outputs.
 import type { RuntimeLogger } from './docker.ts';
 import { StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor } from './executor.ts';
-import { nvidiaDeviceId } from './docker-spec.ts';
+import { nvidiaDeviceId, taskEnv } from './docker-spec.ts';
 import { removeTree } from './tree.ts';
 
 /** What the agent says, loudly, when it starts with --unsafe-process-runtime. */
@@ -67,6 +67,7 @@ export class ProcessRuntime implements Executor {
       CUDA_VISIBLE_DEVICES: gpus,
       NVIDIA_VISIBLE_DEVICES: gpus || 'void',
       GANTRY_JOB_ID: grant.jobId,
+      ...taskEnv(grant),
       GANTRY_INPUTS: inputs,
       GANTRY_OUTPUTS: outputs,
     };

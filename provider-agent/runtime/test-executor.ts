@@ -28,7 +28,7 @@ export class TestExecutor implements Executor {
     const startMs = Math.max(0, Number(env.GANTRY_TEST_START_MS ?? 0) || 0);
     const record = (event: 'start' | 'end', extra: Record<string, unknown> = {}) => {
       if (!env.GANTRY_TEST_RECORD) return;
-      const line = { event, jobId: grant.jobId, epoch: grant.epoch, nodeId: this.opts.nodeId ?? null, gpus: grant.gpus.map((g) => g.id), at: Date.now(), ...extra };
+      const line = { event, jobId: grant.jobId, epoch: grant.epoch, nodeId: this.opts.nodeId ?? null, gpus: grant.gpus.map((g) => g.id), task: grant.task ?? null, at: Date.now(), ...extra };
       appendFileSync(env.GANTRY_TEST_RECORD, `${JSON.stringify(line)}\n`);
     };
     if (outcome === 'error') return { exitCode: null, reason: 'error', error: 'the test executor was told to fail to start (GANTRY_TEST_OUTCOME=error)' };

@@ -276,6 +276,46 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
     });
   });
 
+  describe('job arrays', () => {
+    it('submits an array (YAML, or --tasks and --max-parallel), shows its counts, one line per array, and lists its tasks', async () => {
+      const own = await h.newAccount('client');
+      const env = { ...(await freshHome()), GANTRY_URL: h.url, GANTRY_API_KEY: own.key };
+      const dir = await mkdtemp(join(home, 'array-'));
+      const file = join(dir, 'sweep.yaml');
+      // More CPU than any node has: the tasks wait, so what is shown stays put.
+      await writeFile(file, 'name: sweep\nimage: busybox\ncommand: [sh, -c, "echo $GANTRY_TASK_INDEX"]\nresources:\n  cpu: 1000\n  memoryMb: 64\ntasks:\n  count: 3\n');
+      const fromFile = await gantry(['submit', file], env);
+      expect(fromFile.code, fromFile.stderr).toBe(0);
+      const r = await gantry(['submit', file, '--tasks', '5', '--max-parallel', '2'], env);
+      expect(r.code, r.stderr).toBe(0);
+      const id = r.stdout.trim();
+      const one = await gantry(['job', id], env);
+      expect(one.stdout).toMatch(/^tasks\s+5 tasks: 5 queued; at most 2 at once/m);
+      const list = await gantry(['jobs'], env);
+      const [header, ...rows] = list.stdout.trimEnd().split('\n');
+      expect(header).toMatch(/^ID\s+NAME\s+TASKS\s+STATUS\s+GPUS/);
+      expect(rows).toHaveLength(2);
+      expect(rows[0]).toMatch(new RegExp(`^${id}\\s+sweep\\s+0/5\\s+queued`));
+      expect(rows[1]).toMatch(/sweep\s+0\/3\s+queued/);
+      const tasks = await gantry(['tasks', id], env);
+      expect(tasks.code, tasks.stderr).toBe(0);
+      const [taskHeader, ...taskRows] = tasks.stdout.trimEnd().split('\n');
+      expect(taskHeader).toMatch(/^INDEX\s+ID\s+STATUS/);
+      expect(taskRows.map((l) => l.trim().split(/\s+/)[0])).toEqual(['0', '1', '2', '3', '4']);
+      const tooMany = await gantry(['submit', file, '--tasks', '10001'], env);
+      expect(tooMany.code).not.toBe(0);
+      expect(tooMany.stderr).toMatch(/--tasks/);
+      expect(tooMany.stderr).not.toMatch(stackTrace);
+      const overParallel = await gantry(['submit', file, '--tasks', '2', '--max-parallel', '3'], env);
+      // Checked against the spec's schema before anything is sent, like every field of a job file.
+      expect(overParallel.code).toBe(2);
+      expect(overParallel.stderr).toMatch(/tasks\.maxParallel.*maxParallel is at most count/);
+      const cancelled = await gantry(['cancel', id], env);
+      expect(cancelled.stdout).toBe(`${id} cancelled\n`);
+      expect((await h.client(own.key).get<Job>(`/v1/jobs/${id}`)).tasks).toMatchObject({ cancelled: 5, queued: 0 });
+    });
+  });
+
   describe('following a job', () => {
     it('submit --follow shows the wait as plain lines off a terminal, streams logs, and exits with the exit code', async () => {
       // A GPU no node has: the scheduler leaves it queued until the test leases it.

@@ -248,4 +248,27 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
       await close();
     }
   });
+
+  it("shows a job array's progress and links to its tasks, and a task links back to its array", async () => {
+    const array = await client.api.post<{ id: string }>('/v1/jobs', { name: 'sweep', image: 'busybox:latest', command: ['true'], resources: { cpu: 1, memoryMb: 64 }, tasks: { count: 3, maxParallel: 2 } });
+    const { page, problems, close } = await openPage(browser, 'laptop');
+    await signIn(page, h.url, client.key);
+    await page.goto(`${h.url}/#/jobs/${array.id}`);
+    await page.waitForFunction(() => document.querySelector('[data-testid=status]')?.textContent === 'succeeded', null, { timeout: 30_000 });
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=task-row]').length === 3);
+    expect(await page.textContent('[data-testid=array-progress]')).toMatch(/3 of 3 ended · 3 succeeded · at most 2 at once/);
+    expect(await page.isVisible('[data-testid=logs]')).toBe(false);
+    await shot(page, 'array', 'laptop');
+    await page.click('[data-testid=task-row]:first-child [data-testid=task-link]');
+    await page.waitForSelector('[data-testid=array-link]');
+    expect(await page.textContent('[data-testid=array-link]')).toBe('task 0 of the array');
+    await page.click('[data-testid=array-link]');
+    await page.waitForSelector('[data-testid=array-progress]');
+    expect(page.url()).toContain(`#/jobs/${array.id}`);
+    await page.goto(`${h.url}/#/jobs`);
+    await page.waitForSelector(`[data-job-id="${array.id}"] [data-testid=array-tasks]`);
+    expect(await page.textContent(`[data-job-id="${array.id}"] [data-testid=array-tasks]`)).toBe('3 of 3 tasks ended');
+    expect(problems).toEqual([]);
+    await close();
+  });
 });

@@ -17,6 +17,7 @@ describe('gantry-agent without Docker', () => {
   let work: string;
   let provider: ApiClient;
   let client: ApiClient;
+  let clientKey: string;
   const agents: AgentProcess[] = [];
   const noDocker = { GANTRY_AGENT_STATE_DIR: '', DOCKER_HOST: 'unix:///nonexistent/gantry-test-docker.sock', GANTRY_AGENT_STOP_GRACE_SECONDS: '1' };
 
@@ -26,7 +27,8 @@ describe('gantry-agent without Docker', () => {
     const p = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'process-provider', kind: 'provider' });
     provider = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${p.id}/keys`, { scopes: ['provider'] })).key });
     const a = await c.admin.post<{ id: string }>('/v1/accounts', { name: 'process-client', kind: 'client' });
-    client = new ApiClient({ baseUrl: c.url, token: (await c.admin.post<{ key: string }>(`/v1/accounts/${a.id}/keys`, { scopes: ['client'] })).key });
+    clientKey = (await c.admin.post<{ key: string }>(`/v1/accounts/${a.id}/keys`, { scopes: ['client'] })).key;
+    client = new ApiClient({ baseUrl: c.url, token: clientKey });
   });
   afterAll(async () => {
     for (const a of agents) await a.kill();
@@ -82,5 +84,32 @@ describe('gantry-agent without Docker', () => {
     const page = await client.get<{ items: { stream: string; text: string }[] }>(`/v1/jobs/${job.id}/logs`);
     expect(page.items.filter((i) => i.stream === 'stdout').map((i) => i.text).join('')).toBe('out\n');
     expect(page.items.filter((i) => i.stream === 'stderr').map((i) => i.text).join('')).toBe('err\n');
+  });
+
+  it('runs a job array: each task knows its index from the lease it verified and gets its own input', async () => {
+    const { agent, nodeId } = await join('array', ['--unsafe-process-runtime']);
+    await agent.waitForLine(/connected to the coordinator/);
+    const digests: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(new URL('/v1/blobs', c.url), { method: 'POST', body: new TextEncoder().encode(`input ${i}`), headers: { authorization: `Bearer ${clientKey}`, 'content-type': 'application/octet-stream' } });
+      digests.push(((await res.json()) as { digest: string }).digest);
+    }
+    const array = await client.post<Job>('/v1/jobs', {
+      name: 'array',
+      image: 'unused-by-the-process-runtime',
+      command: ['sh', '-c', 'printf \'{"index": %s, "count": %s, "input": "%s"}\' "$GANTRY_TASK_INDEX" "$GANTRY_TASK_COUNT" "$(cat "$GANTRY_INPUTS/in.txt")" > "$GANTRY_OUTPUTS/result.json"'],
+      resources: { cpu: 0.5, memoryMb: 64 },
+      maxAttempts: 1,
+      constraints: { nodeId },
+      inputs: [{ path: 'in.txt', perTask: digests }],
+      tasks: { count: 3, maxParallel: 2 },
+    });
+    const end = await until('the array to end', async () => {
+      const j = await client.get<Job>(`/v1/jobs/${array.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(j.status) ? j : null;
+    });
+    expect(end).toMatchObject({ status: 'succeeded', tasks: { count: 3, succeeded: 3 } });
+    const tasks = await client.get<{ items: Job[] }>(`/v1/jobs/${array.id}/tasks`);
+    expect(tasks.items.map((t) => t.result)).toEqual([0, 1, 2].map((index) => ({ index, count: 3, input: `input ${index}` })));
   });
 });

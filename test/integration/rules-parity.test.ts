@@ -1,11 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { accounts, gpus, jobs, nodes } from '../../coordinator/db/schema/index.ts';
+import { submitArray } from '../../coordinator/jobs/arrays.ts';
 import { submitJob } from '../../coordinator/jobs/lifecycle.ts';
 import { leaseJobs, PlacementConflict } from '../../coordinator/jobs/transitions.ts';
 import { dryRun, findOffers } from '../../coordinator/pool/offers.ts';
 import { computePool } from '../../coordinator/pool/stats.ts';
 import { loadPassState, loadQueueBatch } from '../../coordinator/scheduler/placement.ts';
+import { withinMaxParallel } from '../../coordinator/scheduler/rules.ts';
 import { newId } from '../../shared/ids.ts';
 import { JobSpec } from '../../shared/jobs.ts';
 import { createTestDatabase, type TestDatabase } from '../support/database.ts';
@@ -235,5 +237,49 @@ describe.skipIf(dbSkipReason)('the matching rules agree in their JS and SQL form
     await expect(commit).rejects.toBeInstanceOf(PlacementConflict);
     const [row] = await db().select({ status: jobs.status }).from(jobs).where(sql`${jobs.id} = ${job.id}`);
     expect(row!.status).toBe('queued');
+  });
+
+  it('maxParallel: the planner and the lease guard agree, and the guard refuses a plan past it', async () => {
+    const rng = generator(16);
+    const cases = Array.from({ length: 200 }, () => {
+      const maxParallel = rng.int(1, 20);
+      return { maxParallel, tasksActive: rng.int(0, maxParallel), taking: rng.int(1, 6) };
+    });
+    const values = sql.join(cases.map((c, i) => sql`(${i}::int, ${c.tasksActive}::int, ${c.maxParallel}::int, ${c.taking}::int)`), sql`, `);
+    const result = (await db().execute(
+      sql`select i, ${withinMaxParallel.sql('p', sql`p.taking`)} as ok from (values ${values}) as p(i, tasks_active, max_parallel, taking) order by i`,
+    )) as unknown as { i: number; ok: boolean }[] | { rows: { i: number; ok: boolean }[] };
+    const bySql = (Array.isArray(result) ? result : result.rows).map((r) => r.ok);
+    expect(bySql).toEqual(cases.map((c) => withinMaxParallel.js(c, c.taking)));
+
+    await db().execute(sql`delete from gpus`);
+    await db().execute(sql`delete from job_events`);
+    await db().execute(sql`delete from jobs`);
+    await db().execute(sql`delete from nodes`);
+    const nodeId = newId('node');
+    await db().insert(nodes).values({
+      id: nodeId,
+      accountId: providers[0]!,
+      name: 'array-node',
+      status: 'online',
+      publicKey: { kty: 'OKP', crv: 'Ed25519', x: nodeId },
+      cpuMillis: 64_000,
+      memoryMb: 65_536,
+      diskMb: 1_024_000,
+    });
+    const now = new Date();
+    const spec = JobSpec.parse({ name: 'a', image: 'busybox:latest', command: ['true'], resources: { cpu: 1, memoryMb: 512 }, tasks: { count: 5, maxParallel: 2 } });
+    const { job: array } = await submitArray(db(), client, spec, undefined, now);
+    const { jobs: queued } = await loadQueueBatch(db(), null, 10, null);
+    expect(queued.map((q) => q.array?.id)).toEqual(Array(5).fill(array.id));
+    // Three tasks in one plan, as a planner that forgot the rule would make.
+    const placements = queued.slice(0, 3).map((q) => ({ jobId: q.id, nodeId, gpuIds: [], leaseId: newId('lease'), cpuMillis: 1000, memoryMb: 512, diskMb: 0, priceGpuHourMicros: 0, priceCpuHourMicros: 0, arrayId: array.id }));
+    const commit = db().transaction((tx) => leaseJobs(tx, placements, new Date(now.getTime() + 60_000), now));
+    await expect(commit).rejects.toBeInstanceOf(PlacementConflict);
+    const [row] = await db().select({ active: jobs.tasksActive, status: jobs.status }).from(jobs).where(sql`${jobs.id} = ${array.id}`);
+    expect(row).toEqual({ active: 0, status: 'queued' });
+    await db().transaction((tx) => leaseJobs(tx, placements.slice(0, 2), new Date(now.getTime() + 60_000), now));
+    const [after] = await db().select({ active: jobs.tasksActive, status: jobs.status }).from(jobs).where(sql`${jobs.id} = ${array.id}`);
+    expect(after).toEqual({ active: 2, status: 'running' });
   });
 });

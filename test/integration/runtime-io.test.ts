@@ -4,6 +4,7 @@ import tarStream from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eq } from 'drizzle-orm';
 import { jobs } from '../../coordinator/db/schema/index.ts';
+import type { JobSpec } from '../../shared/jobs.ts';
 import { changeStatus } from '../../coordinator/jobs/lifecycle.ts';
 import { createTestNode, leaseTo, type TestNode } from '../support/agent-fixture.ts';
 import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
@@ -107,7 +108,7 @@ describe.skipIf(dbSkipReason)('job inputs, logs and outputs over HTTP', () => {
     const [row] = await db.select().from(jobs).where(eq(jobs.id, jobId));
     await db
       .update(jobs)
-      .set({ spec: { ...row!.spec, inputs: [...row!.spec.inputs!, { digest: foreign.digest, path: 'b.txt' }] } })
+      .set({ spec: { ...(row!.spec as JobSpec), inputs: [...(row!.spec as JobSpec).inputs!, { digest: foreign.digest, path: 'b.txt' }] } })
       .where(eq(jobs.id, jobId));
     const ok = await node.fetch(`/v1/agent/jobs/${jobId}/inputs/${blob.digest}?epoch=1`);
     expect(ok.status).toBe(200);

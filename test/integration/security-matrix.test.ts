@@ -84,6 +84,7 @@ const matrix: Record<string, Row> = {
   'GET /v1/jobs/{id}': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}` }), expect: 404 } },
   'POST /v1/jobs/{id}/cancel': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/cancel` }), expect: 404 } },
   'GET /v1/jobs/{id}/events': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/events` }), expect: 404 } },
+  'GET /v1/jobs/{id}/tasks': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/tasks` }), expect: 404 } },
   'GET /v1/jobs/{id}/logs': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/logs` }), expect: 404 } },
   'GET /v1/jobs/{id}/logs (follow=1: server-sent events)': {
     auth: 'key',

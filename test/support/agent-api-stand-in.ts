@@ -44,7 +44,7 @@ export interface StandIn {
   /** Hands this lease out on the next work poll. */
   offer(grant: LeaseGrant): void;
   /** A lease for a job with this env (the test executor reads it), signed by `key` (default the stand-in's). */
-  grant(env?: Record<string, string>, opts?: { key?: SigningKeyPair; ttlMs?: number }): LeaseGrant;
+  grant(env?: Record<string, string>, opts?: { key?: SigningKeyPair; ttlMs?: number; task?: { index: number; count: number } }): LeaseGrant;
   close(): Promise<void>;
 }
 
@@ -115,6 +115,7 @@ export async function startStandIn(): Promise<StandIn> {
         cpuMillis: 1000,
         memoryMb: 128,
         specDigest: specDigest(spec),
+        task: opts.task ?? null,
         issuedAt: new Date(now),
         expiresAt: new Date(now + ttlMs),
       });

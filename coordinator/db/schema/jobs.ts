@@ -1,6 +1,19 @@
 import { sql } from 'drizzle-orm';
 import { bigint, bigserial, check, index, integer, jsonb, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core';
 import type { JobSpec } from '../../../shared/jobs.ts';
+
+/**
+ * What a task's row keeps of its array's spec: only the fields that queue_shape and the scheduler's
+ * queue read (the whole spec is stored once, on the array's row; taskSpec() gives the task's own).
+ */
+export interface TaskSpecStub {
+  task: true;
+  image: string;
+  network: JobSpec['network'];
+  constraints?: JobSpec['constraints'];
+  resources: { gpu?: NonNullable<JobSpec['resources']['gpu']> };
+}
+export type StoredSpec = JobSpec | TaskSpecStub;
 import { accounts } from './accounts.ts';
 import { at, createdAt } from './columns.ts';
 
@@ -12,7 +25,8 @@ export const jobs = pgTable(
       .notNull()
       .references(() => accounts.id),
     name: text('name').notNull(),
-    spec: jsonb('spec').$type<JobSpec>().notNull(),
+    // A task of an array keeps a stub here; its array (parent_id) keeps the spec.
+    spec: jsonb('spec').$type<StoredSpec>().notNull(),
     specDigest: text('spec_digest').notNull(),
     status: text('status', { enum: ['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] }).notNull(),
     priority: integer('priority').notNull().default(0),
@@ -57,6 +71,14 @@ export const jobs = pgTable(
     result: jsonb('result'),
     usage: jsonb('usage'),
     costMicros: bigint('cost_micros', { mode: 'number' }),
+    // Job arrays: the array is a job row with task_count (never queued for placement itself); each
+    // task is a job with parent_id, its index, and the count (for its lease token).
+    parentId: text('parent_id'),
+    taskIndex: integer('task_index'),
+    taskCount: integer('task_count'),
+    maxParallel: integer('max_parallel'),
+    // The array's tasks holding a lease now: raised by placement, lowered as each leaves its node.
+    tasksActive: integer('tasks_active').notNull().default(0),
   },
   (t) => [
     check(
@@ -65,8 +87,13 @@ export const jobs = pgTable(
     ),
     check('jobs_attempts', sql`${t.attempts} >= 0 and ${t.attempts} <= ${t.maxAttempts}`),
     uniqueIndex('jobs_idempotency').on(t.accountId, t.idempotencyKey),
-    index('jobs_account_id').on(t.accountId, t.id),
-    index('jobs_account_status_id').on(t.accountId, t.status, t.id),
+    // The last line against running more of an array at once than it allows (like nodes' allocation).
+    check('jobs_tasks_active', sql`${t.tasksActive} >= 0 and (${t.maxParallel} is null or ${t.tasksActive} <= ${t.maxParallel})`),
+    // An array's tasks: its counts, whether any is open, its pages by status (one index, for a cheap submit).
+    index('jobs_parent_status').on(t.parentId, t.status, t.taskIndex).where(sql`${t.parentId} is not null`),
+    // The client's list: jobs and arrays, not the arrays' tasks (fewer index entries per task made).
+    index('jobs_account_id').on(t.accountId, t.id).where(sql`${t.parentId} is null`),
+    index('jobs_account_status_id').on(t.accountId, t.status, t.id).where(sql`${t.parentId} is null`),
     // The scheduler's queue: queued jobs by priority, then age (ids are time-ordered), as
     // (-priority, id) so that one row comparison walks it from a cursor.
     index('jobs_queue')

@@ -4,19 +4,35 @@ import { jobDuration, mib, money, time } from '../format.js';
 import { badge, errorText, every } from './common.js';
 
 const terminal = ['succeeded', 'failed', 'cancelled'];
+const taskStates = ['succeeded', 'failed', 'cancelled', 'running', 'leased', 'queued'];
+
+/** A job array's progress: a bar of its ended tasks, and its counts by state. */
+function progress(t) {
+  const ended = t.succeeded + t.failed + t.cancelled;
+  return h(
+    'div',
+    { 'data-testid': 'array-progress' },
+    h('progress', { max: String(t.count), value: String(ended), 'aria-label': `${ended} of ${t.count} tasks ended` }),
+    ` ${ended} of ${t.count} ended · `,
+    taskStates.filter((s) => t[s] > 0).map((s) => `${t[s]} ${s}`).join(' · '),
+    ` · at most ${t.maxParallel} at once`,
+  );
+}
 
 function details(j) {
   const r = j.spec.resources;
   const gpu = r.gpus ? `${r.gpus} × ${r.gpu?.model ?? 'any GPU'}${r.gpu?.minMemoryMb ? ` (≥ ${mib(r.gpu.minMemoryMb)})` : ''}` : 'none';
   const dl = [
     ['State', badge(j.status)],
+    ...(j.tasks ? [['Tasks', progress(j.tasks)]] : []),
+    ...(j.parentId ? [['Array', h('a', { href: `#/jobs/${j.parentId}`, 'data-testid': 'array-link' }, `task ${j.taskIndex} of the array`)]] : []),
     ['Image', h('code', {}, j.spec.image)],
     ['Command', h('code', {}, [...(j.spec.entrypoint ?? []), ...j.spec.command].join(' '))],
     ['Resources', `${r.cpu} CPU · ${mib(r.memoryMb)} memory · GPUs: ${gpu}`],
     ['Max price', j.spec.maxPricePerHour === undefined ? 'no limit' : `${money(j.spec.maxPricePerHour)} / hour`],
     ['Node', h('span', { class: 'mono', 'data-testid': 'job-node' }, j.nodeId ?? '—')],
     ['GPUs held', j.gpuIds?.length ? h('span', { class: 'mono' }, j.gpuIds.join(', ')) : '—'],
-    ['Attempts', `${j.attempts} of ${j.maxAttempts}`],
+    ['Attempts', j.tasks ? '—' : `${j.attempts} of ${j.maxAttempts}`],
     ['Duration', jobDuration(j)],
     ['Submitted', time(j.createdAt)],
     ['Finished', time(j.finishedAt)],
@@ -36,6 +52,11 @@ export function jobPage(main, ctx) {
   const logs = h('pre', { class: 'logs', 'data-testid': 'logs', tabindex: '0', 'aria-label': 'Job logs' });
   const logState = h('span', { class: 'muted', 'data-testid': 'log-state' }, 'connecting…');
   const outputs = h('div', { 'data-testid': 'outputs' });
+  // An array's tasks (each with its own page, logs and outputs) instead of logs of its own.
+  const tasks = h('div', { 'data-testid': 'tasks' });
+  const more = h('button', { type: 'button', hidden: true, 'data-testid': 'more-tasks', on: { click: () => loadTasks(false) } }, 'More tasks');
+  const tasksSection = h('section', { hidden: true }, h('h2', {}, 'Tasks'), tasks, more);
+  const logsSection = h('section', {}, h('div', { class: 'page-head' }, h('h2', {}, 'Logs'), logState), logs);
   const cancel = h('button', { type: 'button', class: 'danger', hidden: true, 'data-testid': 'cancel', on: { click: onCancel } }, 'Cancel job');
   fill(
     main,
@@ -43,8 +64,8 @@ export function jobPage(main, ctx) {
     h('div', { class: 'page-head' }, title, cancel),
     status,
     info,
-    h('div', { class: 'page-head' }, h('h2', {}, 'Logs'), logState),
-    logs,
+    tasksSection,
+    logsSection,
     h('h2', {}, 'Outputs'),
     outputs,
     h('h2', {}, 'Events'),
@@ -52,6 +73,28 @@ export function jobPage(main, ctx) {
   );
 
   let job = null;
+  let taskRows = [];
+  let cursor = null;
+  async function loadTasks(fromStart) {
+    const page = await api(`/v1/jobs/${id}/tasks?limit=100${!fromStart && cursor ? `&cursor=${cursor}` : ''}`);
+    const rows = page.items.map((t) =>
+      h(
+        'tr',
+        { 'data-testid': 'task-row' },
+        h('td', { class: 'num' }, String(t.taskIndex)),
+        h('td', {}, h('a', { href: `#/jobs/${t.id}`, 'data-testid': 'task-link' }, t.id)),
+        h('td', {}, badge(t.status)),
+        h('td', { class: 'mono' }, t.nodeId ?? '—'),
+        h('td', {}, jobDuration(t)),
+        h('td', { class: 'num' }, t.exitCode === null ? '—' : String(t.exitCode)),
+      ),
+    );
+    taskRows = fromStart ? rows : [...taskRows, ...rows];
+    cursor = page.nextCursor;
+    more.hidden = !cursor;
+    fill(tasks, table(['Index', 'Task', 'State', 'Node', 'Duration', 'Exit'], taskRows, { 'data-testid': 'task-table' }));
+  }
+
   async function onCancel() {
     cancel.disabled = true;
     try {
@@ -68,6 +111,8 @@ export function jobPage(main, ctx) {
     title.textContent = job.name;
     document.title = `${job.name} · Gantry`;
     fill(info, details(job));
+    tasksSection.hidden = !job.tasks;
+    logsSection.hidden = Boolean(job.tasks);
     cancel.hidden = terminal.includes(job.status) || Boolean(job.cancelRequestedAt);
   }
 
@@ -100,6 +145,8 @@ export function jobPage(main, ctx) {
       show();
       fill(events, table(['When', 'From', 'To', 'Why'], ev.items.map((e) => row(time(e.at), e.from ?? '—', e.to, e.reason)), { 'data-testid': 'events' }));
       if (changed) showOutputs();
+      // The first page of an array's tasks follows it; pages read further stay as read.
+      if (j.tasks && taskRows.length <= 100) await loadTasks(true);
       if (terminal.includes(j.status)) stopJob?.();
     },
     status,

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -63,6 +63,18 @@ describe('LeaseRunner', () => {
     expect(logs.get(grant.jobId)).toEqual(['stdout: test executor: true\n', 'stderr: test executor: exiting 3\n']);
     // Once the coordinator took the report, the heartbeat no longer names the job.
     await until('the lease let go', () => runner.heldJobs().length === 0, 5_000);
+  });
+
+  it("takes a job array task's index from the lease token it verified, never from the rest of the answer", async () => {
+    const record = path.join(stateDir, 'runs.jsonl');
+    const signed = api.grant({ GANTRY_TEST_RECORD: record }, { task: { index: 4, count: 9 } });
+    // A coordinator (or whoever stands between) naming a task the token does not.
+    const claimed = { ...api.grant({ GANTRY_TEST_RECORD: record }), task: { index: 1, count: 2 } };
+    api.offer(signed);
+    api.offer(claimed);
+    await until('both ends', () => finishOf(signed.jobId) && finishOf(claimed.jobId), 10_000);
+    const starts = (await readFile(record, 'utf8')).trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.event === 'start');
+    expect(Object.fromEntries(starts.map((s) => [s.jobId, s.task]))).toEqual({ [signed.jobId]: { index: 4, count: 9 }, [claimed.jobId]: null });
   });
 
   it('refuses a lease signed by a key the coordinator does not publish, and runs nothing', async () => {

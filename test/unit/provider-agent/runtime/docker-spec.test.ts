@@ -79,6 +79,13 @@ describe('container spec', () => {
     expect(c.HostConfig!.Tmpfs!['/tmp']).toContain(`size=${768 * 1024 * 1024}`);
   });
 
+  it("gives a job array's task its index and count from the verified lease, over what its spec's env says", () => {
+    const task = containerSpec({ ...grant({ env: { GANTRY_TASK_INDEX: '99' } }), task: { index: 3, count: 8 } }, opts);
+    expect(task.Env).toEqual(expect.arrayContaining(['GANTRY_TASK_INDEX=3', 'GANTRY_TASK_COUNT=8']));
+    expect(task.Env).not.toContain('GANTRY_TASK_INDEX=99');
+    expect(containerSpec(grant({}), opts).Env!.some((e) => e.startsWith('GANTRY_TASK_'))).toBe(false);
+  });
+
   it('replaces CMD with the command, and ENTRYPOINT only when the spec has one; 1 GiB of shm by default', () => {
     const plain = containerSpec(grant({}), opts);
     expect(plain.Cmd).toEqual(['echo', 'hi']);

@@ -13,6 +13,7 @@ import { enrollmentRoutes } from './http/enrollment.ts';
 import { nodeRoutes } from './http/nodes.ts';
 import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
+import { serviceRoutes } from './http/services.ts';
 import { outputRoutes } from './http/outputs.ts';
 import { gantryVersion } from '../shared/version.ts';
 import { ApiError } from './errors.ts';
@@ -93,6 +94,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   // Before the jobs routes: POST /v1/jobs/dry-run must not be read as a job id.
   app.route('/', offerRoutes(deps));
   app.route('/', jobRoutes(deps));
+  app.route('/', serviceRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', nodeRoutes(deps));
   app.route('/', agentRoutes(deps));

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { serve, type ServerType } from '@hono/node-server';
+import { getRequestListener } from '@hono/node-server';
 import { bootstrapAdmin } from './accounts/bootstrap.ts';
 import { createApp } from './app.ts';
 import { DatabaseBlobStore } from './blobs/db-store.ts';
@@ -22,6 +23,7 @@ import { Metrics } from './metrics/registry.ts';
 import { PoolHistoryWriter } from './pool/history.ts';
 import { PoolStats } from './pool/stats.ts';
 import type { SchedulerLoop } from './scheduler/loop.ts';
+import { ServiceSide } from './services/side.ts';
 
 export interface Coordinator {
   url: string;
@@ -54,6 +56,9 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const availability = new DatabaseAvailability(database, clock, log);
     const leaseSide = await createLeaseSide({ database, availability, clock, config, log, signals });
     const keys = new KeyVerifier(database, clock);
+    const agents = new AgentVerifier(database.db, clock, config.name);
+    const parts = poolParts(database, clock, config, leaseSide.scheduler, signals);
+    const services = new ServiceSide({ config, database, clock, log, keys, agents, metrics: parts.metrics });
     const deps: AppDeps = {
       config,
       database,
@@ -62,12 +67,13 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       log,
       signals,
       keys,
-      agents: new AgentVerifier(database.db, clock, config.name),
+      agents,
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
       scheduler: leaseSide.scheduler,
-      ...poolParts(database, clock, config, leaseSide.scheduler, signals),
+      ...parts,
+      services,
       logFollowers: new LogFollowers(
         database,
         signals,
@@ -76,26 +82,33 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       ),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();
-    const stopRetiredListener = await database.listen(nodeRetiredChannel, (nodeId) => deps.agents.forgetNode(nodeId));
+    const stopRetiredListener = await database.listen(nodeRetiredChannel, (nodeId) => {
+      deps.agents.forgetNode(nodeId);
+      services.tunnels.drop(nodeId);
+    });
+    const stopServiceTokenListener = await services.start();
     const app = createApp(deps);
-    const server: ServerType = await new Promise((resolve) => {
-      const s = serve(
-        {
-          fetch: app.fetch,
-          port: config.port,
-          hostname: config.host,
-          ...(config.tls
-            ? {
-                createServer: createHttpsServer,
-                serverOptions: { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) },
-              }
-            : {}),
-        },
-        () => resolve(s),
-      );
+    const api = getRequestListener(app.fetch);
+    // A Host that names a service job goes to its front door; every other request is the API's.
+    const listener = (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => {
+      const jobId = services.frontDoor.jobOf(req);
+      if (jobId) void services.frontDoor.handle(req, res, jobId);
+      else void api(req, res);
+    };
+    const server: Server = config.tls
+      ? createHttpsServer({ cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) }, listener)
+      : createHttpServer(listener);
+    server.on('upgrade', (req, socket, head) => void services.upgrade(req, socket, head));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.port, config.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
     const { port } = server.address() as AddressInfo;
     const scheme = config.tls ? 'https' : 'http';
+    services.listening(scheme, port);
     // The address it is reachable on from this host (a wildcard bind answers on loopback).
     const host = ['0.0.0.0', '::', ''].includes(config.host) ? '127.0.0.1' : config.host;
     const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -117,6 +130,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           // The scheduler and sweeper stop first; waiting long-polls answer at once, log streams end.
           await leaseSide.stop();
           await deps.logFollowers.stop();
+          services.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {
             const http = server as { closeIdleConnections?: () => void; closeAllConnections?: () => void };
@@ -136,6 +150,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           });
           await stopKeyListener().catch(() => {});
           await stopRetiredListener().catch(() => {});
+          await stopServiceTokenListener().catch(() => {});
           await nodeSweeper.stop();
           await poolHistory.stop();
           await availability.stop();

@@ -79,6 +79,24 @@ export const Constraints = z
   })
   .strict();
 
+/**
+ * A job that serves HTTP on a port inside its node, reached through the coordinator on its own
+ * origin (GANTRY_SERVICES_URL): the agent probes readinessPath (or a TCP connect) before it is ready.
+ */
+export const ServiceSpec = z
+  .object({
+    port: z.number().int().min(1).max(65_535),
+    readinessPath: z
+      .string()
+      .max(1024)
+      .regex(/^\/[\x21-\x7e]*$/, 'a path starting with /, printable ASCII without spaces')
+      .optional(),
+    /** Anyone may call it, without a key or service token. */
+    public: z.boolean().default(false),
+  })
+  .strict();
+export type ServiceSpec = z.infer<typeof ServiceSpec>;
+
 /** What a client submits: everything a node needs to run the job, and what it may cost. */
 export const JobSpec = z
   .object({
@@ -100,8 +118,14 @@ export const JobSpec = z
     priority: z.number().int().min(-1000).max(1000).default(0),
     network: z.enum(['bridge', 'none']).default('bridge'),
     inputs: z.array(JobInput).max(64).optional(),
+    service: ServiceSpec.optional(),
   })
-  .strict();
+  .strict()
+  // A service is reached through the job's network: without one nothing could answer.
+  .refine((s) => !(s.service && s.network === 'none'), {
+    message: 'a service needs a network: network none cannot serve',
+    path: ['network'],
+  });
 export type JobSpec = z.infer<typeof JobSpec>;
 
 export const jobStatuses = ['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] as const;
@@ -131,6 +155,13 @@ export const LeasePrices = z.object({
 });
 export type LeasePrices = z.infer<typeof LeasePrices>;
 
+export const serviceStates = ['starting', 'ready', 'stopped'] as const;
+export const ServiceStatus = z.object({
+  state: z.enum(serviceStates),
+  readyAt: timestamp,
+});
+export type ServiceStatus = z.infer<typeof ServiceStatus>;
+
 export const Job = z.object({
   id: z.string(),
   name: z.string(),
@@ -158,6 +189,10 @@ export const Job = z.object({
   cost: z.number(),
   /** What it used, metered the same way as its cost; null until first leased. */
   usage: MeteredUsage.nullable(),
+  /** Where the job answers (a service job only), on its own origin. */
+  serviceUrl: z.string().nullable(),
+  /** A service job's state: starting until the agent's probe passes, ready, stopped once the job ended. */
+  service: ServiceStatus.nullable(),
 });
 export type Job = z.infer<typeof Job>;
 

@@ -20,6 +20,7 @@ export function jobRoutes(deps: AppDeps) {
   const { db } = deps.database;
   // Each route names who may call it: its key is checked before its input is read.
   const client = requireKey(deps.keys, 'client');
+  const serviceUrlOf = (jobId: string) => deps.services.urls.urlOf(jobId);
 
   app.openapi(
     createRoute({
@@ -41,9 +42,9 @@ export function jobRoutes(deps: AppDeps) {
       // Inputs are uploaded first: a job naming bytes its owner never uploaded could never run.
       await requireInputsUploaded(db, c.get('principal').accountId, spec.inputs);
       const { job, replayed } = await submitJob(db, c.get('principal').accountId, spec, key, deps.clock.now());
-      if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+      if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 200);
       deps.signals.emit(topics.schedule);
-      return c.json(await toApiJobAt(db, job, deps.clock.now()), 201);
+      return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 201);
     },
   );
 
@@ -60,7 +61,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const q = c.req.valid('query');
       const page = await listJobs(db, c.get('principal').accountId, q);
-      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now()), nextCursor: page.nextCursor }, 200);
+      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now(), serviceUrlOf), nextCursor: page.nextCursor }, 200);
     },
   );
 
@@ -76,7 +77,7 @@ export function jobRoutes(deps: AppDeps) {
     }),
     async (c) => {
       const job = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
-      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 200);
     },
   );
 
@@ -93,7 +94,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const job = await cancelJob(db, c.get('principal').accountId, c.req.valid('param').id, deps.clock.now());
       if (job.status === 'cancelled') deps.signals.emit(topics.schedule);
-      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 200);
     },
   );
 

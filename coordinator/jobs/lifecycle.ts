@@ -1,10 +1,10 @@
 import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm';
 import { specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
-import { type Job, type JobSpec, type JobStatus, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
+import { type Job, type JobSpec, type JobStatus, type ServiceStatus, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
-import { gpus, jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
+import { gpus, jobEvents, jobs, jobServices, queueReasons } from '../db/schema/index.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { meter } from './metering.ts';
 
@@ -201,7 +201,10 @@ const iso = (d: Date | null) => (d ? d.toISOString() : null);
  * The jobs as the API shows them. A job holding a lease is metered to `now` at its lease's
  * prices (its GPUs' models read in one query for all of them), so `cost` is what it costs so far.
  */
-export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date): Promise<Job[]> {
+/** Where a service job answers (the coordinator's ServiceUrls); jobs without a service have no URL. */
+export type ServiceUrlOf = (jobId: string) => string;
+
+export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date, serviceUrlOf: ServiceUrlOf): Promise<Job[]> {
   const held = rows.filter((r) => (r.status === 'leased' || r.status === 'running') && r.leasedAt);
   const models = new Map<string, string[]>();
   if (held.length) {
@@ -211,16 +214,35 @@ export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date): Promise<
       .where(inArray(gpus.jobId, held.map((r) => r.id)));
     for (const g of found) models.set(g.jobId!, [...(models.get(g.jobId!) ?? []), g.model]);
   }
-  return rows.map((r) => toApiJob(r, held.includes(r) ? meter(r, models.get(r.id) ?? [], now) : null));
+  const served = rows.filter((r) => r.spec.service);
+  const readiness = new Map<string, { epoch: number; readyAt: Date }>();
+  if (served.length) {
+    const found = await db.select().from(jobServices).where(inArray(jobServices.jobId, served.map((r) => r.id)));
+    for (const s of found) readiness.set(s.jobId, s);
+  }
+  return rows.map((r) =>
+    toApiJob(r, held.includes(r) ? meter(r, models.get(r.id) ?? [], now) : null, r.spec.service ? { url: serviceUrlOf(r.id), ready: readiness.get(r.id) ?? null } : null),
+  );
 }
 
-export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date): Promise<Job> {
-  const [job] = await toApiJobs(db, [row], now);
+export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date, serviceUrlOf: ServiceUrlOf): Promise<Job> {
+  const [job] = await toApiJobs(db, [row], now, serviceUrlOf);
   return job!;
 }
 
+/** A service job's state: ready only once the agent's probe passed under the job's current lease. */
+export function serviceStatusOf(row: Pick<JobRow, 'status' | 'leaseEpoch'>, ready: { epoch: number; readyAt: Date } | null): ServiceStatus {
+  if (isTerminal(row.status)) return { state: 'stopped', readyAt: ready ? ready.readyAt.toISOString() : null };
+  if (row.status === 'running' && ready && ready.epoch === row.leaseEpoch) return { state: 'ready', readyAt: ready.readyAt.toISOString() };
+  return { state: 'starting', readyAt: null };
+}
+
 /** The one mapping from a job row to the API's shape; `metered` is the live lease's usage and cost so far. */
-function toApiJob(row: JobRow, metered: ReturnType<typeof meter> | null): Job {
+function toApiJob(
+  row: JobRow,
+  metered: ReturnType<typeof meter> | null,
+  service: { url: string; ready: { epoch: number; readyAt: Date } | null } | null,
+): Job {
   const recordedUsage = MeteredUsage.safeParse(row.usage);
   return {
     id: row.id,
@@ -249,5 +271,7 @@ function toApiJob(row: JobRow, metered: ReturnType<typeof meter> | null): Job {
         : { perGpuHour: fromMicros(row.priceGpuHourMicros), perCpuHour: fromMicros(row.priceCpuHourMicros) },
     cost: fromMicros(metered?.costMicros ?? row.costMicros ?? 0),
     usage: metered?.usage ?? (recordedUsage.success ? recordedUsage.data : null),
+    serviceUrl: service?.url ?? null,
+    service: service ? serviceStatusOf(row, service.ready) : null,
   };
 }

@@ -2,9 +2,8 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { getRequestListener } from '@hono/node-server';
 import { bootstrapAdmin } from './accounts/bootstrap.ts';
-import { createApp } from './app.ts';
+import { createHandlers } from './app.ts';
 import { DatabaseBlobStore } from './blobs/db-store.ts';
 import { KeyVerifier } from './auth/api-keys.ts';
 import { systemClock, type Clock } from './clock.ts';
@@ -58,7 +57,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const keys = new KeyVerifier(database, clock);
     const agents = new AgentVerifier(database.db, clock, config.name);
     const parts = poolParts(database, clock, config, leaseSide.scheduler, signals);
-    const services = new ServiceSide({ config, database, clock, log, keys, agents, metrics: parts.metrics });
+    const services = new ServiceSide({ config, database, clock, log, agents });
     const deps: AppDeps = {
       config,
       database,
@@ -87,18 +86,11 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       services.tunnels.drop(nodeId);
     });
     const stopServiceTokenListener = await services.start();
-    const app = createApp(deps);
-    const api = getRequestListener(app.fetch);
-    // A Host that names a service job goes to its front door; every other request is the API's.
-    const listener = (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => {
-      const jobId = services.frontDoor.jobOf(req);
-      if (jobId) void services.frontDoor.handle(req, res, jobId);
-      else void api(req, res);
-    };
+    const handlers = createHandlers(deps);
     const server: Server = config.tls
-      ? createHttpsServer({ cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) }, listener)
-      : createHttpServer(listener);
-    server.on('upgrade', (req, socket, head) => void services.upgrade(req, socket, head));
+      ? createHttpsServer({ cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) }, handlers.request)
+      : createHttpServer(handlers.request);
+    server.on('upgrade', handlers.upgrade);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(config.port, config.host, () => {
@@ -130,6 +122,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           // The scheduler and sweeper stop first; waiting long-polls answer at once, log streams end.
           await leaseSide.stop();
           await deps.logFollowers.stop();
+          handlers.close();
           services.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {

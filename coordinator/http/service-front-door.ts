@@ -6,14 +6,15 @@ import type { ErrorCode } from '../../shared/errors.ts';
 import { isTerminal } from '../../shared/jobs.ts';
 import { serviceTokenCookie, serviceTokenQueryParam, tunnelJobHeader } from '../../shared/services.ts';
 import type { KeyVerifier } from '../auth/api-keys.ts';
+import type { AppDeps } from '../deps.ts';
 import { ApiError } from '../errors.ts';
-import { problemBody } from '../http/problem.ts';
+import { problemBody } from './problem.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/registry.ts';
-import type { ServiceDirectory, ServiceEntry } from './directory.ts';
-import { isServiceToken, type ServiceTokenVerifier } from './tokens.ts';
-import { cancelCode, type Tunnels } from './tunnels.ts';
-import type { ServiceUrls } from './urls.ts';
+import type { ServiceDirectory, ServiceEntry } from '../services/directory.ts';
+import { isServiceToken, type ServiceTokenVerifier } from '../services/tokens.ts';
+import { cancelCode, type Tunnels } from '../services/tunnels.ts';
+import type { ServiceUrls } from '../services/urls.ts';
 
 // The front door of service jobs: a request whose Host names a job is authenticated here, its
 // credential removed, and forwarded over the node's tunnel (an HTTP/2 stream per request) to the
@@ -67,6 +68,22 @@ class Refusal extends Error {
   ) {
     super(message);
   }
+}
+
+/** The front door over the app's parts. */
+export function serviceFrontDoor(deps: AppDeps): ServiceFrontDoor {
+  const s = deps.services;
+  return new ServiceFrontDoor({
+    urls: () => s.urls,
+    directory: s.directory,
+    tunnels: s.tunnels,
+    keys: deps.keys,
+    tokens: s.tokens,
+    metrics: deps.metrics,
+    log: deps.log,
+    bodyLimitBytes: deps.config.serviceBodyLimitBytes,
+    idleTimeoutMs: deps.config.serviceIdleTimeoutMs,
+  });
 }
 
 export class ServiceFrontDoor {

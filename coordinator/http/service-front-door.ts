@@ -308,8 +308,9 @@ export class ServiceFrontDoor {
     stream.on('response', (h) => {
       this.d.metrics.serviceLatency.observe({ job: jobId }, (performance.now() - started) / 1000);
       res.writeHead(Number(h[':status']), responseHeaders(h, false) as OutgoingHttpHeaders);
-      // Headers go now: an event stream's client sees the answer begin before its first event.
-      res.flushHeaders();
+      // An answer of unknown length (an event stream) shows its headers now, before its first
+      // event; a sized one goes out with its first bytes (one write, not two).
+      if (h['content-length'] === undefined) res.flushHeaders();
       stream.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
       stream.pipe(res);
     });

@@ -22,6 +22,12 @@ function details(j) {
     ['Finished', time(j.finishedAt)],
     ['Exit code', j.exitCode === null ? '—' : h('span', { 'data-testid': 'exit-code' }, String(j.exitCode))],
   ];
+  if (j.service) {
+    const state = j.service.state === 'ready' ? `ready since ${time(j.service.readyAt)}` : j.service.state;
+    dl.push(['Service', h('span', { 'data-testid': 'service-state' }, state)]);
+    // The service's own origin: a link, never loaded into this page (it is another site).
+    dl.push(['Service URL', h('a', { href: j.serviceUrl, rel: 'noopener noreferrer', target: '_blank', class: 'mono', 'data-testid': 'service-url' }, j.serviceUrl)]);
+  }
   if (j.pendingReason) dl.push(['Waiting because', j.pendingReason]);
   if (j.error) dl.push(['Error', h('span', { class: 'error' }, j.error)]);
   return h('dl', { class: 'details' }, dl.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));

@@ -57,7 +57,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const keys = new KeyVerifier(database, clock);
     const agents = new AgentVerifier(database.db, clock, config.name);
     const parts = poolParts(database, clock, config, leaseSide.scheduler, signals);
-    const services = new ServiceSide({ config, database, clock, log, agents });
+    const services = new ServiceSide({ config, database, clock, log, agents, signingKeys: leaseSide.leases.keys });
     const deps: AppDeps = {
       config,
       database,

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import type { ClientHttp2Stream, IncomingHttpHeaders as H2Headers, OutgoingHttpHeaders as H2OutgoingHeaders } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { ErrorCode } from '../../shared/errors.ts';
@@ -13,6 +14,7 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/registry.ts';
 import type { ServiceDirectory, ServiceEntry } from '../services/directory.ts';
 import { isServiceToken, type ServiceTokenVerifier } from '../services/tokens.ts';
+import { replicaTokenHeader, type Replicas } from '../services/replicas.ts';
 import { cancelCode, type Tunnels } from '../services/tunnels.ts';
 import type { ServiceUrls } from '../services/urls.ts';
 
@@ -39,11 +41,14 @@ const hopByHop = new Set([
   'host',
   'http2-settings',
 ]);
+/** Gantry's own request headers: never taken from a client, never passed to a job. */
+const internalHeaders = new Set([tunnelJobHeader, replicaTokenHeader, 'x-gantry-upgrade']);
 
 export interface FrontDoorDeps {
   urls: () => ServiceUrls;
   directory: ServiceDirectory;
   tunnels: Tunnels;
+  replicas: Replicas;
   keys: KeyVerifier;
   tokens: ServiceTokenVerifier;
   metrics: Metrics;
@@ -59,6 +64,9 @@ interface Caller {
   /** The Authorization header held the credential: it is not forwarded. */
   fromAuthorization: boolean;
 }
+
+/** A request another replica forwarded: it authenticated the client, and its revocations end the exchange there. */
+const trusted: Caller = { credentialId: null, recheck: async () => {}, fromAuthorization: false };
 
 class Refusal extends Error {
   constructor(
@@ -77,6 +85,7 @@ export function serviceFrontDoor(deps: AppDeps): ServiceFrontDoor {
     urls: () => s.urls,
     directory: s.directory,
     tunnels: s.tunnels,
+    replicas: s.replicas,
     keys: deps.keys,
     tokens: s.tokens,
     metrics: deps.metrics,
@@ -116,11 +125,13 @@ export class ServiceFrontDoor {
       if (!entry?.service) throw new Refusal('not_found', 'service not found');
       const traded = url.searchParams.get(serviceTokenQueryParam);
       if (traded !== null) return await this.tradeToken(res, entry, url, traded);
-      const caller = await this.authenticate(req, entry);
-      const session = this.route(entry);
+      const viaReplica = this.fromReplica(req, jobId);
+      const caller = viaReplica ? trusted : await this.authenticate(req, entry);
+      const way = await this.route(entry, viaReplica);
       const length = Number(req.headers['content-length'] ?? 0);
       if (length > this.d.bodyLimitBytes) throw new Refusal('payload_too_large', `the request body is over ${this.d.bodyLimitBytes} bytes`);
-      this.forward(req, res, entry, caller, session, started);
+      if ('replica' in way) this.forwardToReplica(req, res, entry, caller, way.replica);
+      else this.forward(req, res, entry, caller, way.session, started);
     } catch (err) {
       const refusal = asRefusal(err, this.d.log, requestId);
       writeProblem(res, refusal, requestId);
@@ -135,8 +146,12 @@ export class ServiceFrontDoor {
     try {
       const entry = await this.d.directory.lookup(jobId);
       if (!entry?.service) throw new Refusal('not_found', 'service not found');
-      const caller = await this.authenticate(req, entry);
-      const session = this.route(entry);
+      const viaReplica = this.fromReplica(req, jobId);
+      const caller = viaReplica ? trusted : await this.authenticate(req, entry);
+      const way = await this.route(entry, viaReplica);
+      // Upgrades are served only by the replica that holds the node's tunnel.
+      if ('replica' in way) throw new Refusal('unavailable', "the service's node is connected to another coordinator; try again", tunnelRetryAfterSeconds);
+      const session = way.session;
       const headers = this.requestHeaders(req, entry, caller);
       headers['x-gantry-upgrade'] = String(req.headers.upgrade ?? '');
       // Not ended at once, as Node ends a GET's stream by default: the upgraded bytes go over it.
@@ -215,14 +230,75 @@ export class ServiceFrontDoor {
     return { credentialId: principal.keyId, recheck: check, fromAuthorization: gantryBearer !== null };
   }
 
-  /** The session to the job's node, or why there is none yet (or any more). */
-  private route(entry: ServiceEntry) {
+  /**
+   * Whether another replica forwarded this request (it authenticated the client): its token must
+   * name this replica and this job. A forged or stale one is refused.
+   */
+  private fromReplica(req: IncomingMessage, jobId: string): boolean {
+    const token = req.headers[replicaTokenHeader];
+    if (token === undefined) return false;
+    if (typeof token === 'string' && this.d.replicas.accepts(token, jobId)) return true;
+    throw new Refusal('unauthenticated', 'the replica token is not valid');
+  }
+
+  /** The session to the job's node, the replica that holds it, or why there is none yet (or any more). */
+  private async route(entry: ServiceEntry, viaReplica: boolean): Promise<{ session: NonNullable<ReturnType<Tunnels['session']>> } | { replica: string }> {
     if (isTerminal(entry.status)) throw new Refusal('gone', `the service ended (its job is ${entry.status})`);
     const ready = entry.status === 'running' && entry.readyEpoch === entry.leaseEpoch;
     if (!ready || !entry.nodeId) throw new Refusal('unavailable', 'the service is starting; try again shortly', startingRetryAfterSeconds);
     const session = this.d.tunnels.session(entry.nodeId);
-    if (!session) throw new Refusal('unavailable', "the service's node is not connected; try again shortly", tunnelRetryAfterSeconds);
-    return session;
+    if (session) return { session };
+    // Forwarded once at most: a replica that was sent the request and lost the tunnel meanwhile says so.
+    const replica = viaReplica ? null : await this.d.replicas.holderOf(entry.nodeId);
+    if (replica) return { replica };
+    throw new Refusal('unavailable', "the service's node is not connected; try again shortly", tunnelRetryAfterSeconds);
+  }
+
+  /** The request to the replica that holds the node's tunnel: the credential already removed, a replica token instead. */
+  private forwardToReplica(req: IncomingMessage, res: ServerResponse, entry: ServiceEntry, caller: Caller, replicaUrl: string): void {
+    const h2 = this.requestHeaders(req, entry, caller);
+    const headers: OutgoingHttpHeaders = { host: req.headers.host ?? '' };
+    for (const [name, value] of Object.entries(h2)) if (!name.startsWith(':') && name !== tunnelJobHeader && value !== undefined) headers[name] = value as string | string[];
+    headers[replicaTokenHeader] = this.d.replicas.tokenFor(replicaUrl, entry.jobId);
+    if (req.headers['content-length'] !== undefined) headers['content-length'] = req.headers['content-length'];
+    else if (req.headers['transfer-encoding'] !== undefined) headers['transfer-encoding'] = 'chunked';
+    const target = new URL(String(h2[':path']), replicaUrl);
+    const out = (target.protocol === 'https:' ? httpsRequest : httpRequest)(target, { method: req.method, headers });
+    let bytesIn = 0;
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      untrack();
+      this.count(entry.jobId, res.statusCode);
+    };
+    const fail = (refusal: Refusal) => {
+      out.destroy();
+      if (res.headersSent) res.destroy();
+      else writeProblem(res, refusal, randomUUID());
+      finish();
+    };
+    const untrack = this.track(caller, () => fail(new Refusal('unauthenticated', 'the credential was revoked')));
+    req.on('data', (chunk: Buffer) => {
+      bytesIn += chunk.length;
+      if (bytesIn > this.d.bodyLimitBytes) {
+        req.unpipe(out);
+        res.setHeader('connection', 'close');
+        fail(new Refusal('payload_too_large', `the request body is over ${this.d.bodyLimitBytes} bytes`));
+      }
+    });
+    req.pipe(out);
+    res.on('close', () => {
+      if (!res.writableFinished) out.destroy();
+      finish();
+    });
+    out.setTimeout(this.d.idleTimeoutMs, () => fail(new Refusal('unavailable', `the service sent nothing for ${this.d.idleTimeoutMs / 1000} s`)));
+    out.on('error', () => fail(new Refusal('unavailable', 'the coordinator that holds the node did not answer')));
+    out.on('response', (answer) => {
+      res.writeHead(answer.statusCode ?? 502, responseHeaders(answer.headers as H2Headers, false) as OutgoingHttpHeaders);
+      if (answer.headers['content-length'] === undefined) res.flushHeaders();
+      answer.pipe(res);
+    });
   }
 
   private requestHeaders(req: IncomingMessage, entry: ServiceEntry, caller: Caller): H2OutgoingHeaders {
@@ -237,7 +313,7 @@ export class ServiceFrontDoor {
     };
     const named = connectionNamed(req.headers);
     for (const [name, value] of Object.entries(req.headers)) {
-      if (value === undefined || hopByHop.has(name) || named.has(name) || name.startsWith(':') || name === tunnelJobHeader) continue;
+      if (value === undefined || hopByHop.has(name) || named.has(name) || name.startsWith(':') || internalHeaders.has(name)) continue;
       if (name === 'authorization' && caller.fromAuthorization) continue;
       if (name === 'cookie') {
         const kept = withoutCookie(Array.isArray(value) ? value.join('; ') : value, serviceTokenCookie);

@@ -9,6 +9,7 @@ import { ApiError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentVerifier } from '../nodes/agent-auth.ts';
 import { ServiceDirectory } from './directory.ts';
+import { Replicas, type ReplicaKeys } from './replicas.ts';
 import { ServiceTokenVerifier } from './tokens.ts';
 import { Tunnels } from './tunnels.ts';
 import { ServiceUrls } from './urls.ts';
@@ -21,11 +22,12 @@ export class ServiceSide {
   readonly directory: ServiceDirectory;
   readonly tokens: ServiceTokenVerifier;
   readonly tunnels: Tunnels;
+  readonly replicas: Replicas;
   private configured: ServiceUrls | null;
   private wss = new WebSocketServer({ noServer: true, maxPayload: 4 * 1024 * 1024, perMessageDeflate: false });
 
   constructor(
-    private o: { config: Config; database: Database; clock: Clock; log: Logger; agents: AgentVerifier },
+    private o: { config: Config; database: Database; clock: Clock; log: Logger; agents: AgentVerifier; signingKeys: ReplicaKeys },
   ) {
     this.configured = o.config.servicesUrl ? new ServiceUrls(o.config.servicesUrl) : null;
     this.directory = new ServiceDirectory(o.database);
@@ -36,6 +38,13 @@ export class ServiceSide {
         (err) => !(err instanceof ApiError),
       ),
     );
+    this.replicas = new Replicas(o.database, o.clock, o.signingKeys, o.config.internalUrl, o.config.name);
+    // Which replica holds a node's tunnel, for the others to forward to (with GANTRY_INTERNAL_URL).
+    this.tunnels.onChange((nodeId, connected) => {
+      void (connected ? this.replicas.held(nodeId) : this.replicas.released(nodeId)).catch((err: Error) =>
+        o.log.warn('could not record where a tunnel ends', { nodeId, error: err.message }),
+      );
+    });
   }
 
   /** Where service jobs answer; the default names this listener's port, known once it listens. */

@@ -13,7 +13,11 @@ import type { CreatedServiceToken, ServiceTokenInfo } from '../../shared/service
 import { ServiceTunnel } from '../../provider-agent/tunnel/tunnel.ts';
 import { createTestNode, leaseTo, setStatus, type TestNode } from '../support/agent-fixture.ts';
 import { jobSpec } from '../support/factories.ts';
-import { dbSkipReason, startHarness, type Harness } from '../support/harness.ts';
+import { dbSkipReason, itOn, startHarness, type Harness } from '../support/harness.ts';
+import { loadConfig } from '../../coordinator/config.ts';
+import { silentLogger } from '../../coordinator/log.ts';
+import { startCoordinator } from '../../coordinator/server.ts';
+import { createServer as createNetServer } from 'node:net';
 import { expectProblem } from '../support/problem.ts';
 import { loopback, serviceFetch, serviceRequest } from '../support/service-client.ts';
 import { until } from '../support/until.ts';
@@ -330,4 +334,68 @@ describe.skipIf(dbSkipReason)('service jobs through the coordinator', () => {
     expect(text).toMatch(new RegExp(`gantry_service_bytes_total\\{job="${job.id}",direction="out"\\} \\d+`));
     expect(text).toContain(`gantry_service_response_seconds_count{job="${job.id}"} 1`);
   });
+
+  itOn('postgres')("serves a request that reaches the replica without the node's tunnel, through the one that holds it", async () => {
+    const [portA, portB] = [await freePort(), await freePort()];
+    const shared = { GANTRY_NAME: 'gantry-replicas-test', GANTRY_SERVICES_URL: 'http://{job}.localhost' };
+    const a = await startHarness({ ...shared, PORT: String(portA), GANTRY_INTERNAL_URL: `http://127.0.0.1:${portA}` });
+    const b = await startCoordinator({
+      config: loadConfig({ ...shared, PORT: String(portB), HOST: '127.0.0.1', GANTRY_LOG_REQUESTS: 'false', GANTRY_INTERNAL_URL: `http://127.0.0.1:${portB}` }),
+      log: silentLogger,
+      database: a.testDb.database,
+    });
+    const upstream = new Upstream();
+    const port = await upstream.start();
+    let tunnel: ServiceTunnel | null = null;
+    try {
+      const owner = await a.newAccount('client');
+      const provider = await a.newAccount('provider');
+      const node = await createTestNode(a, provider.accountId);
+      // The agent's tunnel ends at B.
+      tunnel = new ServiceTunnel({ coordinatorUrl: b.url, token: () => node.token(), log: () => {} });
+      tunnel.start();
+      await until('the tunnel is open at B', () => b.deps.services.tunnels.session(node.nodeId), 10_000);
+      const job = await owner.api.post<Job>('/v1/jobs', jobSpec({ service: { port: 1 } }, { gpus: 1, gpu: { model: 'NoSuchGPU' } }));
+      await leaseTo(a, job.id, node.nodeId, 'running', 1);
+      tunnel.add(job.id, { host: '127.0.0.1', port });
+      expect((await node.fetch(`/v1/agent/jobs/${job.id}/service-ready`, { method: 'POST', body: JSON.stringify({ epoch: 1 }), headers: { 'content-type': 'application/json' } })).status).toBe(204);
+
+      const viaA = `http://${job.id}.localhost:${portA}/headers`;
+      const answer = await until('A forwards to B', async () => {
+        const r = await serviceFetch(viaA, { headers: { authorization: `Bearer ${owner.key}` } });
+        return r.status === 200 ? r : null;
+      }, 10_000);
+      const seen = JSON.parse(answer.body);
+      expect(seen.headers.authorization).toBeUndefined();
+      expect(seen.headers['x-gantry-replica-token']).toBeUndefined();
+      expect(JSON.stringify(seen)).not.toContain(owner.key);
+      // A still checks the caller; B takes only a token A made for it.
+      expect((await serviceFetch(viaA)).status).toBe(401);
+      const forged = await serviceFetch(`http://${job.id}.localhost:${portB}/headers`, { headers: { 'x-gantry-replica-token': 'e30.e30.AAAA' } });
+      expect(forged.status).toBe(401);
+      const made = a.coordinator.deps.services.replicas.tokenFor(`http://127.0.0.1:${portA}`, job.id);
+      expect((await serviceFetch(`http://${job.id}.localhost:${portB}/headers`, { headers: { 'x-gantry-replica-token': made } })).status).toBe(401);
+
+      // The tunnel moves to A: A serves it itself.
+      await tunnel.stop();
+      tunnel = new ServiceTunnel({ coordinatorUrl: a.url, token: () => node.token(), log: () => {} });
+      tunnel.add(job.id, { host: '127.0.0.1', port });
+      tunnel.start();
+      await until('the tunnel is open at A', () => a.coordinator.deps.services.tunnels.session(node.nodeId), 10_000);
+      expect((await serviceFetch(viaA, { headers: { authorization: `Bearer ${owner.key}` } })).status).toBe(200);
+    } finally {
+      await tunnel?.stop();
+      upstream.close();
+      await b.close();
+      await a.close();
+    }
+  });
 });
+
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const s = createNetServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });

@@ -1,5 +1,6 @@
 import { connect, constants, type ClientHttp2Session } from 'node:http2';
-import { createWebSocketStream, type WebSocket } from 'ws';
+import type { WebSocket } from 'ws';
+import { tunnelStream } from '../../shared/tunnel-stream.ts';
 import type { Logger } from '../log.ts';
 
 // The agents' tunnels held by this coordinator: each agent keeps one WebSocket to it, and over
@@ -35,8 +36,7 @@ export class Tunnels {
    * arrive with the upgrade would be lost otherwise (PITFALLS.md).
    */
   attach(nodeId: string, ws: WebSocket): void {
-    const duplex = createWebSocketStream(ws);
-    duplex.on('error', () => {});
+    const duplex = tunnelStream(ws);
     const session = connect('http://gantry-agent', {
       createConnection: () => duplex,
       settings: { initialWindowSize: streamWindowBytes, enablePush: false },

@@ -1,7 +1,8 @@
 import { Agent, request as httpRequest, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { constants, createServer, type Http2Server, type IncomingHttpHeaders as H2Headers, type ServerHttp2Stream } from 'node:http2';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createWebSocketStream, WebSocket } from 'ws';
+import { WebSocket } from 'ws';
+import { tunnelStream } from '../../shared/tunnel-stream.ts';
 import { Backoff } from '../../shared/backoff.ts';
 import { agentTunnelPath, tunnelJobHeader } from '../../shared/services.ts';
 
@@ -21,6 +22,8 @@ const hopByHop = new Set(['connection', 'keep-alive', 'proxy-connection', 'trans
 /** HTTP/2 windows of the agent's side: what a slow client's stream may hold before the job is paused. */
 const streamWindowBytes = 1024 * 1024;
 const sessionWindowBytes = 16 * 1024 * 1024;
+/** How long a job's answer may hold its headers back waiting for its first bytes. */
+const headersAloneMs = 5;
 /** A connection that lasted this long resets the reconnect backoff. */
 const stableAfterMs = 10_000;
 
@@ -97,9 +100,8 @@ export class ServiceTunnel {
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(url, { headers: { authorization: `Bearer ${await this.o.token()}` }, perMessageDeflate: false, maxPayload: 4 * 1024 * 1024, handshakeTimeout: 15_000 });
     this.ws = ws;
-    // Attached before `open`: frames that come with the upgrade's answer would be lost otherwise.
-    const duplex = createWebSocketStream(ws);
-    duplex.on('error', () => {});
+    // Made before `open`: frames that come with the upgrade's answer would be lost otherwise.
+    const duplex = tunnelStream(ws);
     return new Promise<string>((resolve) => {
       let reason = 'closed';
       ws.on('unexpected-response', (_req, res) => {
@@ -159,10 +161,34 @@ export class ServiceTunnel {
     });
     req.on('response', (res) => {
       if (stream.destroyed) return res.destroy();
-      res.on('end', () => (answered = true));
-      stream.respond({ ':status': res.statusCode ?? 502, ...passable(res.headers) });
-      res.pipe(stream);
-      res.on('error', () => stream.close(constants.NGHTTP2_INTERNAL_ERROR));
+      // The headers go with the first bytes of the body (or its end): HTTP/2 then sends them in one
+      // write instead of one per frame, each waiting for the last. An answer that sends its headers
+      // and then waits (an event stream) shows them after headersAloneMs.
+      let responded = false;
+      const respond = () => {
+        if (responded || stream.destroyed) return;
+        responded = true;
+        clearTimeout(timer);
+        stream.respond({ ':status': res.statusCode ?? 502, ...passable(res.headers) });
+      };
+      const timer = setTimeout(respond, headersAloneMs);
+      res.on('data', (chunk: Buffer) => {
+        respond();
+        if (!stream.write(chunk)) {
+          res.pause();
+          stream.once('drain', () => res.resume());
+        }
+      });
+      res.on('end', () => {
+        answered = true;
+        respond();
+        stream.end();
+      });
+      res.on('error', () => {
+        clearTimeout(timer);
+        stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+      });
+      stream.on('close', () => clearTimeout(timer));
     });
     req.on('upgrade', (res, socket, head) => {
       if (stream.destroyed) return socket.destroy();

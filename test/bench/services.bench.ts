@@ -9,7 +9,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
@@ -149,6 +149,7 @@ try {
       console.log(`services_${c.name}_${side}_p99: ${r.p99.toFixed(2)} ms`);
       if (r.failures) console.log(`services_${c.name}_${side}_failures: ${r.failures} requests`);
     }
+    console.log(`services_${c.name}_load_average: ${loadavg()[0]!.toFixed(1)} (1 min; the machine is shared)`);
     console.log(`services_${c.name}_rps_ratio: ${(best.proxied.rps / best.direct.rps).toFixed(2)} proxied/direct`);
     console.log(`services_${c.name}_p50_added: ${(best.proxied.p50 - best.direct.p50).toFixed(2)} ms`);
   }

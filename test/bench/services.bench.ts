@@ -4,13 +4,15 @@
 // clients in this process, for small answers at 50 and at 1 connection, and for a streamed
 // answer (64 chunks) at 10. Direct and proxied runs alternate, twice each. Prints `name: value unit` lines.
 //
-//   npx tsx test/bench/services.bench.ts
-//   BENCH_SECONDS=10 npx tsx test/bench/services.bench.ts
+//   npx tsx test/bench/services.bench.ts                 the coordinator on PGlite (in its own process)
+//   BENCH_DB=postgres BENCH_SECONDS=10 npx tsx test/bench/services.bench.ts   on a scratch PostgreSQL database
 import { mkdtemp, rm } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import postgres from 'postgres';
 import { ApiClient } from '../../shared/client.ts';
 import type { Job } from '../../shared/jobs.ts';
 import { spawnAgent } from '../support/agent-process.ts';
@@ -85,7 +87,21 @@ async function load(target: string, headers: Record<string, string>, connections
 const work = await mkdtemp(path.join(tmpdir(), 'gantry-bench-services-'));
 // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile the coordinator.
 const nodeArgs = process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-const coordinator = spawnCoordinator({ PORT: '0', HOST: '127.0.0.1', GANTRY_DATA_DIR: 'memory://', GANTRY_LOG_REQUESTS: 'false' }, [], nodeArgs);
+// On PGlite every query runs on the coordinator's own thread; PostgreSQL is the production path.
+const postgresAdminUrl = process.env.GANTRY_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+let databaseUrl = '';
+let dropDatabase = async () => {};
+if (process.env.BENCH_DB === 'postgres') {
+  const name = `gantry_bench_services_${randomBytes(4).toString('hex')}`;
+  const admin = postgres(postgresAdminUrl, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database ${name}`);
+  databaseUrl = postgresAdminUrl.replace(/\/[^/]*$/, `/${name}`);
+  dropDatabase = async () => {
+    await admin.unsafe(`drop database if exists ${name} with (force)`);
+    await admin.end({ timeout: 5 });
+  };
+}
+const coordinator = spawnCoordinator({ PORT: '0', HOST: '127.0.0.1', GANTRY_DATA_DIR: 'memory://', DATABASE_URL: databaseUrl, GANTRY_LOG_REQUESTS: 'false' }, [], nodeArgs);
 let agent: ReturnType<typeof spawnAgent> | null = null;
 try {
   const { url, adminKey } = await coordinator.ready;
@@ -157,5 +173,6 @@ try {
 } finally {
   await agent?.kill('SIGTERM');
   await coordinator.stop();
+  await dropDatabase();
   await rm(work, { recursive: true, force: true });
 }

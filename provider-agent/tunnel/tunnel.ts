@@ -89,7 +89,8 @@ export class ServiceTunnel {
       if (this.stopped.signal.aborted) break;
       if (Date.now() - opened > stableAfterMs) backoff.reset();
       const wait = backoff.next();
-      this.o.log(`service tunnel closed (${why}); reconnecting in ${Math.round(wait / 100) / 10} s`);
+      // One line per outage, not one per try (the heartbeat says how the coordinator is doing).
+      if (backoff.failures === 1) this.o.log(`service tunnel closed (${why}); reconnecting with backoff`);
       await sleep(wait, undefined, { signal: this.stopped.signal }).catch(() => {});
     }
   }

@@ -147,7 +147,7 @@ export class ServiceFrontDoor {
       const entry = await this.d.directory.lookup(jobId);
       if (!entry?.service) throw new Refusal('not_found', 'service not found');
       const viaReplica = this.fromReplica(req, jobId);
-      const caller = viaReplica ? trusted : await this.authenticate(req, entry);
+      const caller = viaReplica ? trusted : await this.authenticate(req, entry, true);
       const way = await this.route(entry, viaReplica);
       // Upgrades are served only by the replica that holds the node's tunnel.
       if ('replica' in way) throw new Refusal('unavailable', "the service's node is connected to another coordinator; try again", tunnelRetryAfterSeconds);
@@ -209,13 +209,14 @@ export class ServiceFrontDoor {
     res.end();
   }
 
-  private async authenticate(req: IncomingMessage, entry: ServiceEntry): Promise<Caller> {
+  private async authenticate(req: IncomingMessage, entry: ServiceEntry, upgrade = false): Promise<Caller> {
     const authorization = req.headers.authorization;
     const bearer = authorization?.match(/^Bearer\s+(\S+)$/i)?.[1];
     const gantryBearer = bearer && (bearer.startsWith('gk_') || isServiceToken(bearer)) ? bearer : null;
     if (entry.service?.public) return { credentialId: null, recheck: async () => {}, fromAuthorization: gantryBearer !== null };
     const credential = gantryBearer ?? cookieOf(req.headers.cookie, serviceTokenCookie);
     if (!credential) throw new Refusal('unauthenticated', 'send an API key or a service token as "Authorization: Bearer <token>"');
+    if (!gantryBearer) refuseCrossSite(req, upgrade);
     if (isServiceToken(credential)) {
       const tokenId = await this.d.tokens.verify(credential, entry.jobId);
       return { credentialId: tokenId, recheck: () => this.d.tokens.verify(credential, entry.jobId), fromAuthorization: gantryBearer !== null };
@@ -429,6 +430,29 @@ function responseHeaders(h: H2Headers, upgraded: boolean): Record<string, string
 function connectionNamed(headers: IncomingHttpHeaders): Set<string> {
   const c = headers.connection;
   return new Set((c ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean));
+}
+
+/**
+ * The cookie travels with every request a browser makes to the service's host, including those
+ * another site's page starts (sibling service hosts are the same site): a request that changes
+ * something, or opens a WebSocket, with the cookie must come from the service's own origin.
+ */
+function refuseCrossSite(req: IncomingMessage, upgrade: boolean): void {
+  const method = req.method ?? 'GET';
+  if (!upgrade && (method === 'GET' || method === 'HEAD' || method === 'OPTIONS')) return;
+  const origin = req.headers.origin;
+  const site = req.headers['sec-fetch-site'];
+  let sameOrigin = true;
+  if (origin !== undefined) {
+    try {
+      sameOrigin = new URL(origin).host === req.headers.host;
+    } catch {
+      sameOrigin = false;
+    }
+  }
+  if (!sameOrigin || (site !== undefined && site !== 'same-origin' && site !== 'none')) {
+    throw new Refusal('forbidden', 'a request from another site may not use the service cookie; send the token as "Authorization: Bearer <token>"');
+  }
 }
 
 function cookieOf(header: string | undefined, name: string): string | null {

@@ -206,6 +206,15 @@ describe.skipIf(dbSkipReason)('service jobs through the coordinator', () => {
     const seen = JSON.parse((await serviceFetch(`${job.serviceUrl}/headers?a=1`, { headers: { cookie: cookie.split(';')[0]! } })).body);
     expect(seen.headers.cookie).toBeUndefined();
     expect((await serviceFetch(`${job.serviceUrl}/headers?gantry_token=gst_aaaaaaaaaaaa_${'b'.repeat(43)}`)).status).toBe(401);
+    // Another site's page (a sibling service host is the same site) cannot post with the cookie; the service's own page can.
+    const jar = { cookie: cookie.split(';')[0]!, 'content-type': 'text/plain' };
+    const other = `http://job_00000000000000000000aa.localhost:${new URL(job.serviceUrl!).port}`;
+    const forged = await serviceFetch(`${job.serviceUrl}/upload`, { method: 'POST', headers: { ...jar, origin: other }, body: 'x' });
+    expect(forged.status).toBe(403);
+    expect(JSON.parse(forged.body).code).toBe('forbidden');
+    expect((await serviceFetch(`${job.serviceUrl}/upload`, { method: 'POST', headers: { ...jar, 'sec-fetch-site': 'same-site' }, body: 'x' })).status).toBe(403);
+    const own = await serviceFetch(`${job.serviceUrl}/upload`, { method: 'POST', headers: { ...jar, origin: job.serviceUrl!, 'sec-fetch-site': 'same-origin' }, body: 'x' });
+    expect(own.body).toBe('1');
   });
 
   it("strips Service-Worker-Allowed and cookies scoped past the service's host from its answers", async () => {

@@ -296,7 +296,11 @@ export class ServiceFrontDoor {
     out.setTimeout(this.d.idleTimeoutMs, () => fail(new Refusal('unavailable', `the service sent nothing for ${this.d.idleTimeoutMs / 1000} s`)));
     out.on('error', () => fail(new Refusal('unavailable', 'the coordinator that holds the node did not answer')));
     out.on('response', (answer) => {
-      res.writeHead(answer.statusCode ?? 502, responseHeaders(answer.headers as H2Headers, false) as OutgoingHttpHeaders);
+      try {
+        res.writeHead(answer.statusCode ?? 502, responseHeaders(answer.headers as H2Headers, false) as OutgoingHttpHeaders);
+      } catch {
+        return fail(new Refusal('unavailable', "the service's answer has headers that cannot be passed on"));
+      }
       if (answer.headers['content-length'] === undefined) res.flushHeaders();
       answer.pipe(res);
     });
@@ -384,7 +388,11 @@ export class ServiceFrontDoor {
     stream.on('error', () => fail(new Refusal('unavailable', "the service's node did not answer")));
     stream.on('response', (h) => {
       this.d.metrics.serviceLatency.observe({ job: jobId }, (performance.now() - started) / 1000);
-      res.writeHead(Number(h[':status']), responseHeaders(h, false) as OutgoingHttpHeaders);
+      try {
+        res.writeHead(Number(h[':status']), responseHeaders(h, false) as OutgoingHttpHeaders);
+      } catch {
+        return fail(new Refusal('unavailable', "the service's answer has headers that cannot be passed on"));
+      }
       // An answer of unknown length (an event stream) shows its headers now, before its first
       // event; a sized one goes out with its first bytes (one write, not two).
       if (h['content-length'] === undefined) res.flushHeaders();

@@ -170,11 +170,18 @@ export class ServiceTunnel {
         if (responded || stream.destroyed) return;
         responded = true;
         clearTimeout(timer);
-        stream.respond({ ':status': res.statusCode ?? 502, ...passable(res.headers) });
+        try {
+          stream.respond({ ':status': res.statusCode ?? 502, ...passable(res.headers) });
+        } catch (err) {
+          // Headers HTTP/2 cannot carry: the job's answer is refused, the agent goes on.
+          res.destroy();
+          answer(stream, 502, `the service's answer cannot be passed on: ${(err as Error).message}`);
+        }
       };
       const timer = setTimeout(respond, headersAloneMs);
       res.on('data', (chunk: Buffer) => {
         respond();
+        if (stream.destroyed || stream.writableEnded) return;
         if (!stream.write(chunk)) {
           res.pause();
           stream.once('drain', () => res.resume());
@@ -183,7 +190,7 @@ export class ServiceTunnel {
       res.on('end', () => {
         answered = true;
         respond();
-        stream.end();
+        if (!stream.destroyed && !stream.writableEnded) stream.end();
       });
       res.on('error', () => {
         clearTimeout(timer);
@@ -193,7 +200,12 @@ export class ServiceTunnel {
     });
     req.on('upgrade', (res, socket, head) => {
       if (stream.destroyed) return socket.destroy();
-      stream.respond({ ':status': 200, 'x-gantry-upgrade-status': '101', 'x-gantry-upgrade-protocol': String(res.headers.upgrade ?? upgrade), ...passable(res.headers) });
+      try {
+        stream.respond({ ':status': 200, 'x-gantry-upgrade-status': '101', 'x-gantry-upgrade-protocol': String(res.headers.upgrade ?? upgrade), ...passable(res.headers) });
+      } catch (err) {
+        socket.destroy();
+        return answer(stream, 502, `the service's answer cannot be passed on: ${(err as Error).message}`);
+      }
       if (head.length) stream.write(head);
       socket.pipe(stream);
       stream.pipe(socket);

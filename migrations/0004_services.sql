@@ -7,7 +7,8 @@ CREATE TABLE "agent_tunnels" (
 CREATE TABLE "job_services" (
 	"job_id" text PRIMARY KEY NOT NULL,
 	"epoch" integer NOT NULL,
-	"ready_at" timestamp with time zone NOT NULL
+	"ready_at" timestamp with time zone NOT NULL,
+	"requests" bigint DEFAULT 0 NOT NULL
 );
 --> statement-breakpoint
 CREATE TABLE "service_tokens" (

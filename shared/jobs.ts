@@ -159,6 +159,8 @@ export const serviceStates = ['starting', 'ready', 'stopped'] as const;
 export const ServiceStatus = z.object({
   state: z.enum(serviceStates),
   readyAt: timestamp,
+  /** Requests the job answered through the coordinators so far (all replicas; a few seconds behind). */
+  requests: z.number().int().min(0),
 });
 export type ServiceStatus = z.infer<typeof ServiceStatus>;
 

@@ -15,6 +15,7 @@ import type { Metrics } from '../metrics/registry.ts';
 import type { ServiceDirectory, ServiceEntry } from '../services/directory.ts';
 import { isServiceToken, type ServiceTokenVerifier } from '../services/tokens.ts';
 import { replicaTokenHeader, type Replicas } from '../services/replicas.ts';
+import type { RequestCounts } from '../services/request-counts.ts';
 import { cancelCode, type Tunnels } from '../services/tunnels.ts';
 import type { ServiceUrls } from '../services/urls.ts';
 
@@ -51,6 +52,7 @@ export interface FrontDoorDeps {
   replicas: Replicas;
   keys: KeyVerifier;
   tokens: ServiceTokenVerifier;
+  counts: RequestCounts;
   metrics: Metrics;
   log: Logger;
   bodyLimitBytes: number;
@@ -88,6 +90,7 @@ export function serviceFrontDoor(deps: AppDeps): ServiceFrontDoor {
     replicas: s.replicas,
     keys: deps.keys,
     tokens: s.tokens,
+    counts: s.counts,
     metrics: deps.metrics,
     log: deps.log,
     bodyLimitBytes: deps.config.serviceBodyLimitBytes,
@@ -354,6 +357,8 @@ export class ServiceFrontDoor {
       untrack();
       clearInterval(recheck);
       this.count(jobId, res.statusCode);
+      // Sent to the job by this replica: it counts toward the job's request rate here, once.
+      this.d.counts.count(jobId);
       if (bytesIn) this.d.metrics.serviceBytes.inc({ job: jobId, direction: 'in' }, bytesIn);
       if (bytesOut) this.d.metrics.serviceBytes.inc({ job: jobId, direction: 'out' }, bytesOut);
     };

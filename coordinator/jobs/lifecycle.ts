@@ -215,7 +215,7 @@ export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date, serviceUr
     for (const g of found) models.set(g.jobId!, [...(models.get(g.jobId!) ?? []), g.model]);
   }
   const served = rows.filter((r) => r.spec.service);
-  const readiness = new Map<string, { epoch: number; readyAt: Date }>();
+  const readiness = new Map<string, { epoch: number; readyAt: Date; requests: number }>();
   if (served.length) {
     const found = await db.select().from(jobServices).where(inArray(jobServices.jobId, served.map((r) => r.id)));
     for (const s of found) readiness.set(s.jobId, s);
@@ -231,17 +231,18 @@ export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date, serviceUrlO
 }
 
 /** A service job's state: ready only once the agent's probe passed under the job's current lease. */
-export function serviceStatusOf(row: Pick<JobRow, 'status' | 'leaseEpoch'>, ready: { epoch: number; readyAt: Date } | null): ServiceStatus {
-  if (isTerminal(row.status)) return { state: 'stopped', readyAt: ready ? ready.readyAt.toISOString() : null };
-  if (row.status === 'running' && ready && ready.epoch === row.leaseEpoch) return { state: 'ready', readyAt: ready.readyAt.toISOString() };
-  return { state: 'starting', readyAt: null };
+export function serviceStatusOf(row: Pick<JobRow, 'status' | 'leaseEpoch'>, ready: { epoch: number; readyAt: Date; requests: number } | null): ServiceStatus {
+  const requests = ready?.requests ?? 0;
+  if (isTerminal(row.status)) return { state: 'stopped', readyAt: ready ? ready.readyAt.toISOString() : null, requests };
+  if (row.status === 'running' && ready && ready.epoch === row.leaseEpoch) return { state: 'ready', readyAt: ready.readyAt.toISOString(), requests };
+  return { state: 'starting', readyAt: null, requests };
 }
 
 /** The one mapping from a job row to the API's shape; `metered` is the live lease's usage and cost so far. */
 function toApiJob(
   row: JobRow,
   metered: ReturnType<typeof meter> | null,
-  service: { url: string; ready: { epoch: number; readyAt: Date } | null } | null,
+  service: { url: string; ready: { epoch: number; readyAt: Date; requests: number } | null } | null,
 ): Job {
   const recordedUsage = MeteredUsage.safeParse(row.usage);
   return {

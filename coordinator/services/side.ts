@@ -10,6 +10,7 @@ import type { Logger } from '../log.ts';
 import type { AgentVerifier } from '../nodes/agent-auth.ts';
 import { ServiceDirectory } from './directory.ts';
 import { Replicas, type ReplicaKeys } from './replicas.ts';
+import { RequestCounts } from './request-counts.ts';
 import { ServiceTokenVerifier } from './tokens.ts';
 import { Tunnels } from './tunnels.ts';
 import { ServiceUrls } from './urls.ts';
@@ -23,6 +24,7 @@ export class ServiceSide {
   readonly tokens: ServiceTokenVerifier;
   readonly tunnels: Tunnels;
   readonly replicas: Replicas;
+  readonly counts: RequestCounts;
   private configured: ServiceUrls | null;
   private wss = new WebSocketServer({ noServer: true, maxPayload: 4 * 1024 * 1024, perMessageDeflate: false });
 
@@ -38,6 +40,7 @@ export class ServiceSide {
         (err) => !(err instanceof ApiError),
       ),
     );
+    this.counts = new RequestCounts(o.database, o.log);
     this.replicas = new Replicas(o.database, o.clock, o.signingKeys, o.config.internalUrl, o.config.name);
     // Which replica holds a node's tunnel, for the others to forward to (with GANTRY_INTERNAL_URL).
     this.tunnels.onChange((nodeId, connected) => {
@@ -72,7 +75,12 @@ export class ServiceSide {
   }
 
   async start(): Promise<() => Promise<void>> {
-    return this.tokens.listenForRevocations();
+    const unlisten = await this.tokens.listenForRevocations();
+    this.counts.start();
+    return async () => {
+      await this.counts.stop();
+      await unlisten();
+    };
   }
 
   stop(): void {

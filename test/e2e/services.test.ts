@@ -117,7 +117,7 @@ describe.skipIf(!docker)('a service job through the coordinator, with a real age
       const res = await serviceFetch(`${waiting.serviceUrl}/ok.html`, { headers: auth(ownerKey) });
       expect(res.status).toBe(503);
       expect(res.headers['retry-after']).toBe('5');
-      expect((await owner.get<Job>(`/v1/jobs/${waiting.id}`)).service).toEqual({ state: 'starting', readyAt: null });
+      expect((await owner.get<Job>(`/v1/jobs/${waiting.id}`)).service).toEqual({ state: 'starting', readyAt: null, requests: 0 });
     } finally {
       await owner.post(`/v1/jobs/${waiting.id}/cancel`, {});
     }

@@ -138,7 +138,7 @@ describe.skipIf(dbSkipReason)('service jobs through the coordinator', () => {
     const before = await owner.api.get<Job>(`/v1/jobs/${job.id}`);
     expect(before.serviceUrl).toBe(h.coordinator.deps.services.urls.urlOf(job.id));
     expect(before.serviceUrl).toMatch(new RegExp(`^http://${job.id}\\.localhost:\\d+$`));
-    expect(before.service).toEqual({ state: 'starting', readyAt: null });
+    expect(before.service).toEqual({ state: 'starting', readyAt: null, requests: 0 });
     // Not ready: 503 with Retry-After.
     const starting = await serviceFetch(before.serviceUrl!, { headers: auth(owner.key) });
     expect(starting.status).toBe(503);
@@ -342,6 +342,9 @@ describe.skipIf(dbSkipReason)('service jobs through the coordinator', () => {
     expect(text).toContain(`gantry_service_requests_total{job="${job.id}",status="2xx"} 1`);
     expect(text).toMatch(new RegExp(`gantry_service_bytes_total\\{job="${job.id}",direction="out"\\} \\d+`));
     expect(text).toContain(`gantry_service_response_seconds_count{job="${job.id}"} 1`);
+    // The job's own count (all replicas together), stored every few seconds: what the dashboard's rate reads.
+    await serviceFetch(`${job.serviceUrl}/headers`, { headers: auth(owner.key) });
+    await until('the count is stored', async () => (await owner.api.get<Job>(`/v1/jobs/${job.id}`)).service?.requests === 2, 15_000);
   });
 
   itOn('postgres')("serves a request that reaches the replica without the node's tunnel, through the one that holds it", async () => {

@@ -1,4 +1,4 @@
-import { check, index, integer, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core';
+import { bigint, check, index, integer, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core';
 import { sql } from 'drizzle-orm';
 import { accounts } from './accounts.ts';
 import { at, createdAt } from './columns.ts';
@@ -14,6 +14,8 @@ export const jobServices = pgTable('job_services', {
     .references(() => jobs.id, { onDelete: 'cascade' }),
   epoch: integer('epoch').notNull(),
   readyAt: at('ready_at').notNull(),
+  // Requests answered through the coordinators, all replicas together: each adds its count every few seconds.
+  requests: bigint('requests', { mode: 'number' }).notNull().default(0),
 });
 
 /** Tokens that call one service job in its owner's stead: gst_<prefix>_<secret>, only the hash kept. */

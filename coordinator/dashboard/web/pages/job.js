@@ -5,7 +5,7 @@ import { badge, errorText, every } from './common.js';
 
 const terminal = ['succeeded', 'failed', 'cancelled'];
 
-function details(j) {
+function details(j, rate) {
   const r = j.spec.resources;
   const gpu = r.gpus ? `${r.gpus} × ${r.gpu?.model ?? 'any GPU'}${r.gpu?.minMemoryMb ? ` (≥ ${mib(r.gpu.minMemoryMb)})` : ''}` : 'none';
   const dl = [
@@ -25,6 +25,7 @@ function details(j) {
   if (j.service) {
     const state = j.service.state === 'ready' ? `ready since ${time(j.service.readyAt)}` : j.service.state;
     dl.push(['Service', h('span', { 'data-testid': 'service-state' }, state)]);
+    dl.push(['Requests', h('span', { 'data-testid': 'service-rate' }, `${j.service.requests}${rate === null ? '' : ` · ${rate.toFixed(rate < 10 ? 1 : 0)} / s over the last minute`}`)]);
     // The service's own origin: a link, never loaded into this page (it is another site).
     dl.push(['Service URL', h('a', { href: j.serviceUrl, rel: 'noopener noreferrer', target: '_blank', class: 'mono', 'data-testid': 'service-url' }, j.serviceUrl)]);
   }
@@ -58,6 +59,16 @@ export function jobPage(main, ctx) {
   );
 
   let job = null;
+  // The service's request count as polled, for its rate over the last minute (counts are stored every few seconds).
+  const samples = [];
+  function serviceRate(j) {
+    if (!j.service) return null;
+    const now = Date.now();
+    samples.push([now, j.service.requests]);
+    while (samples.length && samples[0][0] < now - 60_000) samples.shift();
+    const [t0, n0] = samples[0];
+    return now - t0 >= 10_000 ? ((j.service.requests - n0) * 1000) / (now - t0) : null;
+  }
   async function onCancel() {
     cancel.disabled = true;
     try {
@@ -73,7 +84,7 @@ export function jobPage(main, ctx) {
   function show() {
     title.textContent = job.name;
     document.title = `${job.name} · Gantry`;
-    fill(info, details(job));
+    fill(info, details(job, serviceRate(job)));
     cancel.hidden = terminal.includes(job.status) || Boolean(job.cancelRequestedAt);
   }
 

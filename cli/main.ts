@@ -6,6 +6,7 @@ import { login, logout } from './commands/login.ts';
 import { logs, outputs } from './commands/logs.ts';
 import { nodes, tokens } from './commands/nodes.ts';
 import { offers, pool } from './commands/offers.ts';
+import { serviceTokens } from './commands/services.ts';
 import { submit } from './commands/submit.ts';
 import { usage } from './commands/usage.ts';
 import { gantryVersion } from '../shared/version.ts';
@@ -15,7 +16,7 @@ import { cliSettings } from './config.ts';
 // and a non-zero exit; a stack trace only with GANTRY_DEBUG=1.
 
 const groups: [string, Command[]][] = [
-  ['Run jobs', [submit, jobs, job, tasks, logs, wait, cancel, outputs]],
+  ['Run jobs', [submit, jobs, job, tasks, logs, wait, cancel, outputs, serviceTokens]],
   ['The pool', [pool, offers, usage]],
   ['Providers', [nodes, tokens]],
   ['Your login', [login, logout]],

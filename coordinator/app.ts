@@ -1,4 +1,7 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { getRequestListener } from '@hono/node-server';
 import type { Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { matchedRoutes } from 'hono/route';
@@ -13,6 +16,8 @@ import { enrollmentRoutes } from './http/enrollment.ts';
 import { nodeRoutes } from './http/nodes.ts';
 import { blobRoutes } from './http/blobs.ts';
 import { logRoutes } from './http/logs.ts';
+import { serviceRoutes } from './http/services.ts';
+import { serviceFrontDoor } from './http/service-front-door.ts';
 import { outputRoutes } from './http/outputs.ts';
 import { gantryVersion } from '../shared/version.ts';
 import { ApiError } from './errors.ts';
@@ -93,6 +98,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   // Before the jobs routes: POST /v1/jobs/dry-run must not be read as a job id.
   app.route('/', offerRoutes(deps));
   app.route('/', jobRoutes(deps));
+  app.route('/', serviceRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', nodeRoutes(deps));
   app.route('/', agentRoutes(deps));
@@ -123,4 +129,26 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.notFound((c) => problemResponse(c, 'no_route', `no route for ${c.req.method} ${c.req.path}`));
   app.onError(renderError);
   return app;
+}
+
+/**
+ * The listener's handlers: a request whose Host names a service job goes to that job's front
+ * door; every other request is the API's. Upgrades likewise: a service's WebSocket, or an agent's tunnel.
+ */
+export function createHandlers(deps: AppDeps) {
+  const api = getRequestListener(createApp(deps).fetch);
+  const frontDoor = serviceFrontDoor(deps);
+  return {
+    request(req: IncomingMessage, res: ServerResponse) {
+      const jobId = frontDoor.jobOf(req);
+      if (jobId) void frontDoor.handle(req, res, jobId);
+      else void api(req, res);
+    },
+    upgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+      const jobId = frontDoor.jobOf(req);
+      if (jobId) void frontDoor.handleUpgrade(req, socket, head, jobId);
+      else void deps.services.upgrade(req, socket, head);
+    },
+    close: () => frontDoor.close(),
+  };
 }

@@ -58,6 +58,19 @@ const Env = z
     GANTRY_LOG_STREAMS_MAX: positiveInt.max(1_000_000).default(10_000),
     // A log stream ends after this long with a final event; the client reconnects from its last id.
     GANTRY_LOG_STREAM_MAX_SECONDS: positiveInt.max(86_400).default(3600),
+    // Service jobs (spec.service): each on its own origin, {job} standing for the job id; default
+    // http://{job}.localhost:<port> on this listener (names under .localhost resolve to loopback).
+    GANTRY_SERVICES_URL: z
+      .string()
+      .regex(/^https?:\/\/\{job\}\.[A-Za-z0-9.-]+(:\d{1,5})?\/?$/, 'must read like https://{job}.svc.example.com')
+      .optional(),
+    // A request body sent to a service is cut past this (413); an exchange with no bytes either way
+    // for this long is ended (a stream that flows is never cut).
+    GANTRY_SERVICE_BODY_LIMIT_BYTES: positiveInt.default(64 * 1024 * 1024),
+    GANTRY_SERVICE_IDLE_TIMEOUT_SECONDS: positiveInt.max(86_400).default(300),
+    // This replica's address as the other replicas reach it (they forward service requests for the
+    // agents whose tunnel it holds); unset: a single replica, nothing forwarded.
+    GANTRY_INTERNAL_URL: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).optional(),
   })
   .refine((e) => Boolean(e.GANTRY_TLS_CERT) === Boolean(e.GANTRY_TLS_KEY), {
     message: 'GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both or neither',
@@ -94,6 +107,10 @@ const Env = z
       logStreamsPerKey: e.GANTRY_LOG_STREAMS_PER_KEY,
       logStreamsMax: e.GANTRY_LOG_STREAMS_MAX,
       logStreamMaxSeconds: e.GANTRY_LOG_STREAM_MAX_SECONDS,
+      servicesUrl: e.GANTRY_SERVICES_URL?.replace(/\/+$/, '') ?? null,
+      serviceBodyLimitBytes: e.GANTRY_SERVICE_BODY_LIMIT_BYTES,
+      serviceIdleTimeoutMs: e.GANTRY_SERVICE_IDLE_TIMEOUT_SECONDS * 1000,
+      internalUrl: e.GANTRY_INTERNAL_URL?.replace(/\/+$/, '') ?? null,
     };
   });
 

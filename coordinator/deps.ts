@@ -12,6 +12,7 @@ import type { Signals } from './signals.ts';
 import type { LeaseService } from './leases/service.ts';
 import type { LogFollowers } from './logs/followers.ts';
 import type { SchedulerLoop } from './scheduler/loop.ts';
+import type { ServiceSide } from './services/side.ts';
 
 /** What the lease side adds to a heartbeat answer (renewed tokens, cancellations). */
 export interface HeartbeatExtras {
@@ -58,4 +59,6 @@ export interface AppDeps {
   metrics: Metrics;
   /** Every open log stream of this coordinator: one read per followed job, caps, max life. */
   logFollowers: LogFollowers;
+  /** Service jobs: their URLs, tokens, the agents' tunnels and the front door. */
+  services: ServiceSide;
 }

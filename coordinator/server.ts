@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { serve, type ServerType } from '@hono/node-server';
 import { bootstrapAdmin } from './accounts/bootstrap.ts';
-import { createApp } from './app.ts';
+import { createHandlers } from './app.ts';
 import { DatabaseBlobStore } from './blobs/db-store.ts';
 import { KeyVerifier } from './auth/api-keys.ts';
 import { systemClock, type Clock } from './clock.ts';
@@ -22,6 +22,7 @@ import { Metrics } from './metrics/registry.ts';
 import { PoolHistoryWriter } from './pool/history.ts';
 import { PoolStats } from './pool/stats.ts';
 import type { SchedulerLoop } from './scheduler/loop.ts';
+import { ServiceSide } from './services/side.ts';
 
 export interface Coordinator {
   url: string;
@@ -59,6 +60,10 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
     const availability = new DatabaseAvailability(database, clock, log);
     const leaseSide = await createLeaseSide({ database, availability, clock, config, log, signals });
     const keys = new KeyVerifier(database, clock);
+    // Agents' keys are read beside their heartbeats: a burst of nodes coming back waits there too.
+    const agents = new AgentVerifier(database.heartbeats, clock, config.name);
+    const parts = poolParts(database, clock, config, leaseSide.scheduler, signals);
+    const services = new ServiceSide({ config, database, clock, log, agents, signingKeys: leaseSide.leases.keys });
     const deps: AppDeps = {
       config,
       database,
@@ -67,13 +72,13 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       log,
       signals,
       keys,
-      // Agents' keys are read beside their heartbeats: a burst of nodes coming back waits there too.
-      agents: new AgentVerifier(database.heartbeats, clock, config.name),
+      agents,
       blobs: new DatabaseBlobStore(database),
       heartbeatHook: leaseSide.leases,
       leases: leaseSide.leases,
       scheduler: leaseSide.scheduler,
-      ...poolParts(database, clock, config, leaseSide.scheduler, signals),
+      ...parts,
+      services,
       logFollowers: new LogFollowers(
         database,
         signals,
@@ -82,26 +87,26 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
       ),
     };
     const stopKeyListener = await deps.keys.listenForRevocations();
-    const stopRetiredListener = await database.listen(nodeRetiredChannel, (nodeId) => deps.agents.forgetNode(nodeId));
-    const app = createApp(deps);
-    const server: ServerType = await new Promise((resolve) => {
-      const s = serve(
-        {
-          fetch: app.fetch,
-          port: config.port,
-          hostname: config.host,
-          ...(config.tls
-            ? {
-                createServer: createHttpsServer,
-                serverOptions: { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) },
-              }
-            : {}),
-        },
-        () => resolve(s),
-      );
+    const stopRetiredListener = await database.listen(nodeRetiredChannel, (nodeId) => {
+      deps.agents.forgetNode(nodeId);
+      services.tunnels.drop(nodeId);
+    });
+    const stopServiceTokenListener = await services.start();
+    const handlers = createHandlers(deps);
+    const server: Server = config.tls
+      ? createHttpsServer({ cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) }, handlers.request)
+      : createHttpServer(handlers.request);
+    server.on('upgrade', handlers.upgrade);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.port, config.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
     const { port } = server.address() as AddressInfo;
     const scheme = config.tls ? 'https' : 'http';
+    services.listening(scheme, port);
     // The address it is reachable on from this host (a wildcard bind answers on loopback).
     const host = ['0.0.0.0', '::', ''].includes(config.host) ? '127.0.0.1' : config.host;
     const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -123,6 +128,8 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           // The scheduler and sweeper stop first; waiting long-polls answer at once, log streams end.
           await leaseSide.stop();
           await deps.logFollowers.stop();
+          handlers.close();
+          services.stop();
           // Stop accepting, let in-flight requests finish (bounded), then close the database.
           await new Promise<void>((resolve) => {
             const http = server as { closeIdleConnections?: () => void; closeAllConnections?: () => void };
@@ -142,6 +149,7 @@ export async function startCoordinator(opts: StartOptions): Promise<Coordinator>
           });
           await stopKeyListener().catch(() => {});
           await stopRetiredListener().catch(() => {});
+          await stopServiceTokenListener().catch(() => {});
           await nodeSweeper.stop();
           await poolHistory.stop();
           await availability.stop();

@@ -12,6 +12,8 @@ import { httpLogTransport } from './logs/transport.ts';
 import { LogShipper } from './logs/shipper.ts';
 import { dockerRuntimePolicy, RuntimeUnavailableError, selectExecutor } from './runtime/select.ts';
 import { AgentState } from './state.ts';
+import { ServiceKeeper } from './tunnel/keeper.ts';
+import { ServiceTunnel } from './tunnel/tunnel.ts';
 
 export class NotEnrolledError extends Error {}
 
@@ -77,8 +79,11 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     log(`warning: ${err.message}; until then this node takes no jobs`);
     return null;
   });
+  // Service jobs are reached through one outbound tunnel to the coordinator (nothing is published on this host).
+  const tunnel = new ServiceTunnel({ coordinatorUrl: node.coordinatorUrl, token: () => signer.token(), log });
   const runner = selected
     ? new LeaseRunner({
+        services: new ServiceKeeper(tunnel, client, log),
         client,
         nodeId: node.nodeId,
         issuer: node.coordinatorName,
@@ -105,10 +110,12 @@ export async function runAgent(settings: RunSettings, opts: { initialHardware?: 
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   const ended = loop.start();
+  if (runner) tunnel.start();
   await runner?.start();
   const signal = await Promise.race([stopped, ended.then(() => 'loop ended')]);
   log(`stopping (${signal})`);
   await runner?.stop();
+  await tunnel.stop();
   await loop.stop();
   return 0;
 }

@@ -8,6 +8,8 @@ export const errorCodes = [
   'unauthenticated',
   'forbidden',
   'not_found',
+  // It existed and ended for good (a service job that stopped): 410.
+  'gone',
   // The path or method names no route (an older coordinator, a typo), unlike a thing that is missing.
   'no_route',
   'conflict',

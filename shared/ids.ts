@@ -9,6 +9,7 @@ export const idPrefixes = {
   node: 'node',
   enrollmentToken: 'enr',
   lease: 'lease',
+  serviceToken: 'stok',
 } as const;
 export type IdKind = keyof typeof idPrefixes;
 

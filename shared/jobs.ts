@@ -103,6 +103,24 @@ export const Constraints = z
   })
   .strict();
 
+/**
+ * A job that serves HTTP on a port inside its node, reached through the coordinator on its own
+ * origin (GANTRY_SERVICES_URL): the agent probes readinessPath (or a TCP connect) before it is ready.
+ */
+export const ServiceSpec = z
+  .object({
+    port: z.number().int().min(1).max(65_535),
+    readinessPath: z
+      .string()
+      .max(1024)
+      .regex(/^\/[\x21-\x7e]*$/, 'a path starting with /, printable ASCII without spaces')
+      .optional(),
+    /** Anyone may call it, without a key or service token. */
+    public: z.boolean().default(false),
+  })
+  .strict();
+export type ServiceSpec = z.infer<typeof ServiceSpec>;
+
 /** What a client submits: everything a node needs to run the job, and what it may cost. */
 export const JobSpec = z
   .object({
@@ -125,6 +143,7 @@ export const JobSpec = z
     network: z.enum(['bridge', 'none']).default('bridge'),
     inputs: z.array(JobInput).max(64).optional(),
     tasks: TaskArray.optional(),
+    service: ServiceSpec.optional(),
   })
   .strict()
   .superRefine((spec, ctx) => {
@@ -134,6 +153,12 @@ export const JobSpec = z
       else if (input.perTask.length !== spec.tasks.count) {
         ctx.addIssue({ code: 'custom', path: ['inputs', i, 'perTask'], message: `needs one digest per task (${spec.tasks.count}), not ${input.perTask.length}` });
       }
+    }
+    // A service is reached through the job's network: without one nothing could answer.
+    // One service is one job: a job array of services is not a thing (yet).
+    if (spec.service && spec.tasks) ctx.addIssue({ code: 'custom', path: ['service'], message: 'a service cannot be a job array (tasks)' });
+    if (spec.service && spec.network === 'none') {
+      ctx.addIssue({ code: 'custom', path: ['network'], message: 'a service needs a network: network none cannot serve' });
     }
   });
 export type JobSpec = z.infer<typeof JobSpec>;
@@ -190,6 +215,15 @@ export const TaskCounts = z.object({
 });
 export type TaskCounts = z.infer<typeof TaskCounts>;
 
+export const serviceStates = ['starting', 'ready', 'stopped'] as const;
+export const ServiceStatus = z.object({
+  state: z.enum(serviceStates),
+  readyAt: timestamp,
+  /** Requests the job answered through the coordinators so far (all replicas; a few seconds behind). */
+  requests: z.number().int().min(0),
+});
+export type ServiceStatus = z.infer<typeof ServiceStatus>;
+
 export const Job = z.object({
   id: z.string(),
   /** For a task of an array: the array (its parent job) and the task's index. */
@@ -222,6 +256,10 @@ export const Job = z.object({
   cost: z.number(),
   /** What it used, metered the same way as its cost; null until first leased. */
   usage: MeteredUsage.nullable(),
+  /** Where the job answers (a service job only), on its own origin. */
+  serviceUrl: z.string().nullable(),
+  /** A service job's state: starting until the agent's probe passes, ready, stopped once the job ended. */
+  service: ServiceStatus.nullable(),
 });
 export type Job = z.infer<typeof Job>;
 

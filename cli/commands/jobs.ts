@@ -5,6 +5,7 @@ import { UsageError } from '../errors.ts';
 import { describeEnd, followJob, jobExitCode, taskSummary } from '../follow.ts';
 import { ago, type Column, details, printable, table } from '../output.ts';
 import { formatDuration, formatSizeMb, parseWholeNumber } from '../units.ts';
+import { serviceLine } from './services.ts';
 
 export function gpuSummary(job: Job): string {
   const r = job.spec.resources;
@@ -132,6 +133,8 @@ export const job: Command = {
           ['command', [...(s.entrypoint ?? []), ...s.command].map(shellQuote).join(' ')],
           ['resources', resources],
           ['max price', s.maxPricePerHour !== undefined ? `${s.maxPricePerHour.toFixed(2)}/hour` : null],
+          ['service', serviceLine(j)],
+          ['url', j.serviceUrl],
           ['node', j.nodeId],
           ['gpus', j.gpuIds?.join(', ')],
           ['attempts', j.tasks ? null : `${j.attempts} of ${j.maxAttempts}`],

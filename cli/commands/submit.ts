@@ -10,6 +10,7 @@ import { CliError, UsageError } from '../errors.ts';
 import { describeEnd, followJob, jobExitCode } from '../follow.ts';
 import { formatPath, type JobSource, readJobFile, validateJobSpec } from '../job-file.ts';
 import { showDryRun } from './offers.ts';
+import { waitForService } from './services.ts';
 import { fileDigest, packDirectory } from '../tar.ts';
 import { parseDecimal, parseDurationSeconds, parsePair, parseSizeMb, parseWholeNumber } from '../units.ts';
 
@@ -193,6 +194,7 @@ const flags: Command['flags'] = {
   tasks: { type: 'string', arg: 'N', help: 'a job array of N tasks (1 to 10000), each with GANTRY_TASK_INDEX (0 to N-1) and GANTRY_TASK_COUNT' },
   'max-parallel': { type: 'string', arg: 'M', help: 'run at most M tasks of the array at once (default all)' },
   'idempotency-key': { type: 'string', arg: 'KEY', help: 'submitting again with the same key returns the same job' },
+  detach: { type: 'boolean', short: 'd', help: 'a service job: print its id and return, without waiting for its URL' },
   follow: { type: 'boolean', short: 'f', help: "wait for the job, stream its logs, and exit with the job's exit code" },
   'dry-run': { type: 'boolean', help: 'show which offers the job would take and what it would cost; submit nothing' },
   json: { type: 'boolean', help: 'print the submitted job (or the dry run) as JSON' },
@@ -205,6 +207,7 @@ export const submit: Command = {
   description:
     'A job file is the API\'s job spec (name, image, command, resources: {cpu, memoryMb, gpus, gpu: {model}}, ...).\n' +
     'Flags given with a file override its fields. Sizes are binary: 64G = 64 GiB = 65536 MiB.\n' +
+    'A service job (service: {port}) prints its id, then its URL once it is ready (--detach: only the id).\n' +
     'With --follow the exit code is the job\'s own (0 on success; 1 when it ended without one, e.g. cancelled).\n' +
     'With --dry-run the exit code is 0 when some node fits the job now and 1 when none does.',
   flags,
@@ -241,6 +244,11 @@ export const submit: Command = {
       const created = await api.post('/v1/jobs', spec, Job, key ? { headers: { 'idempotency-key': key } } : undefined);
       if (args.values.json) ctx.stdout.write(`${JSON.stringify(created, null, 2)}\n`);
       else ctx.stdout.write(`${created.id}\n`);
+      // A service: its URL once it answers (a second line on stdout), unless told not to wait.
+      if (spec.service && !args.values.follow && !args.values.json && !args.values.detach) {
+        ctx.stdout.write(`${await waitForService(ctx, api, created.id)}\n`);
+        return;
+      }
       if (!args.values.follow) {
         if (!args.values.json) ctx.stderr.write(ctx.err.paint('dim', `follow it with: gantry logs -f ${created.id}\n`));
         return;

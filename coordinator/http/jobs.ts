@@ -21,6 +21,7 @@ export function jobRoutes(deps: AppDeps) {
   const { db } = deps.database;
   // Each route names who may call it: its key is checked before its input is read.
   const client = requireKey(deps.keys, 'client');
+  const serviceUrlOf = (jobId: string) => deps.services.urls.urlOf(jobId);
 
   app.openapi(
     createRoute({
@@ -43,9 +44,9 @@ export function jobRoutes(deps: AppDeps) {
       await requireInputsUploaded(db, c.get('principal').accountId, spec.inputs);
       const submit = spec.tasks ? submitArray : submitJob;
       const { job, replayed } = await submit(db, c.get('principal').accountId, spec, key, deps.clock.now());
-      if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+      if (replayed) return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 200);
       deps.signals.emit(topics.schedule);
-      return c.json(await toApiJobAt(db, job, deps.clock.now()), 201);
+      return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 201);
     },
   );
 
@@ -62,7 +63,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const q = c.req.valid('query');
       const page = await listJobs(db, c.get('principal').accountId, q);
-      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now()), nextCursor: page.nextCursor }, 200);
+      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now(), serviceUrlOf), nextCursor: page.nextCursor }, 200);
     },
   );
 
@@ -78,7 +79,7 @@ export function jobRoutes(deps: AppDeps) {
     }),
     async (c) => {
       const job = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
-      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 200);
     },
   );
 
@@ -95,7 +96,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const array = await getOwnJob(db, c.get('principal').accountId, c.req.valid('param').id);
       const page = await listTasks(db, array, c.req.valid('query'));
-      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now()), nextCursor: page.nextCursor }, 200);
+      return c.json({ items: await toApiJobs(db, page.items, deps.clock.now(), serviceUrlOf), nextCursor: page.nextCursor }, 200);
     },
   );
 
@@ -112,7 +113,7 @@ export function jobRoutes(deps: AppDeps) {
     async (c) => {
       const job = await cancelJob(db, c.get('principal').accountId, c.req.valid('param').id, deps.clock.now());
       if (job.status === 'cancelled') deps.signals.emit(topics.schedule);
-      return c.json(await toApiJobAt(db, job, deps.clock.now()), 200);
+      return c.json(await toApiJobAt(db, job, deps.clock.now(), serviceUrlOf), 200);
     },
   );
 

@@ -20,6 +20,8 @@ export function statusOf(code: ErrorCode): ContentfulStatusCode {
     case 'not_found':
     case 'no_route':
       return 404;
+    case 'gone':
+      return 410;
     case 'conflict':
     case 'stale_lease':
       return 409;
@@ -45,6 +47,7 @@ const titles: Record<ErrorCode, string> = {
   forbidden: 'Forbidden',
   not_found: 'Not found',
   no_route: 'No such route',
+  gone: 'Gone',
   conflict: 'Conflict',
   stale_lease: 'Stale lease',
   payload_too_large: 'Payload too large',
@@ -54,6 +57,11 @@ const titles: Record<ErrorCode, string> = {
   internal: 'Internal error',
   unavailable: 'Service unavailable',
 };
+
+/** The RFC 9457 body of a code, for answers written outside Hono (the service front door). */
+export function problemBody(code: ErrorCode, detail: string, instance?: string): Problem {
+  return { type: `${problemTypePrefix}${code}`, title: titles[code], status: statusOf(code), detail, ...(instance ? { instance } : {}), code };
+}
 
 export function problemResponse(
   c: Context<AppEnv>,

@@ -38,6 +38,9 @@ export function taskStub(spec: JobSpec): TaskSpecStub {
 
 const isStub = (s: StoredSpec): s is TaskSpecStub => (s as TaskSpecStub).task === true;
 
+/** The service a stored spec asks for: a task never has one (the spec refuses `service` with `tasks`). */
+export const serviceOf = (s: StoredSpec): JobSpec['service'] => (isStub(s) ? undefined : s.service);
+
 /** Arrays' specs by id: immutable once written, and large (per-task inputs), so read once. */
 const arraySpecs = new Map<string, JobSpec>();
 const arraySpecsKept = 256;

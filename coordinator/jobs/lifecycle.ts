@@ -2,10 +2,10 @@ import { and, desc, eq, inArray, isNull, lt, sql, type SQL } from 'drizzle-orm';
 import { PgTransaction } from 'drizzle-orm/pg-core';
 import { specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
-import { type Job, type JobSpec, type JobStatus, type TaskCounts, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
+import { type Job, type JobSpec, type JobStatus, type ServiceStatus, type TaskCounts, isTerminal, MeteredUsage } from '../../shared/jobs.ts';
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
-import { jobEvents, jobs, queueReasons } from '../db/schema/index.ts';
+import { jobEvents, jobs, jobServices, queueReasons } from '../db/schema/index.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { arrayUsage, cancelArray, eventsOf, isArray, specsOf, taskCounts, taskEnded } from './arrays.ts';
 import { meterLive, type meter } from './metering.ts';
@@ -229,19 +229,46 @@ const iso = (d: Date | null) => (d ? d.toISOString() : null);
  * The jobs as the API shows them. A job holding a lease is metered to `now` at its lease's
  * prices (its GPUs' models read in one query for all of them), so `cost` is what it costs so far.
  */
-export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date): Promise<Job[]> {
+/** Where a service job answers (the coordinator's ServiceUrls); jobs without a service have no URL. */
+export type ServiceUrlOf = (jobId: string) => string;
+
+export async function toApiJobs(db: DbOrTx, rows: JobRow[], now: Date, serviceUrlOf: ServiceUrlOf): Promise<Job[]> {
   const arrays = rows.filter(isArray);
   const [metered, specs, counts, sums] = await Promise.all([meterLive(db, rows, now), specsOf(db, rows), taskCounts(db, arrays), arrayUsage(db, arrays, now)]);
-  return rows.map((r) => toApiJob(r, specs.get(r.id)!, metered.get(r.id) ?? sums.get(r.id) ?? null, counts.get(r.id) ?? null));
+  const served = rows.filter((r) => specs.get(r.id)!.service);
+  const readiness = new Map<string, { epoch: number; readyAt: Date; requests: number }>();
+  if (served.length) {
+    const found = await db.select().from(jobServices).where(inArray(jobServices.jobId, served.map((r) => r.id)));
+    for (const s of found) readiness.set(s.jobId, s);
+  }
+  return rows.map((r) => {
+    const spec = specs.get(r.id)!;
+    const service = spec.service ? { url: serviceUrlOf(r.id), ready: readiness.get(r.id) ?? null } : null;
+    return toApiJob(r, spec, metered.get(r.id) ?? sums.get(r.id) ?? null, counts.get(r.id) ?? null, service);
+  });
 }
 
-export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date): Promise<Job> {
-  const [job] = await toApiJobs(db, [row], now);
+export async function toApiJobAt(db: DbOrTx, row: JobRow, now: Date, serviceUrlOf: ServiceUrlOf): Promise<Job> {
+  const [job] = await toApiJobs(db, [row], now, serviceUrlOf);
   return job!;
 }
 
+/** A service job's state: ready only once the agent's probe passed under the job's current lease. */
+export function serviceStatusOf(row: Pick<JobRow, 'status' | 'leaseEpoch'>, ready: { epoch: number; readyAt: Date; requests: number } | null): ServiceStatus {
+  const requests = ready?.requests ?? 0;
+  if (isTerminal(row.status)) return { state: 'stopped', readyAt: ready ? ready.readyAt.toISOString() : null, requests };
+  if (row.status === 'running' && ready && ready.epoch === row.leaseEpoch) return { state: 'ready', readyAt: ready.readyAt.toISOString(), requests };
+  return { state: 'starting', readyAt: null, requests };
+}
+
 /** The one mapping from a job row to the API's shape; `metered` is the live lease's usage and cost so far. */
-function toApiJob(row: JobRow, spec: JobSpec, metered: ReturnType<typeof meter> | null, tasks: TaskCounts | null): Job {
+function toApiJob(
+  row: JobRow,
+  spec: JobSpec,
+  metered: ReturnType<typeof meter> | null,
+  tasks: TaskCounts | null,
+  service: { url: string; ready: { epoch: number; readyAt: Date; requests: number } | null } | null,
+): Job {
   const recordedUsage = MeteredUsage.safeParse(row.usage);
   return {
     id: row.id,
@@ -273,5 +300,7 @@ function toApiJob(row: JobRow, spec: JobSpec, metered: ReturnType<typeof meter> 
         : { perGpuHour: fromMicros(row.priceGpuHourMicros), perCpuHour: fromMicros(row.priceCpuHourMicros) },
     cost: fromMicros(metered?.costMicros ?? row.costMicros ?? 0),
     usage: metered?.usage ?? (recordedUsage.success ? recordedUsage.data : null),
+    serviceUrl: service?.url ?? null,
+    service: service ? serviceStatusOf(row, service.ready) : null,
   };
 }

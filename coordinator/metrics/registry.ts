@@ -13,6 +13,12 @@ export class Metrics {
   readonly registry = new Registry();
   /** Every answered HTTP request, by route pattern (bounded), method and status. */
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
+  /** Service jobs' requests through this coordinator, by job and status class (2xx..5xx). */
+  readonly serviceRequests: Counter<'job' | 'status'>;
+  /** Bytes through service jobs' exchanges, by job and direction (in: to the job, out: to the client). */
+  readonly serviceBytes: Counter<'job' | 'direction'>;
+  /** Time from a service request's arrival to its answer's headers, by job. */
+  readonly serviceLatency: Histogram<'job'>;
   constructor(source: {
     pool: PoolStats;
     database: Database;
@@ -28,6 +34,25 @@ export class Metrics {
       help: 'HTTP request durations by route pattern, method and status',
       labelNames: ['method', 'route', 'status'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [r],
+    });
+    this.serviceRequests = new Counter({
+      name: 'gantry_service_requests_total',
+      help: 'Requests to service jobs through this coordinator, by job and status class',
+      labelNames: ['job', 'status'],
+      registers: [r],
+    });
+    this.serviceBytes = new Counter({
+      name: 'gantry_service_bytes_total',
+      help: 'Bytes through service jobs, by job and direction (in: to the job, out: to the client)',
+      labelNames: ['job', 'direction'],
+      registers: [r],
+    });
+    this.serviceLatency = new Histogram({
+      name: 'gantry_service_response_seconds',
+      help: "Time to a service job's answer headers through this coordinator, by job",
+      labelNames: ['job'],
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [r],
     });
     const schedulerCounter = (name: string, help: string, key: 'passes' | 'placed' | 'conflicts' | 'errors') =>

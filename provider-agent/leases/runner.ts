@@ -15,6 +15,7 @@ import { LogShipper } from '../logs/shipper.ts';
 import { leaseIo } from '../runtime/io.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun, type StopReason } from '../runtime/executor.ts';
 import { CoordinatorClock } from '../coordinator-clock.ts';
+import type { ServiceAddress } from '../tunnel/tunnel.ts';
 import type { ReportStore, StoredReport } from './report-store.ts';
 import { JwksUnavailable, LeaseRefused, LeaseVerifier } from './verify.ts';
 
@@ -50,6 +51,13 @@ export interface LeaseRunnerOptions {
   reports: ReportStore;
   /** The coordinator's clock, read from its answers: lease expiries are its times. */
   clock?: CoordinatorClock;
+  /** Service jobs: told when one starts (where it listens) and when its run ends (tunnel/keeper.ts). */
+  services?: ServiceHooks;
+}
+
+export interface ServiceHooks {
+  started(grant: LeaseGrant, address: ServiceAddress, signal: AbortSignal): void;
+  ended(grant: LeaseGrant): void;
 }
 
 /** `ending`: the job's process has ended and its outputs are being saved; the lease's end no longer stops it. */
@@ -321,9 +329,10 @@ export class LeaseRunner {
     const ctx: ExecutionContext = {
       ...(this.o.io ? this.o.io(grant) : leaseIo(this.o.client, grant, (m, f) => this.o.log.warn(m, f))),
       signal: run.abort.signal,
-      onRunning: () => {
+      onRunning: (service) => {
         run.started = true;
         void this.reportRunning(run, runningTries.signal);
+        if (service && grant.spec.service) this.o.services?.started(grant, service, runningTries.signal);
       },
       onExited: exited,
       onLog: (stream, text) => sink.write(stream, text),
@@ -338,6 +347,7 @@ export class LeaseRunner {
     }
     exited();
     runningTries.abort();
+    if (grant.spec.service) this.o.services?.ended(grant);
     let stop = stopReason(run.abort.signal);
     // Ended past its lease (the agent was frozen, and a watchdog may have stopped it): the job
     // may run elsewhere by now, and the end is not the job's own.

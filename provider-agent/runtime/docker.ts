@@ -17,6 +17,7 @@ import { removeTree } from './tree.ts';
 import { demux, jsonLines, sinceParam, splitTimestamp, StreamDecoders, type OutputStream } from './engine-streams.ts';
 import { defaultImageCacheMb, imageCacheIndex, ImageRefused, ImageStore } from './images.ts';
 import { jobNetworkName, NetworkGuard } from './network.ts';
+import type { ServiceAddress } from '../tunnel/tunnel.ts';
 import { stopReason, type ExecutionContext, type ExecutionResult, type Executor, type RecoveredRun } from './executor.ts';
 import { deadlineFileName, stoppedByWatchdog, Watchdog, type DeadlineFile } from './watchdog.ts';
 
@@ -410,7 +411,7 @@ export class DockerRuntime implements Executor {
       exited = container.wait({ condition: 'not-running' });
     }
     exited.catch(() => {});
-    ctx.onRunning();
+    ctx.onRunning(grant.spec.service ? await this.serviceAddress(info.Id, grant.spec.service.port) : undefined);
 
     const startedAt = await this.startedAt(info.Id);
     let stoppedFor: 'timeout' | 'cancel' | 'disk' | 'detach' | null = null;
@@ -492,7 +493,14 @@ export class DockerRuntime implements Executor {
     }
   }
 
-  private async startedAt(id: string): Promise<number> {
+  /** Where a service job answers inside the node: its container's address on its own network (never a host port). */
+  private async serviceAddress(id: string, port: number): Promise<ServiceAddress | undefined> {
+    const networks = (await this.api.getContainer(id).inspect().catch(() => null))?.NetworkSettings?.Networks ?? {};
+    const ip = Object.values(networks).find((n) => n?.IPAddress)?.IPAddress;
+    return ip ? { host: ip, port } : undefined;
+  }
+
+    private async startedAt(id: string): Promise<number> {
     const s = (await this.api.getContainer(id).inspect()).State.StartedAt;
     const t = s ? Date.parse(s) : NaN;
     return Number.isFinite(t) && t > 0 ? t : Date.now();

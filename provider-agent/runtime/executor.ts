@@ -1,4 +1,5 @@
 import type { LeaseGrant, LeaseRef, OutcomeReason, ReportedUsage } from '../../shared/leases.ts';
+import type { ServiceAddress } from '../tunnel/tunnel.ts';
 
 /**
  * THE interface a runtime implements (Docker, the test executor). The lease runner calls run()
@@ -47,8 +48,11 @@ export interface ExecutionContext {
    * (SIGTERM, then SIGKILL after a grace) and resolves run() with reason 'cancelled'.
    */
   signal: AbortSignal;
-  /** Call once the job's process has started (the container runs): the runner reports `running`. */
-  onRunning(): void;
+  /**
+   * Call once the job's process has started (the container runs): the runner reports `running`.
+   * A service job (spec.service) passes where its port is reached inside the node.
+   */
+  onRunning(service?: ServiceAddress): void;
   /**
    * Call once the job's process has ended, before its outputs are saved: from then on the end of
    * the lease no longer stops the run (nothing runs any more), so a slow upload during an outage

@@ -81,7 +81,8 @@ export class ProcessRuntime implements Executor {
       await removeTree(dir).catch((err) => this.o.log.warn('job folder not removed', { jobId: grant.jobId, error: (err as Error).message }));
       return { exitCode: null, reason: 'error', error: `${argv[0]} could not be started: ${spawned.message}` };
     }
-    ctx.onRunning();
+    // A service listens on the node's loopback: this runtime has no network of its own.
+    ctx.onRunning(spec.service ? { host: '127.0.0.1', port: spec.service.port } : undefined);
 
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
       child.once('exit', (code, signal) => resolve({ code, signal })),

@@ -92,6 +92,13 @@ const matrix: Record<string, Row> = {
     tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/logs?follow=1`, headers: { accept: 'text/event-stream' } }), expect: 404 },
   },
   'GET /v1/jobs/{id}/outputs': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/outputs` }), expect: 404 } },
+  'POST /v1/jobs/{id}/service-tokens': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/service-tokens`, ...json({ name: 'x' }) }), expect: 404 } },
+  'GET /v1/jobs/{id}/service-tokens': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/service-tokens` }), expect: 404 } },
+  'DELETE /v1/jobs/{id}/service-tokens/{tokenId}': {
+    auth: 'key',
+    scope: 'client',
+    tenant: { req: (w) => ({ path: `/v1/jobs/${w.jobA}/service-tokens/stok_00000000000000000000aa` }), expect: 404 },
+  },
   'POST /v1/jobs/dry-run': { auth: 'key', scope: 'client', tenant: { none: 'the open market: every node that could take the job' } },
   'GET /v1/offers': { auth: 'key', scope: 'client', tenant: { none: 'the open market: free capacity of every node' } },
   'POST /v1/blobs': { auth: 'key', scope: 'client', tenant: { none: "stores the caller's own upload" } },
@@ -139,6 +146,7 @@ const matrix: Record<string, Row> = {
     auth: 'agent',
     tenant: { req: (w, epoch) => ({ path: `/v1/agent/jobs/${w.jobA}/outputs?epoch=${epoch}`, body: new Uint8Array(emptyTar), headers: { 'content-type': 'application/x-tar' } }), expect: 404 },
   },
+  'POST /v1/agent/jobs/{id}/service-ready': { auth: 'agent', tenant: { req: (w, epoch) => ({ path: `/v1/agent/jobs/${w.jobA}/service-ready`, ...json({ epoch }) }), expect: 404 } },
   'POST /v1/agent/jobs/{id}/result': { auth: 'agent', tenant: { req: (w, epoch) => ({ path: `/v1/agent/jobs/${w.jobA}/result`, ...json({ epoch, result: { x: 1 } }) }), expect: 404 } },
 };
 
@@ -161,6 +169,7 @@ const anyPath = (route: string) =>
   route
     .split(' ')[1]!
     .replace('{id}', route.includes('/accounts/') ? 'acct_00000000000000000000aa' : route.includes('/keys/') ? 'key_00000000000000000000aa' : route.includes('/nodes/') ? 'node_00000000000000000000aa' : route.includes('/enrollment-tokens/') ? 'enr_00000000000000000000aa' : 'job_00000000000000000000aa')
+    .replace('{tokenId}', 'stok_00000000000000000000aa')
     .replace('{digest}', `sha256:${'0'.repeat(64)}`);
 
 describe.skipIf(dbSkipReason)('security matrix', () => {

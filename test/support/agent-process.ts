@@ -27,10 +27,11 @@ export interface AgentProcess {
 
 /**
  * `as`: run the agent as this user and group (a provider's own account, not root). `wrap`: run it
- * under another command, such as `nsenter --net=…` (which execs it: the same pid).
+ * under another command, such as `nsenter --net=…` (which execs it: the same pid). `nodeArgs`: for
+ * node itself (a benchmark's --cpu-prof).
  */
-export function spawnAgent(args: string[], env: Record<string, string> = {}, as: { uid: number; gid: number } | null = null, wrap: string[] = []): AgentProcess {
-  const argv = [process.execPath, '--import', 'tsx', 'provider-agent/main.ts', ...args];
+export function spawnAgent(args: string[], env: Record<string, string> = {}, as: { uid: number; gid: number } | null = null, wrap: string[] = [], nodeArgs: string[] = []): AgentProcess {
+  const argv = [process.execPath, ...nodeArgs, '--import', 'tsx', 'provider-agent/main.ts', ...args];
   const child = spawn(wrap[0] ?? argv[0]!, [...wrap.slice(1), ...(wrap.length ? argv : argv.slice(1))], {
     cwd: repoRoot,
     // The loopback registry of the test image, allowed as a provider would name it, and bridge

@@ -19,7 +19,7 @@ function progress(t) {
   );
 }
 
-function details(j) {
+function details(j, rate) {
   const r = j.spec.resources;
   const gpu = r.gpus ? `${r.gpus} × ${r.gpu?.model ?? 'any GPU'}${r.gpu?.minMemoryMb ? ` (≥ ${mib(r.gpu.minMemoryMb)})` : ''}` : 'none';
   const dl = [
@@ -38,6 +38,13 @@ function details(j) {
     ['Finished', time(j.finishedAt)],
     ['Exit code', j.exitCode === null ? '—' : h('span', { 'data-testid': 'exit-code' }, String(j.exitCode))],
   ];
+  if (j.service) {
+    const state = j.service.state === 'ready' ? `ready since ${time(j.service.readyAt)}` : j.service.state;
+    dl.push(['Service', h('span', { 'data-testid': 'service-state' }, state)]);
+    dl.push(['Requests', h('span', { 'data-testid': 'service-rate' }, `${j.service.requests}${rate === null ? '' : ` · ${rate.toFixed(rate < 10 ? 1 : 0)} / s over the last minute`}`)]);
+    // The service's own origin: a link, never loaded into this page (it is another site).
+    dl.push(['Service URL', h('a', { href: j.serviceUrl, rel: 'noopener noreferrer', target: '_blank', class: 'mono', 'data-testid': 'service-url' }, j.serviceUrl)]);
+  }
   if (j.pendingReason) dl.push(['Waiting because', j.pendingReason]);
   if (j.error) dl.push(['Error', h('span', { class: 'error' }, j.error)]);
   return h('dl', { class: 'details' }, dl.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
@@ -95,6 +102,16 @@ export function jobPage(main, ctx) {
     fill(tasks, table(['Index', 'Task', 'State', 'Node', 'Duration', 'Exit'], taskRows, { 'data-testid': 'task-table' }));
   }
 
+  // The service's request count as polled, for its rate over the last minute (counts are stored every few seconds).
+  const samples = [];
+  function serviceRate(j) {
+    if (!j.service) return null;
+    const now = Date.now();
+    samples.push([now, j.service.requests]);
+    while (samples.length && samples[0][0] < now - 60_000) samples.shift();
+    const [t0, n0] = samples[0];
+    return now - t0 >= 10_000 ? ((j.service.requests - n0) * 1000) / (now - t0) : null;
+  }
   async function onCancel() {
     cancel.disabled = true;
     try {
@@ -110,7 +127,7 @@ export function jobPage(main, ctx) {
   function show() {
     title.textContent = job.name;
     document.title = `${job.name} · Gantry`;
-    fill(info, details(job));
+    fill(info, details(job, serviceRate(job)));
     tasksSection.hidden = !job.tasks;
     logsSection.hidden = Boolean(job.tasks);
     cancel.hidden = terminal.includes(job.status) || Boolean(job.cancelRequestedAt);

@@ -8,6 +8,7 @@ import { nodes, tokens } from './commands/nodes.ts';
 import { offers, pool } from './commands/offers.ts';
 import { submit } from './commands/submit.ts';
 import { usage } from './commands/usage.ts';
+import { balance, ledger } from './commands/ledger.ts';
 import { gantryVersion } from '../shared/version.ts';
 import { cliSettings } from './config.ts';
 
@@ -17,6 +18,7 @@ import { cliSettings } from './config.ts';
 const groups: [string, Command[]][] = [
   ['Run jobs', [submit, jobs, job, logs, wait, cancel, outputs]],
   ['The pool', [pool, offers, usage]],
+  ['Money', [balance, ledger]],
   ['Providers', [nodes, tokens]],
   ['Your login', [login, logout]],
 ];

@@ -6,3 +6,4 @@ export * from './leases.ts';
 export * from './logs.ts';
 export * from './pool.ts';
 export * from './queue.ts';
+export * from './ledger.ts';

@@ -57,6 +57,22 @@ export const jobs = pgTable(
     result: jsonb('result'),
     usage: jsonb('usage'),
     costMicros: bigint('cost_micros', { mode: 'number' }),
+    // The live lease's money (coordinator/ledger/leases.ts); all null for work that costs nothing.
+    // The pending transfer holding the client's credit for the lease now, and what it holds.
+    holdId: text('hold_id'),
+    holdMicros: bigint('hold_micros', { mode: 'number' }),
+    // The lease is never extended past this (what is held covers up to it); null: no cap.
+    heldUntil: at('held_until'),
+    // When the next billing period's posting is due (null: nothing more to bill until the end).
+    billAt: at('bill_at'),
+    // What this lease has posted so far (its own lines: each lease bills its own node).
+    leaseBilledMicros: bigint('lease_billed_micros', { mode: 'number' }),
+    // The last heartbeat that renewed the lease: a lost node is billed up to here.
+    leaseSeenAt: at('lease_seen_at'),
+    // The next hold could not be made: the lease runs out at held_until and the job ends failed (credit).
+    creditShortAt: at('credit_short_at'),
+    // The platform's fee in force at lease, in basis points of what is posted.
+    feeBasisPoints: integer('fee_basis_points'),
   },
   (t) => [
     check(

@@ -39,9 +39,7 @@ ALTER TABLE "jobs" ADD COLUMN "lease_billed_micros" bigint;--> statement-breakpo
 ALTER TABLE "jobs" ADD COLUMN "lease_seen_at" timestamp with time zone;--> statement-breakpoint
 ALTER TABLE "jobs" ADD COLUMN "credit_short_at" timestamp with time zone;--> statement-breakpoint
 ALTER TABLE "jobs" ADD COLUMN "fee_basis_points" integer;--> statement-breakpoint
-ALTER TABLE "ledger_transfers" ADD CONSTRAINT "ledger_transfers_debit_account_id_ledger_accounts_id_fk" FOREIGN KEY ("debit_account_id") REFERENCES "public"."ledger_accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
-ALTER TABLE "ledger_transfers" ADD CONSTRAINT "ledger_transfers_credit_account_id_ledger_accounts_id_fk" FOREIGN KEY ("credit_account_id") REFERENCES "public"."ledger_accounts"("id") ON DELETE no action ON UPDATE no action;--> statement-breakpoint
 CREATE INDEX "ledger_accounts_account" ON "ledger_accounts" USING btree ("account_id");--> statement-breakpoint
-CREATE UNIQUE INDEX "ledger_transfers_resolves" ON "ledger_transfers" USING btree ("pending_id");--> statement-breakpoint
+CREATE UNIQUE INDEX "ledger_transfers_resolves" ON "ledger_transfers" USING btree ("pending_id") WHERE "ledger_transfers"."pending_id" is not null;--> statement-breakpoint
 CREATE INDEX "ledger_transfers_debit" ON "ledger_transfers" USING btree ("debit_account_id","created_at");--> statement-breakpoint
 CREATE INDEX "ledger_transfers_credit" ON "ledger_transfers" USING btree ("credit_account_id","created_at");

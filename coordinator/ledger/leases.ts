@@ -1,8 +1,9 @@
 import { sql } from 'drizzle-orm';
 import type { DbOrTx } from '../db/open.ts';
 import { jobs } from '../db/schema/index.ts';
-import type { JobRow } from '../jobs/lifecycle.ts';
+import { recordEvent, type JobRow } from '../jobs/lifecycle.ts';
 import { leaseCostMicros } from '../jobs/metering.ts';
+import { formatAmount } from '../scheduler/rules.ts';
 import { applyTransfers, availableOf, ensureAccounts, ledgerId, lockAccounts, type TransferInput } from './ledger.ts';
 
 // A lease's money. It is granted against a hold on the client's credit for its first period (one
@@ -151,7 +152,12 @@ export async function settleLease(tx: DbOrTx, job: Lease, end: Date, at: Date): 
  * the job is marked short (it ends failed with reason credit; a deposit before then carries on).
  * Returns the job's new held_until (null: no cap).
  */
-export async function billPeriod(tx: DbOrTx, job: Lease & { leaseEpoch: number }, at: Date, billing: Billing): Promise<Date | null> {
+export async function billPeriod(
+  tx: DbOrTx,
+  job: Lease & { leaseEpoch: number; status: JobRow['status']; creditShortAt: Date | null },
+  at: Date,
+  billing: Billing,
+): Promise<Date | null> {
   if (!job.holdId || !job.leasedAt || !job.nodeId) return job.heldUntil;
   const providerId = await providerOf(tx, job.nodeId);
   const client = ledgerId.client(job.accountId);
@@ -167,6 +173,11 @@ export async function billPeriod(tx: DbOrTx, job: Lease & { leaseEpoch: number }
   const available = availableOf(locked.get(client)!) + held - used;
   if (next > available) {
     await tx.execute(sql`update ${jobs} set credit_short_at = coalesce(credit_short_at, ${at.toISOString()}::timestamptz) where id = ${job.id}`);
+    // Said once, when it first runs short: the job's events tell its owner why it will stop.
+    if (!job.creditShortAt) {
+      const until = job.heldUntil ? ` at ${job.heldUntil.toISOString()}` : '';
+      await recordEvent(tx, job.id, job.status, `credit: the next period cannot be held (needs ${formatAmount(next)}, ${formatAmount(Math.max(0, available))} available); the lease ends${until} unless credit is added`, at);
+    }
     return job.heldUntil;
   }
   const whole = nextEnd.getTime() >= wholeEnd;

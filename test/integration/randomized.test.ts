@@ -285,7 +285,9 @@ describe(`randomized lease lifecycle (seed ${seed}, ${steps} steps)`, () => {
     const seen = new Set(money.filter((m) => Number(m.n) > 0).map((m) => `${m.code}/${m.kind}`));
     // Holds were posted and voided, periods billed, fees and payouts taken, and some client ran short.
     for (const k of ['hold/pending', 'usage/post', 'usage/void', 'fee/posted', 'payout/posted', 'deposit/posted']) expect(seen, k).toContain(k);
-    const short = await database.rows<{ n: number }>(sql`select count(*)::int as n from ${jobs} where error like 'credit:%'`);
+    // Some renewal could not hold the next period (the end that follows, failed with reason
+    // credit, is walked step by step in ledger.test.ts and the scheduler e2e).
+    const short = await database.rows<{ n: number }>(sql`select count(*)::int as n from ${jobEvents} where reason like 'credit:%'`);
     expect(Number(short[0]!.n)).toBeGreaterThan(0);
   }, 600_000);
 });

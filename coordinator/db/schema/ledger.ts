@@ -38,12 +38,10 @@ export const ledgerTransfers = pgTable(
   {
     // The idempotency id: the same movement asked twice is one transfer.
     id: text('id').primaryKey(),
-    debitAccountId: text('debit_account_id')
-      .notNull()
-      .references(() => ledgerAccounts.id),
-    creditAccountId: text('credit_account_id')
-      .notNull()
-      .references(() => ledgerAccounts.id),
+    // Ledger account ids; every transfer makes its accounts first (coordinator/ledger/ledger.ts
+    // ensureAccounts), so no foreign key: a placement batch writes a thousand transfers at once.
+    debitAccountId: text('debit_account_id').notNull(),
+    creditAccountId: text('credit_account_id').notNull(),
     amount: bigint('amount', { mode: 'number' }).notNull(),
     // posted: moves at once; pending: a hold; post / void: resolve one pending transfer (pending_id).
     kind: text('kind', { enum: ['posted', 'pending', 'post', 'void'] }).notNull(),
@@ -61,7 +59,9 @@ export const ledgerTransfers = pgTable(
     check('ledger_transfers_amount', sql`${t.amount} >= 0 and (${t.amount} > 0 or ${t.kind} in ('post', 'void'))`),
     check('ledger_transfers_pending', sql`(${t.pendingId} is not null) = (${t.kind} in ('post', 'void'))`),
     // Every hold is resolved at most once, by a post or by a void.
-    uniqueIndex('ledger_transfers_resolves').on(t.pendingId),
+    uniqueIndex('ledger_transfers_resolves')
+      .on(t.pendingId)
+      .where(sql`${t.pendingId} is not null`),
     index('ledger_transfers_debit').on(t.debitAccountId, t.createdAt),
     index('ledger_transfers_credit').on(t.creditAccountId, t.createdAt),
   ],

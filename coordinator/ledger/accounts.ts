@@ -17,6 +17,9 @@ async function accountKind(db: DbOrTx, accountId: string) {
   return row.kind;
 }
 
+/** The sides an account of this kind has. */
+const sidesOf = (kind: string) => ({ client: kind !== 'provider', provider: kind !== 'client' });
+
 /** The balance of each side the caller may see. */
 export async function balanceOf(db: DbOrTx, accountId: string, may: { client: boolean; provider: boolean }): Promise<Balance> {
   const found = await readAccounts(db, [ledgerId.client(accountId), ledgerId.provider(accountId)]);
@@ -57,7 +60,7 @@ const paidOutOf = (db: DbOrTx, accountId: string) => sumDebits(db, ledgerId.prov
  * One admin movement, idempotent on its reference: the same reference again returns the first
  * transfer (a different amount under it is a conflict).
  */
-async function adminTransfer(db: Db, t: NewTransfer, accountId: string, at: Date, refused: (e: LedgerRefused) => string) {
+async function adminTransfer(db: Db, t: NewTransfer, accountId: string, kind: string, at: Date, refused: (e: LedgerRefused) => string) {
   return db.transaction(async (tx) => {
     let replayed = false;
     try {
@@ -73,7 +76,7 @@ async function adminTransfer(db: Db, t: NewTransfer, accountId: string, at: Date
         throw new ApiError('conflict', `reference ${JSON.stringify(t.reference)} was already used for a different transfer`);
       }
     }
-    return { transferId: t.id, replayed, balance: await balanceOf(tx, accountId, { client: true, provider: true }) };
+    return { transferId: t.id, replayed, balance: await balanceOf(tx, accountId, sidesOf(kind)) };
   });
 }
 
@@ -89,7 +92,7 @@ export async function deposit(db: Db, accountId: string, amount: number, referen
     code: 'deposit',
     reference,
   };
-  return adminTransfer(db, t, accountId, at, (e) => e.message);
+  return adminTransfer(db, t, accountId, kind, at, (e) => e.message);
 }
 
 export async function payout(db: Db, accountId: string, amount: number, reference: string, at: Date) {
@@ -104,7 +107,7 @@ export async function payout(db: Db, accountId: string, amount: number, referenc
     code: 'payout',
     reference,
   };
-  return adminTransfer(db, t, accountId, at, () => `a payout of ${amount} is more than the provider is owed`);
+  return adminTransfer(db, t, accountId, kind, at, () => `a payout of ${amount} is more than the provider is owed`);
 }
 
 export async function adjust(db: Db, accountId: string, req: { amount: number; reason: string; reference: string; role?: 'client' | 'provider' | undefined }, at: Date) {
@@ -124,7 +127,7 @@ export async function adjust(db: Db, accountId: string, req: { amount: number; r
     code: 'adjustment',
     reference: `${req.reference}: ${req.reason}`,
   };
-  return adminTransfer(db, t, accountId, at, () => `an adjustment of ${req.amount} would take the account below its limit`);
+  return adminTransfer(db, t, accountId, kind, at, () => `an adjustment of ${req.amount} would take the account below its limit`);
 }
 
 export async function setCreditLimit(db: Db, accountId: string, limit: number, at: Date) {
@@ -141,7 +144,7 @@ export async function setCreditLimit(db: Db, accountId: string, limit: number, a
       throw err;
     }
     void at;
-    return balanceOf(tx, accountId, { client: true, provider: true });
+    return balanceOf(tx, accountId, sidesOf(kind));
   });
 }
 

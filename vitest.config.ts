@@ -20,8 +20,6 @@ export default defineConfig({
         test: {
           name: 'postgres',
           include: ['test/integration/**/*.test.ts'],
-          // The randomized lease test drives one in-process database step by step: PGlite, as its issue asks.
-          exclude: ['test/integration/randomized.test.ts'],
           env: { GANTRY_TEST_DB: 'postgres' },
         },
       },

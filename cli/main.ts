@@ -9,6 +9,7 @@ import { offers, pool } from './commands/offers.ts';
 import { serviceTokens } from './commands/services.ts';
 import { submit } from './commands/submit.ts';
 import { usage } from './commands/usage.ts';
+import { balance, ledger } from './commands/ledger.ts';
 import { gantryVersion } from '../shared/version.ts';
 import { cliSettings } from './config.ts';
 
@@ -18,6 +19,7 @@ import { cliSettings } from './config.ts';
 const groups: [string, Command[]][] = [
   ['Run jobs', [submit, jobs, job, tasks, logs, wait, cancel, outputs, serviceTokens]],
   ['The pool', [pool, offers, usage]],
+  ['Money', [balance, ledger]],
   ['Providers', [nodes, tokens]],
   ['Your login', [login, logout]],
 ];

@@ -28,6 +28,7 @@ import { offerRoutes } from './http/offers.ts';
 import { leaseRoutes } from './http/leases.ts';
 import { drainRoutes } from './http/drain.ts';
 import { usageRoutes } from './http/usage.ts';
+import { ledgerRoutes } from './http/ledger.ts';
 import { dashboardRoutes } from './http/dashboard.ts';
 import { httpMetrics } from './metrics/http.ts';
 
@@ -105,6 +106,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route('/', poolRoutes(deps));
   app.route('/', metricsRoutes(deps));
   app.route('/', usageRoutes(deps));
+  app.route('/', ledgerRoutes(deps));
   app.route('/', dashboardRoutes(deps));
   app.route('/', blobRoutes(deps));
   app.route('/', logRoutes(deps));

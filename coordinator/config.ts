@@ -71,6 +71,19 @@ const Env = z
     // This replica's address as the other replicas reach it (they forward service requests for the
     // agents whose tunnel it holds); unset: a single replica, nothing forwarded.
     GANTRY_INTERNAL_URL: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).optional(),
+    // Money: how often a lease posts what it used and holds the next period (default half a lease
+    // TTL), and the platform's fee as a percentage of what providers earn.
+    GANTRY_BILLING_PERIOD_SECONDS: positiveInt.max(86_400).optional(),
+    GANTRY_FEE_PERCENT: z.coerce
+      .number({ error: 'must be a number' })
+      .min(0, 'must be 0-100')
+      .max(100, 'must be 0-100')
+      .refine((v) => Number.isInteger(Math.round(v * 100)) && Math.abs(v * 100 - Math.round(v * 100)) < 1e-9, 'at most 2 decimals')
+      .default(0),
+  })
+  .refine((e) => e.GANTRY_BILLING_PERIOD_SECONDS === undefined || e.GANTRY_BILLING_PERIOD_SECONDS <= e.GANTRY_LEASE_TTL_SECONDS, {
+    message: 'must not be longer than GANTRY_LEASE_TTL_SECONDS (a lease never runs past what is held)',
+    path: ['GANTRY_BILLING_PERIOD_SECONDS'],
   })
   .refine((e) => Boolean(e.GANTRY_TLS_CERT) === Boolean(e.GANTRY_TLS_KEY), {
     message: 'GANTRY_TLS_CERT and GANTRY_TLS_KEY go together: set both or neither',
@@ -111,6 +124,10 @@ const Env = z
       serviceBodyLimitBytes: e.GANTRY_SERVICE_BODY_LIMIT_BYTES,
       serviceIdleTimeoutMs: e.GANTRY_SERVICE_IDLE_TIMEOUT_SECONDS * 1000,
       internalUrl: e.GANTRY_INTERNAL_URL?.replace(/\/+$/, '') ?? null,
+      billing: {
+        periodSeconds: e.GANTRY_BILLING_PERIOD_SECONDS ?? Math.max(1, Math.floor(e.GANTRY_LEASE_TTL_SECONDS / 2)),
+        feeBasisPoints: Math.round(e.GANTRY_FEE_PERCENT * 100),
+      },
     };
   });
 

@@ -237,6 +237,14 @@ export const DryRun = z.object({
   feasibleNodes: count,
   /** Every other node, grouped by the first constraint that rules it out. */
   ruledOut: z.array(RuledOut),
+  /**
+   * Whether the caller's credit covers the hold a lease on the first offer takes (its price for one
+   * lease TTL, or the timeout if shorter); null when none fits or it costs nothing.
+   */
+  credit: z
+    .object({ needed: z.number(), available: z.number(), fits: z.boolean(), detail: z.string() })
+    .nullable()
+    .optional(),
 });
 export type DryRun = z.infer<typeof DryRun>;
 

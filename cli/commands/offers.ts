@@ -141,6 +141,8 @@ export async function showDryRun(ctx: Context, api: ApiClient, spec: JobSpec, js
       const most = (answer.estimatedCostPerHour * spec.timeoutSeconds) / 3600;
       out.write(`\nestimated cost: ${ctx.out.paint('bold', money(answer.estimatedCostPerHour))}/hour, at most ${money(most)} if it runs to its ${formatDuration(spec.timeoutSeconds)} timeout\n`);
     }
+    // The hold its lease takes on your credit: without it the job waits, with the same words.
+    if (answer.credit) out.write(`credit: ${answer.credit.fits ? '' : ctx.out.paint('bold', 'it would wait: ')}${printable(answer.credit.detail)}\n`);
   } else {
     out.write(`No node can take ${spec.name} right now; it would wait in the queue.\n`);
   }

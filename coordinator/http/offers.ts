@@ -35,7 +35,8 @@ export function offerRoutes(deps: AppDeps) {
       request: { body: { required: true, ...json(JobSpec) } },
       responses: { 200: { description: 'The dry run; nothing was queued', ...json(DryRun) }, ...errorResponses },
     }),
-    async (c) => c.json(await dryRun(deps.database, c.req.valid('json')), 200),
+    async (c) =>
+      c.json(await dryRun(deps.database, c.req.valid('json'), { accountId: c.get('principal').accountId, leaseTtlSeconds: deps.config.leaseTtlSeconds }), 200),
   );
 
   return app;

@@ -33,6 +33,7 @@ export function taskStub(spec: JobSpec): TaskSpecStub {
     network: spec.network,
     ...(spec.constraints ? { constraints: spec.constraints } : {}),
     resources: spec.resources.gpu ? { gpu: spec.resources.gpu } : {},
+    timeoutSeconds: spec.timeoutSeconds,
   };
 }
 

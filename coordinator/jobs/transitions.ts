@@ -9,6 +9,8 @@ import { takesWork, withinMaxParallel } from '../scheduler/rules.ts';
 import { specOf, taskLeftNode } from './arrays.ts';
 import { changeStatus, type JobRow } from './lifecycle.ts';
 import { meter } from './metering.ts';
+import { LedgerRefused, applyTransfers } from '../ledger/ledger.ts';
+import { billableEnd, holdTransfer, noHold, settleLease, type LeaseHold } from '../ledger/leases.ts';
 
 // The job-side transitions of a lease: placement (in bulk, for the scheduler), the agent's
 // reports, and every way a job leaves its node (expiry, lost GPU, its own end). Each one frees or
@@ -29,6 +31,7 @@ const offNode = {
   leasedAt: null,
   startedAt: null,
   pendingReason: null,
+  ...noHold,
 } as const;
 
 // ---------------------------------------------------------------------------------------------
@@ -47,6 +50,8 @@ export interface Placement {
   priceCpuHourMicros: number;
   /** For a task of a job array: the array (its row counts the leases its tasks hold). */
   arrayId?: string | null;
+  /** The client's credit the lease holds (coordinator/ledger/leases.ts); absent for work that costs nothing. */
+  hold?: { hold: LeaseHold; clientId: string; providerId: string } | null;
 }
 
 /** A placement batch did not apply as planned: the whole transaction rolls back and is retried. */
@@ -102,20 +107,48 @@ export async function leaseJobs(tx: DbOrTx, batch: Placement[], expiresAt: Date,
     if (taken.length !== gpuRows.length) throw new PlacementConflict('a GPU was taken or is gone');
   }
 
-  const jobRows = batch.map((p) => ({ id: p.jobId, n: p.nodeId, g: p.gpuIds, l: p.leaseId, pg: p.priceGpuHourMicros, pc: p.priceCpuHourMicros }));
+  const jobRows = batch.map((p) => ({
+    id: p.jobId,
+    n: p.nodeId,
+    g: p.gpuIds,
+    l: p.leaseId,
+    pg: p.priceGpuHourMicros,
+    pc: p.priceCpuHourMicros,
+    h: p.hold?.hold.holdId ?? null,
+    hm: p.hold?.hold.micros ?? null,
+    hu: p.hold?.hold.heldUntil?.toISOString() ?? null,
+    ba: p.hold?.hold.billAt?.toISOString() ?? null,
+    lb: p.hold ? 0 : null,
+    fb: p.hold?.hold.feeBasisPoints ?? null,
+  }));
   const leased = await rows<{ id: string; lease_epoch: unknown }>(
     tx,
     sql`update ${jobs} set
           status = 'leased', node_id = v.n, gpu_ids = v.g, lease_id = v.l,
           lease_epoch = ${jobs}.lease_epoch + 1, lease_expires_at = ${ts(expiresAt)}, lease_token_expires_at = null,
           attempts = ${jobs}.attempts + 1, price_gpu_hour_micros = v.pg, price_cpu_hour_micros = v.pc,
-          leased_at = ${ts(at)}, started_at = null, pending_reason = null, updated_at = ${ts(at)}
-        from jsonb_to_recordset(${json(jobRows)}) as v(id text, n text, g jsonb, l text, pg bigint, pc bigint)
+          leased_at = ${ts(at)}, started_at = null, pending_reason = null, updated_at = ${ts(at)},
+          hold_id = v.h, hold_micros = v.hm, held_until = v.hu, bill_at = v.ba, lease_billed_micros = v.lb,
+          lease_seen_at = ${ts(at)}, credit_short_at = null, fee_basis_points = v.fb
+        from jsonb_to_recordset(${json(jobRows)}) as v(id text, n text, g jsonb, l text, pg bigint, pc bigint,
+          h text, hm bigint, hu timestamptz, ba timestamptz, lb bigint, fb int)
         where ${jobs}.id = v.id and ${jobs}.status = 'queued'
         returning ${jobs}.id, ${jobs}.lease_epoch`,
   );
   if (leased.length !== batch.length) throw new PlacementConflict('a job left the queue (cancelled, or placed by another scheduler)');
   await takeArraySlots(tx, batch, at);
+
+  // The holds last, after nodes and jobs (the lock order), ledger accounts in id order.
+  const holds = batch.flatMap((p) =>
+    p.hold ? [holdTransfer(p.hold.hold, { clientId: p.hold.clientId, providerId: p.hold.providerId, jobId: p.jobId, leaseId: p.leaseId, nodeId: p.nodeId })] : [],
+  );
+  try {
+    await applyTransfers(tx, holds, at);
+  } catch (err) {
+    // Credit spent meanwhile (another coordinator, a renewal): plan again on fresh balances.
+    if (err instanceof LedgerRefused) throw new PlacementConflict(`a client's credit no longer covers its hold: ${err.message}`);
+    throw err;
+  }
 
   const events = batch.map((p) => ({ j: p.jobId, r: `leased to ${p.nodeId}${p.gpuIds.length ? ` (GPUs ${p.gpuIds.join(', ')})` : ''}` }));
   await tx.execute(
@@ -192,7 +225,12 @@ async function takeOffNode(
   patch: Parameters<typeof changeStatus>[5],
   at: Date,
   counter: NodeCounter | null,
+  /** Up to when the lease is billed: the end the agent reported, or the last heartbeat that renewed it. */
+  usedUntil: Date,
 ): Promise<JobRow> {
+  // The lease's money first (after the node and job rows, before nothing else is locked): post what was used, void the rest.
+  const cost = await settleLease(tx, job, usedUntil, at);
+  patch = { ...patch, ...noHold, ...(cost === null ? {} : { costMicros: cost }) };
   if (job.nodeId) {
     await tx.update(gpus).set({ jobId: null }).where(eq(gpus.jobId, job.id));
     await tx
@@ -213,14 +251,21 @@ async function takeOffNode(
 
 /** Back to the queue, or failed when its placements are used up, or cancelled when its owner asked. */
 async function requeueOrEnd(tx: DbOrTx, job: JobRow, why: string, at: Date, counter: NodeCounter | null, extra: Parameters<typeof changeStatus>[5] = {}) {
+  // The node is gone or let go: billed up to its last heartbeat that renewed the lease.
+  const seen = job.leaseSeenAt ?? job.leasedAt ?? at;
   if (job.cancelRequestedAt) {
-    return takeOffNode(tx, job, 'cancelled', `${why}; cancelled as its owner asked`, { ...extra, finishedAt: at }, at, counter);
+    return takeOffNode(tx, job, 'cancelled', `${why}; cancelled as its owner asked`, { ...extra, finishedAt: at }, at, counter, seen);
+  }
+  if (job.creditShortAt) {
+    // Out of credit: its lease ran out at what was held. Never re-queued: it would wait for credit again.
+    const error = `credit: the client's credit ran out; the lease on ${job.nodeId} was not extended past what was held`;
+    return takeOffNode(tx, job, 'failed', error, { ...extra, finishedAt: at, error }, at, counter, seen);
   }
   if (job.attempts >= job.maxAttempts) {
     const error = `${why}; all ${job.maxAttempts} attempts used`;
-    return takeOffNode(tx, job, 'failed', error, { ...extra, finishedAt: at, error }, at, counter);
+    return takeOffNode(tx, job, 'failed', error, { ...extra, finishedAt: at, error }, at, counter, seen);
   }
-  return takeOffNode(tx, job, 'queued', `${why}; queued again (attempt ${job.attempts} of ${job.maxAttempts} used)`, { ...extra, ...offNode }, at, counter);
+  return takeOffNode(tx, job, 'queued', `${why}; queued again (attempt ${job.attempts} of ${job.maxAttempts} used)`, { ...extra, ...offNode }, at, counter, seen);
 }
 
 /**
@@ -318,7 +363,9 @@ export async function finishJob(tx: DbOrTx, nodeId: string, jobId: string, r: Fi
   const detail = describeOutcome(r) + describeUsage(r);
   const where = `on ${nodeId}`;
   const models = await tx.select({ model: gpus.model }).from(gpus).where(eq(gpus.jobId, jobId));
-  const metered = r.reason === 'refused' ? {} : meter(job, models.map((m) => m.model), at);
+  // Billed up to the end it reports, never past what its lease held (or its timeout).
+  const end = job.holdId ? billableEnd(job, at) : at;
+  const metered = r.reason === 'refused' ? {} : meter(job, models.map((m) => m.model), end);
   const ended = {
     ...metered,
     finishedAt: at,
@@ -326,18 +373,19 @@ export async function finishJob(tx: DbOrTx, nodeId: string, jobId: string, r: Fi
     error: r.reason === 'succeeded' ? null : (r.error ?? describeOutcome(r)),
   };
   if (r.reason === 'succeeded') {
-    return takeOffNode(tx, job, 'succeeded', `${detail} ${where}`, ended, at, 'jobsSucceeded');
+    return takeOffNode(tx, job, 'succeeded', `${detail} ${where}`, ended, at, 'jobsSucceeded', end);
   }
   if (job.cancelRequestedAt || r.reason === 'cancelled') {
-    return takeOffNode(tx, job, 'cancelled', `${detail} ${where}`, ended, at, null);
+    return takeOffNode(tx, job, 'cancelled', `${detail} ${where}`, ended, at, null, end);
   }
-  if (r.reason === 'refused') return requeueOrEnd(tx, job, `${detail} ${where}`, at, null);
+  // A refused lease ran nothing: it costs nothing (its hold is voided).
+  if (r.reason === 'refused') return requeueOrEnd(tx, { ...job, leaseSeenAt: job.leasedAt }, `${detail} ${where}`, at, null);
   const retry = failureReasons.includes(r.reason) && ((await specOf(tx, job)).retryOn ?? []).includes(r.reason as never);
   if (retry && job.attempts < job.maxAttempts) {
     const reason = `${detail} ${where}; retried as its spec asks on ${r.reason} (attempt ${job.attempts} of ${job.maxAttempts} used)`;
-    return takeOffNode(tx, job, 'queued', reason, { ...offNode, ...metered, exitCode: r.exitCode, error: ended.error }, at, 'jobsFailed');
+    return takeOffNode(tx, job, 'queued', reason, { ...offNode, ...metered, exitCode: r.exitCode, error: ended.error }, at, 'jobsFailed', end);
   }
-  return takeOffNode(tx, job, 'failed', `${detail} ${where}`, ended, at, 'jobsFailed');
+  return takeOffNode(tx, job, 'failed', `${detail} ${where}`, ended, at, 'jobsFailed', end);
 }
 
 /** The jobs a node holds now, for the heartbeat and the work long-poll. */

@@ -6,6 +6,7 @@ import { gpus, jobs, nodes } from '../db/schema/index.ts';
 import type { HeartbeatHook } from '../deps.ts';
 import { specsOf } from '../jobs/arrays.ts';
 import { executeRows, liveOnNode, liveStatuses, ts } from '../jobs/transitions.ts';
+import { billPeriod, type Billing } from '../ledger/leases.ts';
 import type { SigningKeys } from './keys.ts';
 import type { LeaseNotifier } from './notifier.ts';
 import { leaseClaims, signLease, tokenNeedsRenewal } from './tokens.ts';
@@ -36,8 +37,17 @@ export class LeaseService implements HeartbeatHook {
     private clock: Clock,
     readonly keys: SigningKeys,
     readonly notifier: LeaseNotifier,
-    private settings: { issuer: string; leaseTtlSeconds: number },
+    private settings: { issuer: string; leaseTtlSeconds: number; billing?: Omit<Billing, 'leaseTtlSeconds'> },
   ) {}
+
+  private get billing(): Billing {
+    const b = this.settings.billing;
+    return {
+      leaseTtlSeconds: this.settings.leaseTtlSeconds,
+      periodSeconds: b?.periodSeconds ?? Math.max(1, Math.floor(this.settings.leaseTtlSeconds / 2)),
+      feeBasisPoints: b?.feeBasisPoints ?? 0,
+    };
+  }
 
   private sign(nodeId: string, row: LeaseRow, expiresAt: Date, at: Date): string {
     return signLease(
@@ -131,12 +141,21 @@ export class LeaseService implements HeartbeatHook {
             ...leaseColumns,
             leaseTokenExpiresAt: jobs.leaseTokenExpiresAt,
             cancelRequestedAt: jobs.cancelRequestedAt,
+            heldUntil: jobs.heldUntil,
+            billAt: jobs.billAt,
           })
           .from(jobs)
           .where(and(liveOnNode(nodeId), inArray(jobs.id, reported.map((j) => j.jobId))))
       : [];
     const byId = new Map(held.map((h) => [h.id, h]));
-    const expiresAt = new Date(at.getTime() + this.settings.leaseTtlSeconds * 1000);
+    // Leases whose billing period is due: post it and hold the next (job row locked, then the ledger).
+    for (const h of held) {
+      if (!h.billAt || h.billAt > at || !reported.some((r) => r.jobId === h.id && r.epoch === h.leaseEpoch)) continue;
+      const [job] = await tx.select().from(jobs).where(and(eq(jobs.id, h.id), eq(jobs.leaseEpoch, h.leaseEpoch), liveOnNode(nodeId))).for('update');
+      if (!job || !job.billAt || job.billAt > at) continue;
+      h.heldUntil = await billPeriod(tx, job, at, this.billing);
+    }
+    const ttlEnd = new Date(at.getTime() + this.settings.leaseTtlSeconds * 1000);
     const leases: LeaseRenewal[] = [];
     const cancel: LeaseRef[] = [];
     const revoked: LeaseRef[] = [];
@@ -147,6 +166,8 @@ export class LeaseService implements HeartbeatHook {
         revoked.push(r);
         continue;
       }
+      // Never past what the client's credit holds.
+      const expiresAt = h.heldUntil && h.heldUntil < ttlEnd ? h.heldUntil : ttlEnd;
       const resign = tokenNeedsRenewal(h.leaseTokenExpiresAt, at, this.settings.leaseTtlSeconds);
       leases.push({
         jobId: h.id,
@@ -156,14 +177,14 @@ export class LeaseService implements HeartbeatHook {
         ...(resign ? { token: this.sign(nodeId, h, expiresAt, at) } : {}),
       });
       if (h.cancelRequestedAt) cancel.push({ jobId: h.id, epoch: h.leaseEpoch });
-      updates.push(sql`(${h.id}::text, ${h.leaseEpoch}::int, ${resign}::boolean)`);
+      updates.push(sql`(${h.id}::text, ${h.leaseEpoch}::int, ${resign}::boolean, ${expiresAt.toISOString()}::timestamptz)`);
     }
     if (updates.length) {
       const renewed = await executeRows<{ id: string }>(
         tx,
-        sql`update ${jobs} set lease_expires_at = ${ts(expiresAt)},
-              lease_token_expires_at = case when v.resign then ${ts(expiresAt)} else ${jobs}.lease_token_expires_at end
-            from (values ${sql.join(updates, sql`, `)}) as v(id, epoch, resign)
+        sql`update ${jobs} set lease_expires_at = v.exp, lease_seen_at = ${ts(at)},
+              lease_token_expires_at = case when v.resign then v.exp else ${jobs}.lease_token_expires_at end
+            from (values ${sql.join(updates, sql`, `)}) as v(id, epoch, resign, exp)
             where ${jobs}.id = v.id and ${jobs}.lease_epoch = v.epoch and ${jobs}.node_id = ${nodeId}
               and ${jobs}.status in (${sql.join(liveStatuses.map((s) => sql`${s}`), sql`, `)})
             returning ${jobs}.id`,

@@ -32,7 +32,7 @@ export async function createLeaseSide(opts: {
   const { database, availability, clock, config, log, signals } = opts;
   const keys = await SigningKeys.load({ db: database.db, clock, keyFile: config.signingKeyFile, leaseTtlSeconds: config.leaseTtlSeconds });
   const notifier = new LeaseNotifier(signals, database);
-  const leases = new LeaseService(database, clock, keys, notifier, { issuer: config.name, leaseTtlSeconds: config.leaseTtlSeconds });
+  const leases = new LeaseService(database, clock, keys, notifier, { issuer: config.name, leaseTtlSeconds: config.leaseTtlSeconds, billing: config.billing });
   const scheduler = new SchedulerLoop({
     database,
     clock,
@@ -41,6 +41,7 @@ export async function createLeaseSide(opts: {
     leaseTtlSeconds: config.leaseTtlSeconds,
     batchSize: config.schedulerBatchSize,
     tickMs: config.schedulerTickMs,
+    billing: config.billing,
     onLeased: (nodeIds) => notifier.leased(nodeIds),
   });
   const sweeper = new LeaseSweeper({

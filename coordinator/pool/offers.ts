@@ -4,7 +4,9 @@ import type { JobSpec } from '../../shared/jobs.ts';
 import { fromMicros, toMicros } from '../../shared/money.ts';
 import type { ConstraintName, DryRun, Offer, OffersQuery, RuledOut, Shape } from '../../shared/pool.ts';
 import { toNumber, type Database } from '../db/open.ts';
-import { capacityRules, gpuMatchSql, nodeRules, parseCuda, priceMilliSql, takesWork, type JobRequest } from '../scheduler/rules.ts';
+import { capacityRules, creditRule, formatAmount, gpuMatchSql, nodeRules, parseCuda, priceMilliMicros, priceMilliSql, takesWork, type JobRequest } from '../scheduler/rules.ts';
+import { leaseCostMicros } from '../jobs/metering.ts';
+import { ledgerId } from '../ledger/ledger.ts';
 
 const n = toNumber;
 
@@ -248,7 +250,7 @@ function detailOf(c: ConstraintName, a: Ask, nodes: number, cheapestMicros: numb
  * What submitting the spec now would do: the offers it would take first and, for every node
  * that cannot take it, the first constraint that rules it out, counted by constraint.
  */
-export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun> {
+export async function dryRun(database: Database, spec: JobSpec, credit?: { accountId: string; leaseTtlSeconds: number }): Promise<DryRun> {
   const a = askFromSpec(spec);
   const j = requestOf(a);
   const offers = await findOffers(database, a, 5);
@@ -305,6 +307,7 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
   ruledOut.sort((x, y) => order.get(x.constraint)! - order.get(y.constraint)!);
   const first = offers[0];
   return {
+    credit: first && credit ? await creditCheck(database, spec, first, credit) : null,
     fits: offers.length > 0,
     shape: shapeOf(a),
     maxPricePerHour: spec.maxPricePerHour ?? null,
@@ -312,5 +315,27 @@ export async function dryRun(database: Database, spec: JobSpec): Promise<DryRun>
     estimatedCostPerHour: first ? first.pricePerHour : null,
     feasibleNodes: feasible,
     ruledOut,
+  };
+}
+
+/** The scheduler's credit rule (rules.ts) in its SQL form, for the hold a lease on this offer would take. */
+async function creditCheck(database: Database, spec: JobSpec, offer: Offer, c: { accountId: string; leaseTtlSeconds: number }) {
+  const gpus = offer.gpu ? spec.resources.gpus : 0;
+  const cpuMillis = Math.round(spec.resources.cpu * 1000);
+  const pg = toMicros(offer.pricePerGpuHour);
+  const pc = toMicros(offer.pricePerCpuHour);
+  const seconds = Math.min(c.leaseTtlSeconds, spec.timeoutSeconds);
+  const needed = leaseCostMicros(gpus, cpuMillis, pg, pc, seconds * 1000);
+  if (needed <= 0) return null;
+  const [row] = await database.rows<{ fits: boolean; available: unknown }>(sql`
+    select ${creditRule.sql(needed, 'la')} as fits, la.credits_posted + la.credit_limit - la.debits_posted - la.debits_pending as available
+    from (select 1) one left join ledger_accounts la on la.id = ${ledgerId.client(c.accountId)}`);
+  const available = row?.available === null || row?.available === undefined ? 0 : n(row.available);
+  const fits = row?.available === null || row?.available === undefined ? false : Boolean(row.fits);
+  return {
+    needed: fromMicros(needed),
+    available: fromMicros(available),
+    fits,
+    detail: fits ? `holds ${formatAmount(needed)} of ${formatAmount(available)} available` : creditRule.describe(needed, seconds, priceMilliMicros(gpus, cpuMillis, pg, pc), available),
   };
 }

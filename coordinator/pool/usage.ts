@@ -4,6 +4,7 @@ import { fromMicros } from '../../shared/money.ts';
 import { MeteredUsage, type Usage, type UsageDay, type UsageJob, type UsageQuery, type UsageSide } from '../../shared/pool.ts';
 import { toNumber, type Database } from '../db/open.ts';
 import { ApiError } from '../errors.ts';
+import { ledgerId } from '../ledger/ledger.ts';
 
 const n = toNumber;
 const dayMs = 86_400_000;
@@ -16,6 +17,29 @@ const gpuSecondsOf = sql`(case when jsonb_typeof(j.usage -> 'gpuSeconds') = 'obj
   (select coalesce(sum(case when jsonb_typeof(e.value) = 'number' then (e.value #>> '{}')::float8 else 0 end), 0)
    from jsonb_each(j.usage -> 'gpuSeconds') e) else 0 end)`;
 const cpuSecondsOf = sql`(case when jsonb_typeof(j.usage -> 'cpuCoreSeconds') = 'number' then (j.usage ->> 'cpuCoreSeconds')::float8 else 0 end)`;
+
+/**
+ * What a provider earned, one row per job and node: from the ledger's lines where a job was billed
+ * through it (each lease posts to the provider of the node that ran it, net of the platform's fee,
+ * dated by its last line), else (work that cost nothing, jobs from before the ledger) from the job
+ * on the node it ended on. Shaped as a `jobs j` row for side().
+ */
+function earningsOf(accountId: string): SQL {
+  const provider = ledgerId.provider(accountId);
+  return sql`(
+    select j.id, j.name, j.status, l.node_id, max(l.created_at) as finished_at, sum(l.amount) as cost_micros, null::jsonb as usage
+    from (
+      select job_id, node_id, created_at, amount from ledger_transfers where credit_account_id = ${provider} and kind = 'post'
+      union all
+      select job_id, node_id, created_at, -amount from ledger_transfers where debit_account_id = ${provider} and code = 'fee'
+    ) l join jobs j on j.id = l.job_id
+    group by j.id, j.name, j.status, l.node_id
+    union all
+    select j.id, j.name, j.status, j.node_id, j.finished_at, j.cost_micros, j.usage
+    from nodes n join jobs j on j.node_id = n.id
+    where n.account_id = ${accountId} and not exists (select 1 from ledger_transfers t where t.job_id = j.id and t.code = 'hold')
+  ) j`;
+}
 
 interface Window {
   since: Date;
@@ -93,9 +117,7 @@ export async function usageReport(
   const [spend, earnings] = await Promise.all([
     wantClient ? side(database, sql`j.account_id = ${accountId}`, sql`jobs j`, w, q.limit, true) : null,
     // Another tenant's job: the provider sees its id, node and amount, never its name.
-    wantProvider
-      ? side(database, sql`n.account_id = ${accountId}`, sql`nodes n join jobs j on j.node_id = n.id`, w, q.limit, false)
-      : null,
+    wantProvider ? side(database, sql`true`, earningsOf(accountId), w, q.limit, false) : null,
   ]);
   return { since: dayOf(since), until: dayOf(until), spend, earnings };
 }

@@ -5,7 +5,7 @@ import { isDatabaseUnavailable } from '../db/availability.ts';
 import { lockKeys } from '../db/migrate.ts';
 import { describeFailure, type Logger } from '../log.ts';
 import { topics, type Signals } from '../signals.ts';
-import { schedulePass, type PassResult, type PassState, type StaleNodes } from './placement.ts';
+import { schedulePass, type PassDeps, type PassResult, type PassState, type StaleNodes } from './placement.ts';
 
 /**
  * How long passes may place on one reading of the nodes. What changes a node (a join, a finish,
@@ -52,6 +52,8 @@ export interface SchedulerOptions {
   electionMs?: number;
   /** Told after each committed batch which nodes got leases (wakes their long-polls). */
   onLeased: (nodeIds: string[]) => void;
+  /** The billing period and the platform's fee leases are granted with (default: half a TTL, no fee). */
+  billing?: PassDeps['billing'];
 }
 
 /**
@@ -134,6 +136,7 @@ export class SchedulerLoop {
       log: this.opts.log,
       leaseTtlSeconds: this.opts.leaseTtlSeconds,
       batchSize: this.opts.batchSize,
+      billing: this.opts.billing,
       onLeased: this.opts.onLeased,
       reasons: this.reasons,
       snapshot: this.snapshot,

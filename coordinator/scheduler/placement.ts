@@ -24,7 +24,9 @@ import {
   type NodeView,
   type RejectionCounts,
 } from './feasibility.ts';
-import { capacityRules, takesWork, withinMaxParallel, type CapacityRule } from './rules.ts';
+import { capacityRules, creditRule, takesWork, withinMaxParallel, type CapacityRule } from './rules.ts';
+import { availableOf, ledgerId, readAccounts } from '../ledger/ledger.ts';
+import { firstHold, type Billing } from '../ledger/leases.ts';
 import { candidate, compareCandidates, type Candidate } from './scoring.ts';
 
 const [cpuRule, memoryRule, diskRule] = capacityRules as [CapacityRule, CapacityRule, CapacityRule, CapacityRule];
@@ -44,6 +46,9 @@ export interface QueuedJob extends JobRequest {
   pendingReason: string | null;
   /** A task of a job array: its array, and how many of its tasks held leases when read. */
   array: { id: string; maxParallel: number; tasksActive: number } | null;
+  /** Its owner: the client whose credit a lease holds. */
+  accountId: string;
+  timeoutSeconds: number;
 }
 
 export type PlanOutcome = { placed: true; node: NodeView; gpus: GpuView[] } | { placed: false; reason: string };
@@ -160,6 +165,14 @@ export class PassState {
       this.byRequestedModel.set(model, list);
     }
     return list.items;
+  }
+
+  /** Gives back what place() took for a job that is not placed after all (its client's credit is short). */
+  unplace(job: JobRequest, node: NodeView, taken: GpuView[]): void {
+    if (taken.length) node.freeGpus = [...node.freeGpus, ...taken].sort((a, b) => a.index - b.index);
+    node.freeCpuMillis += job.cpuMillis;
+    node.freeMemoryMb += job.memoryMb;
+    node.freeDiskMb += job.diskMb;
   }
 
   /** Finds the best node for the job and takes its resources in memory; or says why none fits. */
@@ -388,6 +401,8 @@ interface Cursor {
 
 type QueueRow = {
   id: string;
+  account_id: string;
+  timeout_s: unknown;
   queue_shape: string;
   priority: number;
   created_ms: number;
@@ -428,7 +443,7 @@ export async function loadQueueBatch(
     : sql``;
   const rows = await executeRows<QueueRow>(
     db,
-    sql`select id, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
+    sql`select id, account_id, coalesce((spec->>'timeoutSeconds')::int, 3600) as timeout_s, queue_shape, priority, (extract(epoch from created_at) * 1000)::float8 as created_ms,
           cpu_millis, memory_mb, disk_mb, gpu_count, gpu_model, gpu_min_memory_mb, max_price_micros, region, pending_reason,
           spec->'constraints' as constraints, spec->'resources'->'gpu'->>'minCudaVersion' as min_cuda,
           spec->>'image' as image, spec->>'network' as network, parent_id,
@@ -467,6 +482,8 @@ function toQueuedJob(r: QueueRow): QueuedJob {
     createdAtMs: Number(r.created_ms),
     pendingReason: r.pending_reason,
     array: r.parent_id && r.array_max !== null ? { id: r.parent_id, maxParallel: Number(r.array_max), tasksActive: Number(r.array_active) } : null,
+    accountId: r.account_id,
+    timeoutSeconds: toNumber(r.timeout_s),
     cpuMillis: Number(r.cpu_millis),
     memoryMb: Number(r.memory_mb),
     diskMb: Number(r.disk_mb),
@@ -513,6 +530,8 @@ export interface PassDeps {
   reasons?: Map<string, string>;
   /** Called after each committed batch with how many it placed (the benchmark's counter). */
   onBatch?: (placed: number) => void;
+  /** The billing period and the platform's fee leases are granted with (default: half a TTL, no fee). */
+  billing?: { periodSeconds: number; feeBasisPoints: number } | undefined;
   /** Tests: called between planning a batch and committing it. */
   beforeCommit?: () => Promise<void> | void;
 }
@@ -584,11 +603,13 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
     if (!batch.jobs.length) break;
     for (let attempt = 0; ; attempt++) {
       const full = new Set<string>();
-      const placements = plan(state, batch.jobs, full);
       const at = deps.clock.now();
+      const credit = await loadCredit(db, batch.jobs);
+      const { placements, creditWaits } = plan(state, batch.jobs, full, credit, billingOf(deps), at);
       try {
         if (deps.beforeCommit) await deps.beforeCommit();
         await commitBatch(deps, placements, at);
+        if (creditWaits.length) await explainCredit(deps, creditWaits);
         for (const [shape, reason] of state.failed) failed.set(shape, reason);
         for (const id of full) fullArrays.add(id);
         result.placed += placements.length;
@@ -622,13 +643,47 @@ export async function schedulePass(deps: PassDeps): Promise<PassResult> {
   return result;
 }
 
+const billingOf = (deps: PassDeps): Billing => ({
+  leaseTtlSeconds: deps.leaseTtlSeconds,
+  periodSeconds: deps.billing?.periodSeconds ?? Math.max(1, Math.floor(deps.leaseTtlSeconds / 2)),
+  feeBasisPoints: deps.billing?.feeBasisPoints ?? 0,
+});
+
+/** What each client of the batch has available now (one read; the grant's hold re-checks under its lock). */
+async function loadCredit(db: DbOrTx, queue: QueuedJob[]): Promise<Map<string, number>> {
+  const owners = [...new Set(queue.map((j) => j.accountId))];
+  const found = await readAccounts(db, owners.map(ledgerId.client));
+  return new Map(owners.map((a) => {
+    const acct = found.get(ledgerId.client(a));
+    return [a, acct ? availableOf(acct) : 0];
+  }));
+}
+
+interface CreditWait {
+  jobId: string;
+  shape: string;
+  reason: string;
+}
+
 /**
- * Places what fits of a batch in memory. A task whose array already holds maxParallel leases
- * waits without a reason for its shape (it fits; its array is full), and its array goes into
- * `fullArrays`, so that the rest of the pass reads past its tasks.
+ * Places the batch in memory. A task whose array already holds maxParallel leases waits without
+ * a reason for its shape (it fits; its array is full), and its array goes into `fullArrays`, so
+ * that the rest of the pass reads past its tasks. Each lease that costs something holds its
+ * client's credit: the planner counts each client's available credit down across the batch, and
+ * a job whose hold it does not cover is not placed (its node's resources go back) and waits with
+ * the reason why.
  */
-function plan(state: PassState, queue: QueuedJob[], fullArrays: Set<string>): Placement[] {
+function plan(
+  state: PassState,
+  queue: QueuedJob[],
+  fullArrays: Set<string>,
+  credit: Map<string, number>,
+  billing: Billing,
+  at: Date,
+): { placements: Placement[]; creditWaits: CreditWait[] } {
   const placements: Placement[] = [];
+  const creditWaits: CreditWait[] = [];
+  const available = new Map(credit);
   const taking = new Map<string, number>();
   for (const job of queue) {
     if (job.array) {
@@ -640,21 +695,64 @@ function plan(state: PassState, queue: QueuedJob[], fullArrays: Set<string>): Pl
     }
     const out = state.place(job);
     if (!out.placed) continue;
+    const leaseId = newId('lease');
+    const hold = firstHold(
+      {
+        leaseId,
+        gpuCount: out.gpus.length,
+        cpuMillis: job.cpuMillis,
+        priceGpuHourMicros: out.node.priceGpuHourMicros,
+        priceCpuHourMicros: out.node.priceCpuHourMicros,
+        timeoutSeconds: job.timeoutSeconds,
+      },
+      at,
+      billing,
+    );
+    if (hold) {
+      const left = available.get(job.accountId) ?? 0;
+      if (!creditRule.js(hold.micros, left)) {
+        state.unplace(job, out.node, out.gpus);
+        const price = priceMilliMicros(out.gpus.length, job.cpuMillis, out.node.priceGpuHourMicros, out.node.priceCpuHourMicros);
+        const reason = creditRule.describe(hold.micros, hold.seconds, price, left);
+        if (reason !== job.pendingReason) creditWaits.push({ jobId: job.id, shape: job.shape, reason });
+        continue;
+      }
+      available.set(job.accountId, left - hold.micros);
+    }
     placements.push({
       jobId: job.id,
       nodeId: out.node.id,
       gpuIds: out.gpus.map((g) => g.id),
-      leaseId: newId('lease'),
+      leaseId,
       cpuMillis: job.cpuMillis,
       memoryMb: job.memoryMb,
       diskMb: job.diskMb,
       priceGpuHourMicros: out.node.priceGpuHourMicros,
       priceCpuHourMicros: out.node.priceCpuHourMicros,
       arrayId: job.array?.id ?? null,
+      hold: hold ? { hold, clientId: job.accountId, providerId: out.node.accountId } : null,
     });
     if (job.array) taking.set(job.array.id, (taking.get(job.array.id) ?? 0) + 1);
   }
-  return placements;
+  return { placements, creditWaits };
+}
+
+/**
+ * Writes why jobs wait for credit: on the job itself (credit is its owner's, not its shape's).
+ * Their shape fits a node, so a reason kept for the shape is stale: dropped, so the job's shows.
+ */
+async function explainCredit(deps: PassDeps, waits: CreditWait[]): Promise<void> {
+  const { db } = deps.database;
+  for (const part of chunks(waits, 1000)) {
+    await db.execute(sql`update ${jobs} set pending_reason = v.reason
+      from jsonb_to_recordset(${JSON.stringify(part.map((w) => ({ id: w.jobId, reason: w.reason })))}::jsonb) as v(id text, reason text)
+      where ${jobs}.id = v.id and ${jobs}.status = 'queued'`);
+  }
+  const shapes = [...new Set(waits.map((w) => w.shape))];
+  for (const part of chunks(shapes, 1000)) {
+    await db.execute(sql`delete from ${queueReasons} where shape in (${sql.join(part.map((x) => sql`${x}`), sql`, `)})`);
+  }
+  for (const shape of shapes) deps.reasons?.delete(shape);
 }
 
 async function commitBatch(deps: PassDeps, placements: Placement[], at: Date): Promise<void> {
@@ -702,7 +800,7 @@ async function explain(deps: PassDeps, state: PassState, at: Date): Promise<void
 const requestJson = (r: JobRequest | undefined): Record<string, unknown> => {
   if (!r) return {};
   const { id: _id, ...rest } = r as JobRequest & { shape?: string; priority?: number; createdAtMs?: number; pendingReason?: string | null };
-  const { shape: _s, priority: _p, createdAtMs: _c, pendingReason: _r, ...request } = rest as Record<string, unknown>;
+  const { shape: _s, priority: _p, createdAtMs: _c, pendingReason: _r, accountId: _a, timeoutSeconds: _t, ...request } = rest as Record<string, unknown>;
   return request;
 };
 

@@ -275,3 +275,34 @@ export const withinMaxParallel = {
   js: (array: { maxParallel: number; tasksActive: number }, taking: number) => array.tasksActive + taking <= array.maxParallel,
   sql: (alias: string, taking: SQL): SQL => sql`${col(alias, 'tasks_active')} + ${taking} <= ${col(alias, 'max_parallel')}`,
 };
+
+// ---------------------------------------------------------------------------------------------
+// The client's credit: a lease is granted only against a hold on it (coordinator/ledger/leases.ts)
+
+/** A few decimals as people write money: at least two, up to six, without trailing zeros. */
+export function formatAmount(micros: number): string {
+  const s = (micros / 1_000_000).toFixed(6).replace(/0{1,4}$/, '');
+  return s;
+}
+
+function formatSpan(seconds: number): string {
+  const unit = (n: number, one: string) => `${n} ${one}${n === 1 ? '' : 's'}`;
+  if (seconds % 3600 === 0) return unit(seconds / 3600, 'hour');
+  if (seconds % 60 === 0) return unit(seconds / 60, 'minute');
+  return unit(seconds, 'second');
+}
+
+/**
+ * Whether a client's available credit (balance + credit limit - held) covers a lease's first
+ * hold. Work that costs nothing needs no credit. JS over the planner's running count of each
+ * client's credit in a batch; SQL over `ledger_accounts la` (the dry run).
+ */
+export const creditRule = {
+  name: 'credit' as const,
+  js: (holdMicros: number, availableMicros: number) => holdMicros <= 0 || holdMicros <= availableMicros,
+  sql: (holdMicros: number, alias = 'la'): SQL =>
+    sql`(${holdMicros}::bigint <= 0 or ${holdMicros}::bigint <= ${col(alias, 'credits_posted')} + ${col(alias, 'credit_limit')} - ${col(alias, 'debits_posted')} - ${col(alias, 'debits_pending')})`,
+  /** The reason a job waits: `needs 0.10 of credit for its first 5 minutes at 1.20/hour, 0.05 available`. */
+  describe: (holdMicros: number, seconds: number, priceMilliMicrosPerHour: number, availableMicros: number) =>
+    `needs ${formatAmount(holdMicros)} of credit for its first ${formatSpan(seconds)} at ${formatAmount(Math.round(priceMilliMicrosPerHour / 1000))}/hour, ${formatAmount(Math.max(0, availableMicros))} available`,
+};

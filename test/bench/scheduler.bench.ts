@@ -15,6 +15,7 @@ import { migrate } from '../../coordinator/db/migrate.ts';
 import { openDatabase, toNumber, type Database } from '../../coordinator/db/open.ts';
 import { accounts, gpus, jobEvents, jobs, nodes } from '../../coordinator/db/schema/index.ts';
 import { submitJob } from '../../coordinator/jobs/lifecycle.ts';
+import { deposit } from '../../coordinator/ledger/accounts.ts';
 import { executeRows } from '../../coordinator/jobs/transitions.ts';
 import { silentLogger } from '../../coordinator/log.ts';
 import { SchedulerLoop } from '../../coordinator/scheduler/loop.ts';
@@ -219,6 +220,8 @@ try {
   const providers = Array.from({ length: 100 }, (_, i) => ({ id: newId('account'), name: `provider-${i}`, kind: 'provider' as const }));
   const client = { id: newId('account'), name: 'client', kind: 'client' as const };
   await db.insert(accounts).values([...providers, client]);
+  // Credit for every lease's hold (the simulated agents end jobs in SQL, so holds are not released).
+  await deposit(db, client.id, 100_000_000, 'bench', new Date());
   for (let start = 0; start < nodeCount; start += 500) {
     const nodeRows = [];
     const gpuRows = [];

@@ -527,6 +527,28 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
     });
   });
 
+  describe('balance and ledger', () => {
+    it('shows a client its balance, held and available, and its ledger lines; refuses a bad --since', async () => {
+      const payer = await h.newAccount('client', undefined, { credit: 12.5 });
+      await h.admin.post(`/v1/accounts/${payer.accountId}/adjustments`, { amount: -0.25, reason: 'correction', reference: 'fix-1' });
+      const env = { ...(await freshHome()), GANTRY_URL: h.url, GANTRY_API_KEY: payer.key };
+      const b = await gantry(['balance'], env);
+      expect(b.stderr).toBe('');
+      expect(b.code).toBe(0);
+      expect(b.stdout).toBe('balance    12.25\nheld       0.00\navailable  12.25\n');
+      const l = await gantry(['ledger'], env);
+      expect(l.code).toBe(0);
+      expect(l.stdout).toMatch(/^TIME\s+SIDE\s+WHAT\s+AMOUNT\s+JOB\s+NODE\s+REFERENCE$/m);
+      expect(l.stdout).toMatch(/\sclient\s+deposit\s+12\.50\s+-\s+-\s+harness$/m);
+      expect(l.stdout).toMatch(/\sclient\s+adjustment\s+-0\.25\s+-\s+-\s+fix-1: correction$/m);
+      const p = await gantry(['balance'], { ...env, GANTRY_API_KEY: provider.key });
+      expect(p.stdout).toBe('earned     0.00\npaid out   0.00\npayable    0.00\n');
+      const bad = await gantry(['ledger', '--since', 'yesterday'], env);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toBe('gantry ledger: --since: "yesterday" is not a day like 2026-11-01 or an ISO time (see gantry ledger --help)\n');
+    });
+  });
+
   describe('a hostile node', () => {
     // What a node sends is data: escape sequences (a window title, a screen clear, a cursor move),
     // a bell, NUL and lone surrogates in its finish error, progress notes, log lines and archive
@@ -656,7 +678,7 @@ describe.skipIf(dbSkipReason)('gantry CLI', () => {
     it('lists the commands and documents exit codes; each command has its own help', async () => {
       const top = await gantry(['--help']);
       expect(top.code).toBe(0);
-      for (const cmd of ['submit', 'jobs', 'job', 'logs', 'cancel', 'outputs', 'pool', 'offers', 'nodes', 'tokens', 'usage', 'login']) {
+      for (const cmd of ['submit', 'jobs', 'job', 'logs', 'cancel', 'outputs', 'pool', 'offers', 'nodes', 'tokens', 'usage', 'balance', 'ledger', 'login']) {
         expect(top.stdout).toMatch(new RegExp(`^  ${cmd}\\s`, 'm'));
       }
       expect(top.stdout).toMatch(/exit codes:\n\s+0\s+success\n\s+1\s+an error.*\n\s+2\s+a usage error/);

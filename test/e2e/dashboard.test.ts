@@ -218,6 +218,9 @@ describe.skipIf(!hasBrowser)('dashboard in Chromium', () => {
     await shot(page, 'jobs', 'laptop');
     await page.goto(`${h.url}/#/usage`);
     await page.waitForSelector('[data-testid=spend-total]');
+    // The client's money now: the harness deposited 1000, and its finished job cost something.
+    const available = await page.textContent('[data-testid=balance-available]');
+    expect(available).toMatch(/^Available\s*\$\d+\.\d{2}/);
     await shot(page, 'usage', 'laptop');
     await page.setViewportSize(sizes.phone);
     await shot(page, 'usage', 'phone');

@@ -1,3 +1,5 @@
+import { deposit } from '../../coordinator/ledger/accounts.ts';
+import type { Balance } from '../../shared/ledger.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -103,6 +105,8 @@ describe('scheduler end to end: coordinator and agents as processes (PGlite)', (
     const mk = async (kind: 'client' | 'provider') => {
       const acct = await admin.post<{ id: string }>('/v1/accounts', { name: `e2e-${kind}`, kind });
       const { key } = await admin.post<{ key: string }>(`/v1/accounts/${acct.id}/keys`, { scopes: [kind] });
+      // Credit for the priced nodes' leases to hold.
+      if (kind === 'client') await admin.post(`/v1/accounts/${acct.id}/credits`, { amount: 1000, reference: 'e2e' });
       return new ApiClient({ baseUrl: url, token: key });
     };
     client = await mk('client');
@@ -137,6 +141,48 @@ describe('scheduler end to end: coordinator and agents as processes (PGlite)', (
     ]);
     await nodeA.agent.waitForLine(new RegExp(`job reported .*${submitted.id}.*"status":"succeeded"`));
   });
+
+  it('holds credit for leases: no credit waits with the reason, a deposit runs it at exactly its cost, too little credit stops a long job at a renewal', async () => {
+    const admin = new ApiClient({ baseUrl: url, token: adminKey });
+    const poor = async (name: string) => {
+      const acct = await admin.post<{ id: string }>('/v1/accounts', { name, kind: 'client' });
+      const { key } = await admin.post<{ key: string }>(`/v1/accounts/${acct.id}/keys`, { scopes: ['client'] });
+      return { id: acct.id, api: new ApiClient({ baseUrl: url, token: key }) };
+    };
+    const balance = async (api: ApiClient) => (await api.get<Balance>('/v1/balance'));
+    const onA = (sleepMs: number) => spec({ env: { GANTRY_TEST_SLEEP_MS: String(sleepMs) }, constraints: { nodeId: nodeA.nodeId } }, { gpus: 1 });
+    const earnedBefore = (await balance(provider)).provider!.earned;
+
+    // 0.90/hour for one lease TTL (15 s) is 0.00375.
+    const c1 = await poor('e2e-no-credit');
+    const waiting = await c1.api.post<Job>('/v1/jobs', onA(1500));
+    await until('the credit reason', async () => (await c1.api.get<Job>(`/v1/jobs/${waiting.id}`)).pendingReason === 'needs 0.00375 of credit for its first 15 seconds at 0.90/hour, 0.00 available');
+    await admin.post(`/v1/accounts/${c1.id}/credits`, { amount: 0.05, reference: 'top-up' });
+    const done = await until('the job to succeed', async () => {
+      const j = await c1.api.get<Job>(`/v1/jobs/${waiting.id}`);
+      return j.status === 'succeeded' ? j : null;
+    });
+    expect(done.cost).toBeGreaterThan(0);
+    expect((await balance(c1.api)).client).toEqual({ balance: Number((0.05 - done.cost).toFixed(6)), held: 0, available: Number((0.05 - done.cost).toFixed(6)), creditLimit: 0 });
+    expect(Number(((await balance(provider)).provider!.earned - earnedBefore).toFixed(6))).toBe(done.cost);
+
+    // Credit for its first lease only: the renewal after one billing period (7 s) cannot hold the
+    // next, the lease is not extended, the agent stops the job at its end, and it ends failed (credit).
+    const c2 = await poor('e2e-little-credit');
+    await admin.post(`/v1/accounts/${c2.id}/credits`, { amount: 0.00375, reference: 'just-one-lease' });
+    const long = await c2.api.post<Job>('/v1/jobs', onA(120_000));
+    const stopped = await until('the long job to end', async () => {
+      const j = await c2.api.get<Job>(`/v1/jobs/${long.id}`);
+      return j.status === 'failed' ? j : null;
+    }, 60_000);
+    expect(stopped.error).toMatch(/^credit: /);
+    expect(stopped.attempts).toBe(1);
+    const after = (await balance(c2.api)).client!;
+    expect(after.held).toBe(0);
+    expect(after.balance).toBeGreaterThanOrEqual(0);
+    expect(after.balance).toBe(Number((0.00375 - stopped.cost).toFixed(6)));
+    await nodeA.agent.waitForLine(new RegExp(`lease expired without renewal.*${long.id}`));
+  }, 120_000);
 
   it('keeps a job that fits nowhere queued with its reason, and honours price and label constraints', async () => {
     const big = await client.post<Job>('/v1/jobs', spec({}, { gpus: 4 }));
@@ -271,6 +317,8 @@ describe.skipIf(pgSkip)('scheduler end to end on PostgreSQL: coordinators killed
       { id: providerId, name: 'p', kind: 'provider' },
       { id: clientId, name: 'c', kind: 'client' },
     ]);
+    // Credit for every lease the placements hold.
+    await deposit(db, clientId, 1_000_000, 'seed', new Date());
     const nodeRows = Array.from({ length: nodeCount }, (_, i) => ({
       id: newId('node'),
       accountId: providerId,

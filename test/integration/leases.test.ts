@@ -153,9 +153,10 @@ describe.skipIf(dbSkipReason)('leases', () => {
     expect((await db().select().from(jobs).where(eq(jobs.id, grant.jobId)))[0]!.status).toBe('leased');
     expect(await status(a.api.post(`${path}/running`, { epoch: grant.epoch }))).toBe(200);
     expect(await status(b.api.post(`${path}/finish`, { epoch: grant.epoch, reason: 'succeeded', exitCode: 0 }))).toBe('404 not_found');
-    // Lease start an hour ago: one GPU at 3.60 + 2 cores at 0.36 for one hour = 4.32.
+    // Lease start an hour ago: one GPU at 3.60 + 2 cores at 0.36 for one hour = 4.32. A lease from
+    // before the ledger (no hold): a held one never bills past its hold (test/integration/ledger.test.ts).
     const leasedAt = new Date(Date.now() - 3600_000);
-    await db().update(jobs).set({ leasedAt }).where(eq(jobs.id, grant.jobId));
+    await db().update(jobs).set({ leasedAt, holdId: null, holdMicros: null, heldUntil: null, billAt: null, leaseBilledMicros: null }).where(eq(jobs.id, grant.jobId));
     const answer = await a.api.post<{ status: string; epoch: number }>(`${path}/finish`, { epoch: grant.epoch, reason: 'succeeded', exitCode: 0, usage: { wallSeconds: 3599 } });
     expect(answer).toMatchObject({ status: 'succeeded', epoch: grant.epoch + 1 });
     const [row] = await db().select().from(jobs).where(eq(jobs.id, grant.jobId));
@@ -196,7 +197,8 @@ describe.skipIf(dbSkipReason)('leases', () => {
   });
 
   it('renews leases on heartbeats, re-signing only near the end, and revokes what the node no longer holds', async () => {
-    const a = await node();
+    // Free work: a priced lease is never renewed past what its hold covers (test/integration/ledger.test.ts).
+    const a = await node({ pricePerGpuHour: 0, pricePerCpuHour: 0 });
     const grant = await leased(a);
     const leases = h.coordinator.deps.leases;
     const beat = (at: Date, jobsHeld: { jobId: string; epoch: number }[]) =>

@@ -104,6 +104,12 @@ const matrix: Record<string, Row> = {
   'POST /v1/blobs': { auth: 'key', scope: 'client', tenant: { none: "stores the caller's own upload" } },
   'GET /v1/blobs/{digest}': { auth: 'key', scope: 'client', tenant: { req: (w) => ({ path: `/v1/blobs/${w.blobA}` }), expect: 404 } },
   'GET /v1/usage': { auth: 'key', scope: 'client or provider', tenant: { req: () => ({ path: '/v1/usage' }), expect: notListed((w) => w.jobA) } },
+  'POST /v1/accounts/{id}/credits': { auth: 'key', scope: 'admin', tenant: { none: 'admin only: the operator credits an account' } },
+  'POST /v1/accounts/{id}/payouts': { auth: 'key', scope: 'admin', tenant: { none: 'admin only: the operator records a payout' } },
+  'POST /v1/accounts/{id}/adjustments': { auth: 'key', scope: 'admin', tenant: { none: 'admin only: a compensating transfer' } },
+  'PUT /v1/accounts/{id}/credit-limit': { auth: 'key', scope: 'admin', tenant: { none: "admin only: how far below zero a client may go" } },
+  'GET /v1/balance': { auth: 'key', scope: 'any', tenant: { req: () => ({ path: '/v1/balance' }), expect: notListed((w) => w.accountA) } },
+  'GET /v1/ledger': { auth: 'key', scope: 'any', tenant: { req: () => ({ path: '/v1/ledger' }), expect: notListed((w) => w.jobA) } },
 
   'POST /v1/enrollment-tokens': { auth: 'key', scope: 'provider', tenant: { none: "creates the caller's own token" } },
   'GET /v1/enrollment-tokens': { auth: 'key', scope: 'provider', tenant: { req: () => ({ path: '/v1/enrollment-tokens?limit=200' }), expect: notListed((w) => w.tokenIdA) } },

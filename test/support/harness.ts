@@ -14,8 +14,11 @@ export interface Harness {
   admin: ApiClient;
   /** A client for any key (or none). */
   client(key?: string): ApiClient;
-  /** A fresh account of the kind, with a key holding its scopes: one per test keeps tests apart. */
-  newAccount(kind?: AccountKind, scopes?: Scope[]): Promise<{ accountId: string; key: string; api: ApiClient }>;
+  /**
+   * A fresh account of the kind, with a key holding its scopes: one per test keeps tests apart. A
+   * client (or both) account gets `credit` deposited (default 1000), so priced work runs.
+   */
+  newAccount(kind?: AccountKind, scopes?: Scope[], opts?: { credit?: number }): Promise<{ accountId: string; key: string; api: ApiClient }>;
   /** fetch against the server, for tests that need the raw response. */
   fetch(path: string, init?: RequestInit & { key?: string }): Promise<Response>;
   close(): Promise<void>;
@@ -36,8 +39,12 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
     testDb,
     admin,
     client,
-    async newAccount(kind = 'client', scopes) {
+    async newAccount(kind = 'client', scopes, opts = {}) {
       const account = await admin.post<{ id: string }>('/v1/accounts', { name: `test-${kind}-${++n}`, kind });
+      const credit = opts.credit ?? 1000;
+      if (kind !== 'provider' && credit > 0) {
+        await admin.post(`/v1/accounts/${account.id}/credits`, { amount: credit, reference: 'harness' });
+      }
       const wanted = scopes ?? (kind === 'both' ? ['client', 'provider'] : [kind]);
       const { key } = await admin.post<{ key: string }>(`/v1/accounts/${account.id}/keys`, { scopes: wanted });
       return { accountId: account.id, key, api: client(key) };

@@ -7,3 +7,4 @@ export * from './logs.ts';
 export * from './pool.ts';
 export * from './queue.ts';
 export * from './services.ts';
+export * from './ledger.ts';

@@ -12,6 +12,8 @@ export interface TaskSpecStub {
   network: JobSpec['network'];
   constraints?: JobSpec['constraints'];
   resources: { gpu?: NonNullable<JobSpec['resources']['gpu']> };
+  /** How long a task may run: the scheduler sizes a lease's credit hold by it. */
+  timeoutSeconds: number;
 }
 export type StoredSpec = JobSpec | TaskSpecStub;
 import { accounts } from './accounts.ts';
@@ -79,6 +81,22 @@ export const jobs = pgTable(
     maxParallel: integer('max_parallel'),
     // The array's tasks holding a lease now: raised by placement, lowered as each leaves its node.
     tasksActive: integer('tasks_active').notNull().default(0),
+    // The live lease's money (coordinator/ledger/leases.ts); all null for work that costs nothing.
+    // The pending transfer holding the client's credit for the lease now, and what it holds.
+    holdId: text('hold_id'),
+    holdMicros: bigint('hold_micros', { mode: 'number' }),
+    // The lease is never extended past this (what is held covers up to it); null: no cap.
+    heldUntil: at('held_until'),
+    // When the next billing period's posting is due (null: nothing more to bill until the end).
+    billAt: at('bill_at'),
+    // What this lease has posted so far (its own lines: each lease bills its own node).
+    leaseBilledMicros: bigint('lease_billed_micros', { mode: 'number' }),
+    // The last heartbeat that renewed the lease: a lost node is billed up to here.
+    leaseSeenAt: at('lease_seen_at'),
+    // The next hold could not be made: the lease runs out at held_until and the job ends failed (credit).
+    creditShortAt: at('credit_short_at'),
+    // The platform's fee in force at lease, in basis points of what is posted.
+    feeBasisPoints: integer('fee_basis_points'),
   },
   (t) => [
     check(

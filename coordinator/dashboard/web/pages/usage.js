@@ -27,6 +27,32 @@ function sideView(title, side, testid) {
   );
 }
 
+/** The money now: a client's balance, held and available; a provider's earned, paid out and payable. */
+function balanceView(b) {
+  return h(
+    'section',
+    { 'data-testid': 'balance' },
+    b.client
+      ? h(
+          'div',
+          { class: 'cards' },
+          card('Balance', money(b.client.balance), 'balance-balance'),
+          card('Held by running leases', money(b.client.held), 'balance-held'),
+          card('Available', money(b.client.available), 'balance-available'),
+        )
+      : null,
+    b.provider
+      ? h(
+          'div',
+          { class: 'cards' },
+          card('Earned', money(b.provider.earned), 'balance-earned'),
+          card('Paid out', money(b.provider.paidOut), 'balance-paid-out'),
+          card('Payable', money(b.provider.payable), 'balance-payable'),
+        )
+      : null,
+  );
+}
+
 export function usagePage(main) {
   const status = h('div', { class: 'status' });
   const body = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
@@ -34,10 +60,11 @@ export function usagePage(main) {
   return every(
     15_000,
     async () => {
-      const u = await api('/v1/usage');
+      const [u, b] = await Promise.all([api('/v1/usage'), api('/v1/balance')]);
       const roles = session.roles();
       fill(
         body,
+        balanceView(b),
         u.spend ? sideView('Spend', u.spend, 'spend') : null,
         u.earnings ? sideView('Earnings', u.earnings, 'earnings') : null,
         !u.spend && !u.earnings && !roles.client && !roles.provider ? h('p', { class: 'muted' }, 'This key has neither a client nor a provider scope.') : null,

@@ -1,5 +1,7 @@
 import { defineConfig } from 'vitest/config';
 
+const faultFiles = ['test/e2e/faults.test.ts', 'test/e2e/faults-agent.test.ts'];
+
 // Integration tests run twice, once per database; the harness reads GANTRY_TEST_DB.
 export default defineConfig({
   test: {
@@ -23,7 +25,13 @@ export default defineConfig({
           env: { GANTRY_TEST_DB: 'postgres' },
         },
       },
-      { extends: true, test: { name: 'e2e', include: ['test/e2e/**/*.test.ts'] } },
+      { extends: true, test: { name: 'e2e', include: ['test/e2e/**/*.test.ts'], exclude: faultFiles } },
+      // The fault tests time outages, restarts and lease expiries to the second: they run last, one
+      // at a time, with no other file beside them.
+      {
+        extends: true,
+        test: { name: 'e2e-faults', include: faultFiles, maxWorkers: 1, sequence: { groupOrder: 1 } },
+      },
     ],
   },
 });

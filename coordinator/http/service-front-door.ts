@@ -152,8 +152,7 @@ export class ServiceFrontDoor {
       const viaReplica = this.fromReplica(req, jobId);
       const caller = viaReplica ? trusted : await this.authenticate(req, entry, true);
       const way = await this.route(entry, viaReplica);
-      // Upgrades are served only by the replica that holds the node's tunnel.
-      if ('replica' in way) throw new Refusal('unavailable', "the service's node is connected to another coordinator; try again", tunnelRetryAfterSeconds);
+      if ('replica' in way) return this.forwardUpgradeToReplica(req, socket, head, entry, caller, way.replica, requestId);
       const session = way.session;
       const headers = this.requestHeaders(req, entry, caller);
       headers['x-gantry-upgrade'] = String(req.headers.upgrade ?? '');
@@ -187,14 +186,57 @@ export class ServiceFrontDoor {
       });
       stream.setTimeout(this.d.idleTimeoutMs, cancel);
     } catch (err) {
-      const refusal = asRefusal(err, this.d.log, requestId);
-      const problem = problemBody(refusal.code, refusal.message, requestId);
-      const body = JSON.stringify(problem);
-      socket.end(
-        `HTTP/1.1 ${problem.status} ${problem.title}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-          `${refusal.retryAfterSeconds ? `retry-after: ${refusal.retryAfterSeconds}\r\n` : ''}connection: close\r\n\r\n${body}`,
-      );
+      refuseUpgrade(socket, asRefusal(err, this.d.log, requestId), requestId);
     }
+  }
+
+  /**
+   * An upgrade that reached a replica without the node's tunnel: sent on to the replica that holds
+   * it (the credential removed, a replica token instead), then bytes both ways between the two sockets.
+   */
+  private forwardUpgradeToReplica(req: IncomingMessage, socket: Duplex, head: Buffer, entry: ServiceEntry, caller: Caller, replicaUrl: string, requestId: string): void {
+    const h2 = this.requestHeaders(req, entry, caller);
+    const headers: OutgoingHttpHeaders = { host: req.headers.host ?? '', connection: 'Upgrade', upgrade: String(req.headers.upgrade ?? '') };
+    for (const [name, value] of Object.entries(h2)) if (!name.startsWith(':') && name !== tunnelJobHeader && value !== undefined) headers[name] = value as string | string[];
+    headers[replicaTokenHeader] = this.d.replicas.tokenFor(replicaUrl, entry.jobId);
+    const target = new URL(String(h2[':path']), replicaUrl);
+    const out = (target.protocol === 'https:' ? httpsRequest : httpRequest)(target, { method: req.method, headers });
+    const untrack = this.track(caller, () => {
+      out.destroy();
+      socket.destroy();
+    });
+    socket.on('close', () => {
+      untrack();
+      out.destroy();
+    });
+    /** The status line and headers of the other replica's answer, as this socket's. */
+    const answerHead = (status: number, text: string, from: IncomingHttpHeaders, keep: (name: string) => boolean, extra: string[] = []) => {
+      const lines = [`HTTP/1.1 ${status} ${text}`];
+      for (const [name, value] of Object.entries(from)) {
+        if (value === undefined || !keep(name)) continue;
+        for (const v of Array.isArray(value) ? value : [value]) lines.push(`${name}: ${v}`);
+      }
+      return `${[...lines, ...extra].join('\r\n')}\r\n\r\n`;
+    };
+    out.on('upgrade', (res, upstream, upstreamHead) => {
+      socket.write(answerHead(101, 'Switching Protocols', res.headers, () => true));
+      if (upstreamHead.length) socket.write(upstreamHead);
+      if (head.length) upstream.write(head);
+      upstream.on('error', () => socket.destroy());
+      upstream.on('close', () => socket.destroy());
+      socket.on('close', () => upstream.destroy());
+      upstream.setTimeout(this.d.idleTimeoutMs, () => upstream.destroy());
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    // Refused there (not ready, gone, no tunnel any more): its answer, then the connection closes.
+    out.on('response', (res) => {
+      const hopByHop = new Set(['connection', 'transfer-encoding', 'keep-alive']);
+      socket.write(answerHead(res.statusCode ?? 502, res.statusMessage ?? '', res.headers, (n) => !hopByHop.has(n), ['connection: close']));
+      res.pipe(socket);
+    });
+    out.on('error', () => refuseUpgrade(socket, new Refusal('unavailable', 'the coordinator that holds the node did not answer', tunnelRetryAfterSeconds), requestId));
+    out.end();
   }
 
   /** `?gantry_token=` on a browser's first visit: traded for an HttpOnly cookie on this host, and a redirect without it. */
@@ -483,6 +525,17 @@ function withoutCookie(header: string, name: string): string {
     .map((p) => p.trim())
     .filter((p) => p && p.split('=')[0]!.trim() !== name)
     .join('; ');
+}
+
+/** An upgrade refused: its problem+json as a plain HTTP/1.1 answer on the raw socket, which then closes. */
+function refuseUpgrade(socket: Duplex, refusal: Refusal, requestId: string): void {
+  if (socket.destroyed) return;
+  const problem = problemBody(refusal.code, refusal.message, requestId);
+  const body = JSON.stringify(problem);
+  socket.end(
+    `HTTP/1.1 ${problem.status} ${problem.title}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `${refusal.retryAfterSeconds ? `retry-after: ${refusal.retryAfterSeconds}\r\n` : ''}connection: close\r\n\r\n${body}`,
+  );
 }
 
 function asRefusal(err: unknown, log: Logger, requestId: string): Refusal {

@@ -388,6 +388,19 @@ describe.skipIf(dbSkipReason)('service jobs through the coordinator', () => {
       const made = a.coordinator.deps.services.replicas.tokenFor(`http://127.0.0.1:${portA}`, job.id);
       expect((await serviceFetch(`http://${job.id}.localhost:${portB}/headers`, { headers: { 'x-gantry-replica-token': made } })).status).toBe(401);
 
+      // A WebSocket through A too: upgraded at B, bytes both ways through A, no credential past A.
+      const ws = new WebSocket(`ws://${job.id}.localhost:${portA}/socket`, { headers: { authorization: `Bearer ${owner.key}` }, lookup: loopback });
+      const reply = await new Promise<string>((resolve, reject) => {
+        ws.on('open', () => ws.send('hi'));
+        ws.on('message', (m) => resolve(m.toString()));
+        ws.on('error', reject);
+      });
+      expect(reply).toBe('echo:hi');
+      ws.close();
+      expect(JSON.stringify(upstream.seen.at(-1))).not.toContain(owner.key);
+      const refused = new WebSocket(`ws://${job.id}.localhost:${portA}/socket`, { lookup: loopback });
+      expect(await new Promise<number>((r) => refused.on('unexpected-response', (_q, res) => r(res.statusCode!)))).toBe(401);
+
       // The tunnel moves to A: A serves it itself.
       await tunnel.stop();
       tunnel = new ServiceTunnel({ coordinatorUrl: a.url, token: () => node.token(), log: () => {} });

@@ -3,12 +3,11 @@ import { randomUUID } from 'node:crypto';
 import { canonicalDigest, canonicalJson, specDigest } from '../../shared/digest.ts';
 import { newId } from '../../shared/ids.ts';
 import { type JobSpec, type JobStatus, type MeteredUsage, type TaskCounts, isTerminal, jobStatuses, taskSpec } from '../../shared/jobs.ts';
-import { toMicros } from '../../shared/money.ts';
 import type { Db, DbOrTx } from '../db/open.ts';
 import { toNumber } from '../db/open.ts';
 import { jobEvents, jobs, type StoredSpec, type TaskSpecStub } from '../db/schema/index.ts';
 import { ApiError } from '../errors.ts';
-import { changeStatus, recordEvent, type JobRow } from './lifecycle.ts';
+import { changeStatus, jobColumnsOf, recordEvent, replayOf, type JobRow } from './lifecycle.ts';
 import { meterLive } from './metering.ts';
 import { executeRows } from './transitions.ts';
 
@@ -144,16 +143,7 @@ export async function submitArray(
         spec,
         specDigest: digest,
         status: 'queued',
-        priority: spec.priority,
-        cpuMillis: Math.round(spec.resources.cpu * 1000),
-        memoryMb: spec.resources.memoryMb,
-        diskMb: spec.resources.diskMb,
-        gpuCount: spec.resources.gpus,
-        gpuModel: spec.resources.gpu?.model ?? null,
-        gpuMinMemoryMb: spec.resources.gpu?.minMemoryMb ?? null,
-        maxPriceMicros: spec.maxPricePerHour === undefined ? null : toMicros(spec.maxPricePerHour),
-        region: spec.constraints?.region ?? null,
-        maxAttempts: spec.maxAttempts,
+        ...jobColumnsOf(spec),
         idempotencyKey: idempotencyKey ?? null,
         taskCount: tasks.count,
         maxParallel: tasks.maxParallel ?? tasks.count,
@@ -178,13 +168,7 @@ export async function submitArray(
     return parent;
   });
   if (made) return { job: made, replayed: false };
-  const [existing] = await db
-    .select()
-    .from(jobs)
-    .where(and(eq(jobs.accountId, accountId), eq(jobs.idempotencyKey, idempotencyKey!)));
-  if (!existing) throw new ApiError('conflict', 'the job for this Idempotency-Key is being written; retry');
-  if (existing.specDigest !== digest) throw new ApiError('conflict', 'this Idempotency-Key was already used for a different job spec');
-  return { job: existing, replayed: true };
+  return { job: await replayOf(db, accountId, idempotencyKey!, digest), replayed: true };
 }
 
 // ---------------------------------------------------------------------------------------------

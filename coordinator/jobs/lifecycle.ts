@@ -107,6 +107,17 @@ export async function submitJob(
     name: spec.name,
     spec,
     specDigest: digest,
+    ...jobColumnsOf(spec),
+    idempotencyKey: idempotencyKey ?? null,
+    at,
+  });
+  if (row) return { job: row, replayed: false };
+  return { job: await replayOf(db, accountId, idempotencyKey!, digest), replayed: true };
+}
+
+/** The columns a job's row takes from its spec (what the queue and the scheduler read without parsing it). */
+export function jobColumnsOf(spec: JobSpec) {
+  return {
     priority: spec.priority,
     cpuMillis: Math.round(spec.resources.cpu * 1000),
     memoryMb: spec.resources.memoryMb,
@@ -117,19 +128,23 @@ export async function submitJob(
     maxPriceMicros: spec.maxPricePerHour === undefined ? null : toMicros(spec.maxPricePerHour),
     region: spec.constraints?.region ?? null,
     maxAttempts: spec.maxAttempts,
-    idempotencyKey: idempotencyKey ?? null,
-    at,
-  });
-  if (row) return { job: row, replayed: false };
+  };
+}
+
+/**
+ * A submit whose Idempotency-Key this account already used: the job it made, if the spec is the
+ * same (by digest); a conflict otherwise, or while that first submit is still being written.
+ */
+export async function replayOf(db: DbOrTx, accountId: string, idempotencyKey: string, digest: string): Promise<JobRow> {
   const [existing] = await db
     .select()
     .from(jobs)
-    .where(and(eq(jobs.accountId, accountId), eq(jobs.idempotencyKey, idempotencyKey!)));
+    .where(and(eq(jobs.accountId, accountId), eq(jobs.idempotencyKey, idempotencyKey)));
   if (!existing) throw new ApiError('conflict', 'the job for this Idempotency-Key is being written; retry');
   if (existing.specDigest !== digest) {
     throw new ApiError('conflict', 'this Idempotency-Key was already used for a different job spec');
   }
-  return { job: existing, replayed: true };
+  return existing;
 }
 
 /** A job as its owner sees it; another tenant's job is not found. */

@@ -18,3 +18,9 @@ export function hasMicroPrecision(units: number): boolean {
 export function formatPrice(micros: number): string {
   return fromMicros(micros).toFixed(2);
 }
+
+/** An amount as people write money: at least two decimals, up to six, without trailing zeros. */
+export function formatAmount(micros: number): string {
+  const s = fromMicros(micros).toFixed(6).replace(/0{1,4}$/, '');
+  return s === '-0.00' ? '0.00' : s;
+}

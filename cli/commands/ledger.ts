@@ -1,13 +1,11 @@
+import { formatAmount, toMicros } from '../../shared/money.ts';
 import { Balance, Ledger, type LedgerLine } from '../../shared/ledger.ts';
 import { type Command, str } from '../command.ts';
 import { UsageError } from '../errors.ts';
 import { type Column, printable, table } from '../output.ts';
 
-/** Amounts as the API gives them (decimals of currency units): at least two decimals, up to six. */
-const money = (n: number) => {
-  const s = n.toFixed(6).replace(/0{1,4}$/, '');
-  return s === '-0.00' ? '0.00' : s;
-};
+/** Amounts as the API gives them (decimals of currency units). */
+const money = (n: number) => formatAmount(toMicros(n));
 
 export const balance: Command = {
   name: 'balance',

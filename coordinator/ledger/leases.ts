@@ -3,7 +3,7 @@ import type { DbOrTx } from '../db/open.ts';
 import { jobs } from '../db/schema/index.ts';
 import { recordEvent, type JobRow } from '../jobs/lifecycle.ts';
 import { leaseCostMicros } from '../jobs/metering.ts';
-import { formatAmount } from '../scheduler/rules.ts';
+import { formatAmount } from '../../shared/money.ts';
 import { applyTransfers, availableOf, ensureAccounts, ledgerId, lockAccounts, type TransferInput } from './ledger.ts';
 
 // A lease's money. It is granted against a hold on the client's credit for its first period (one

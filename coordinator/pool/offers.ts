@@ -1,10 +1,10 @@
 import { sql, type SQL } from 'drizzle-orm';
 import { imageRegistry } from '../../shared/images.ts';
 import type { JobSpec } from '../../shared/jobs.ts';
-import { fromMicros, toMicros } from '../../shared/money.ts';
+import { formatAmount, fromMicros, toMicros } from '../../shared/money.ts';
 import type { ConstraintName, DryRun, Offer, OffersQuery, RuledOut, Shape } from '../../shared/pool.ts';
 import { toNumber, type Database } from '../db/open.ts';
-import { capacityRules, creditRule, formatAmount, gpuMatchSql, nodeRules, parseCuda, priceMilliMicros, priceMilliSql, takesWork, type JobRequest } from '../scheduler/rules.ts';
+import { capacityRules, creditRule, gpuMatchSql, nodeRules, parseCuda, priceMilliMicros, priceMilliSql, takesWork, type JobRequest } from '../scheduler/rules.ts';
 import { leaseCostMicros } from '../jobs/metering.ts';
 import { ledgerId } from '../ledger/ledger.ts';
 

@@ -1,4 +1,5 @@
 import { sql, type SQL } from 'drizzle-orm';
+import { formatAmount } from '../../shared/money.ts';
 
 // The matching rules, each written once in its two forms side by side: JavaScript over the
 // scheduler's in-memory views (feasibility.ts, a pass over thousands of nodes asks nothing of the
@@ -278,12 +279,6 @@ export const withinMaxParallel = {
 
 // ---------------------------------------------------------------------------------------------
 // The client's credit: a lease is granted only against a hold on it (coordinator/ledger/leases.ts)
-
-/** A few decimals as people write money: at least two, up to six, without trailing zeros. */
-export function formatAmount(micros: number): string {
-  const s = (micros / 1_000_000).toFixed(6).replace(/0{1,4}$/, '');
-  return s;
-}
 
 function formatSpan(seconds: number): string {
   const unit = (n: number, one: string) => `${n} ${one}${n === 1 ? '' : 's'}`;

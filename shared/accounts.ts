@@ -23,17 +23,19 @@ export const Account = z.object({
 });
 export type Account = z.infer<typeof Account>;
 
+/** How long a credential (an API key, a service token) may live from its creation: a minute to a year. */
+export const CredentialLifetimeSeconds = z
+  .number()
+  .int()
+  .min(60)
+  .max(366 * 86_400);
+
 export const CreateKey = z
   .object({
     name: z.string().min(1).max(128).optional(),
     scopes: z.array(Scope).min(1).max(3),
-    /** The key stops working this long after its creation (at most a year); without it, it lasts until revoked. */
-    expiresInSeconds: z
-      .number()
-      .int()
-      .min(60)
-      .max(366 * 86_400)
-      .optional(),
+    /** The key stops working this long after its creation; without it, it lasts until revoked. */
+    expiresInSeconds: CredentialLifetimeSeconds.optional(),
   })
   .strict();
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { CredentialLifetimeSeconds } from './accounts.ts';
 
 // Service jobs (spec.service): the tokens that call one in its owner's stead, and what the agent
 // reports about one. The spec itself is ServiceSpec in shared/jobs.ts.
@@ -6,13 +7,8 @@ import { z } from 'zod';
 export const CreateServiceToken = z
   .object({
     name: z.string().min(1).max(128),
-    /** The token stops working this long after its creation (at most a year); without it, it lasts until revoked or the job ends. */
-    expiresInSeconds: z
-      .number()
-      .int()
-      .min(60)
-      .max(366 * 86_400)
-      .optional(),
+    /** The token stops working this long after its creation; without it, it lasts until revoked or the job ends. */
+    expiresInSeconds: CredentialLifetimeSeconds.optional(),
   })
   .strict();
 
